@@ -1,0 +1,219 @@
+//! Loading and validating the config file of SPEC §6.
+//!
+//! Layers, later wins: built-in defaults → the TOML file → `TALLY__SECTION__KEY` environment
+//! variables. The raw file ([`raw`]) is then validated into [`Settings`]; every problem is
+//! reported as one [`ConfigError`] naming the key (`accounts[2].app_key: …`).
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::FixedOffset;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::domain::{AccountId, Currency, Provider};
+
+pub use raw::RawConfig;
+
+/// Where the settings came from, so start-up can say so in one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    BuiltInDefaults,
+}
+
+/// A bad config: the key and what is wrong with it. Never holds a secret value.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { key: key.into(), problem: problem.into() }
+    }
+}
+
+/// Validated settings: everything tally needs to run, with secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub auth: AuthSettings,
+    pub metrics: MetricsSettings,
+    pub accounts: Vec<AccountConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// The deadline of one API request; at the deadline tally answers with what it has.
+    pub request_timeout: Duration,
+    /// Upstream fetches running at once across the process.
+    pub max_concurrent_fetches: usize,
+    /// API requests in flight at once; more are shed with 503 and `Retry-After`.
+    pub max_concurrent_requests: usize,
+    pub body_limit_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `sqlite://path` or `postgres://…`. Held as a secret: a PostgreSQL URL may carry a password.
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub api_keys: Vec<ApiKey>,
+    pub allow_anonymous: bool,
+}
+
+/// A caller key, known only by the SHA-256 digest of its value.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MetricsSettings {
+    pub require_auth: bool,
+}
+
+/// One configured provider account with its resolved settings.
+#[derive(Debug, Clone)]
+pub struct AccountConfig {
+    pub id: AccountId,
+    /// Everything before the provider's documented path.
+    pub base_url: Url,
+    /// The offset naive upstream timestamps are read in.
+    pub utc_offset: FixedOffset,
+    pub freshness: Freshness,
+    pub retry: RetryPolicy,
+    pub circuit: CircuitPolicy,
+    pub provider: ProviderConfig,
+}
+
+impl AccountConfig {
+    pub fn provider_kind(&self) -> Provider {
+        self.provider.kind()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    /// A figure younger than this is served from cache.
+    pub ttl: Duration,
+    /// Bound on one fetch of this account (all its upstream calls).
+    pub timeout: Duration,
+    /// Background refresh period; zero means none.
+    pub refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Further attempts after the first, for transient failures only.
+    pub max_retries: u32,
+    /// First backoff; doubles each attempt, with jitter.
+    pub base_delay: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitPolicy {
+    /// Consecutive failed fetches that open the circuit.
+    pub failure_threshold: u32,
+    /// How long the circuit stays open before one probe is let through.
+    pub cooldown: Duration,
+}
+
+/// The provider of an account and the settings only that provider has.
+#[derive(Debug, Clone)]
+pub enum ProviderConfig {
+    Leanx { auth_token: SecretString, currency: Currency },
+    Luxtak { app_id: SecretString, app_key: SecretString },
+    Ibanera { username: SecretString, password: SecretString, totp_secret: SecretString, page_size: u32 },
+    Yedpay { access_token: SecretString, company_id: String, currencies: Vec<Currency> },
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> Provider {
+        match self {
+            Self::Leanx { .. } => Provider::Leanx,
+            Self::Luxtak { .. } => Provider::Luxtak,
+            Self::Ibanera { .. } => Provider::Ibanera,
+            Self::Yedpay { .. } => Provider::Yedpay,
+        }
+    }
+}
+
+/// Finds the config file: `--config`, else `$TALLY_CONFIG`, else `./tally.toml` if present.
+pub fn locate(cli_path: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = cli_path {
+        return Some(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("TALLY_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let local = PathBuf::from("tally.toml");
+    local.exists().then_some(local)
+}
+
+/// Loads and validates settings from a file (or built-in defaults) plus the environment.
+pub fn load(path: Option<&Path>) -> Result<(Settings, Source), ConfigError> {
+    let mut builder = config::Config::builder();
+    let source = match path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(ConfigError::new("--config", format!("file {} does not exist", p.display())));
+            }
+            builder = builder.add_source(config::File::from(p).format(config::FileFormat::Toml));
+            Source::File(p.to_owned())
+        }
+        None => Source::BuiltInDefaults,
+    };
+    builder = builder.add_source(environment());
+    let cfg = builder.build().map_err(|e| ConfigError::new(file_key(&source), e.to_string()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(cfg).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::new(if key == "." { file_key(&source) } else { key }, e.into_inner().to_string())
+    })?;
+    Ok((validate::validate(raw)?, source))
+}
+
+/// Parses settings from TOML text alone (no environment layer): for tests and the demo.
+pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+    let cfg = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .map_err(|e| ConfigError::new("(config)", e.to_string()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(cfg)
+        .map_err(|e| ConfigError::new(e.path().to_string(), e.into_inner().to_string()))?;
+    validate::validate(raw)
+}
+
+fn environment() -> config::Environment {
+    config::Environment::with_prefix("TALLY").prefix_separator("__").separator("__").try_parsing(true)
+}
+
+fn file_key(source: &Source) -> String {
+    match source {
+        Source::File(p) => p.display().to_string(),
+        Source::BuiltInDefaults => "(defaults)".to_owned(),
+    }
+}
+
+/// Parses a duration written as `"30s"`, `"250ms"`, `"1m 30s"`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| ConfigError::new(key, format!("`{text}` is not a duration like \"30s\" or \"250ms\" ({e})")))
+}

@@ -1,0 +1,29 @@
+//! tally: how much money a finance team holds at each payment provider, and what happened to
+//! each payout, in one normalized, exact-decimal JSON shape.
+//!
+//! # Layout
+//! Modules follow the flow of a request:
+//! - [`http`]: routes, extractors, auth, and errors rendered as RFC 9457 problem+json;
+//! - [`service`]: freshness, concurrent fan-out, coalescing, retries, circuit breaking,
+//!   totals; the only caller of providers and the store;
+//! - [`providers`]: one client per provider (`providers/<name>/`), each with its wire types
+//!   in `transformers.rs`;
+//! - [`store`]: the only place with SQL, SQLite and PostgreSQL behind one interface.
+//!
+//! Beside them: [`domain`] (money, balances, payouts, ids), [`config`] (the validated config
+//! file), [`telemetry`] (logs and metrics), and [`cli`] (the `tally` command).
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod providers;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+/// rustls needs one process-wide crypto provider; tally uses ring for reqwest and sqlx alike.
+pub fn install_crypto_provider() {
+    // Err only means a provider is already installed, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
