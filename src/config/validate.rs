@@ -92,10 +92,12 @@ fn auth(raw: &RawConfig) -> Result<AuthSettings, ConfigError> {
 fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, ConfigError> {
     let key = |field: &str| format!("accounts[{i}].{field}");
     let id = a.id.as_deref().ok_or_else(|| ConfigError::new(key("id"), "is required"))?;
-    let id: AccountId = id.parse().map_err(|e: crate::domain::InvalidAccountId| ConfigError::new(key("id"), e.to_string()))?;
+    let id: AccountId =
+        id.parse().map_err(|e: crate::domain::InvalidAccountId| ConfigError::new(key("id"), e.to_string()))?;
     let provider = a.provider.as_deref().ok_or_else(|| ConfigError::new(key("provider"), "is required"))?;
-    let provider: Provider =
-        provider.parse().map_err(|e: crate::domain::UnknownProvider| ConfigError::new(key("provider"), e.to_string()))?;
+    let provider: Provider = provider
+        .parse()
+        .map_err(|e: crate::domain::UnknownProvider| ConfigError::new(key("provider"), e.to_string()))?;
     reject_foreign_fields(i, a, provider)?;
 
     let base_url = match &a.base_url {
@@ -142,9 +144,8 @@ fn provider_config(i: usize, a: &RawAccount, provider: Provider) -> Result<Provi
             .ok_or_else(|| ConfigError::new(key(field), format!("is required for provider {provider}")))?;
         secret::resolve(value).map_err(|p| ConfigError::new(key(field), p))
     };
-    let currency = |field: &str, value: &str| {
-        value.parse::<Currency>().map_err(|e| ConfigError::new(key(field), e.to_string()))
-    };
+    let currency =
+        |field: &str, value: &str| value.parse::<Currency>().map_err(|e| ConfigError::new(key(field), e.to_string()));
     Ok(match provider {
         Provider::Leanx => ProviderConfig::Leanx {
             auth_token: secret("auth_token", &a.auth_token)?,
@@ -175,7 +176,8 @@ fn provider_config(i: usize, a: &RawAccount, provider: Provider) -> Result<Provi
                 .company_id
                 .as_deref()
                 .ok_or_else(|| ConfigError::new(key("company_id"), "is required for provider yedpay"))?;
-            if company_id.is_empty() || !company_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if company_id.is_empty() || !company_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(ConfigError::new(key("company_id"), "must be the company's id (letters and digits)"));
             }
             let currencies = match &a.currencies {

@@ -50,11 +50,7 @@ impl fmt::Display for Currency {
 /// Accepts exponent notation too, because a JSON number may legally be written `1.5E+3`.
 pub fn parse_decimal(s: &str) -> Result<Decimal, rust_decimal::Error> {
     let s = s.trim();
-    if s.contains(['e', 'E']) {
-        Decimal::from_scientific(s)
-    } else {
-        Decimal::from_str_exact(s)
-    }
+    if s.contains(['e', 'E']) { Decimal::from_scientific(s) } else { Decimal::from_str_exact(s) }
 }
 
 /// Deserializes a JSON *number* (or a numeric string) into a [`Decimal`] from its literal

@@ -123,7 +123,9 @@ impl UpstreamError {
     pub fn from_status(status: u16, retry_after: Option<Duration>) -> Option<Self> {
         match status {
             429 => Some(
-                Self::rate_limited("the provider is rate limiting tally").with_status(status).with_retry_after(retry_after),
+                Self::rate_limited("the provider is rate limiting tally")
+                    .with_status(status)
+                    .with_retry_after(retry_after),
             ),
             500..=599 => Some(
                 Self::unavailable(format!("the provider answered HTTP {status}"))

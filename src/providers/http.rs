@@ -91,12 +91,5 @@ fn too_large(cap: usize) -> UpstreamError {
 
 /// `Retry-After` in its delay-seconds form. The HTTP-date form is rare in APIs and is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
