@@ -43,9 +43,10 @@ impl UpstreamHttp {
         &self.client
     }
 
-    /// Sends a request and reads its whole body (up to the cap). Transport failures, 429 and
-    /// 5xx come back as classified errors; every other status is returned for the provider's
-    /// envelope to judge.
+    /// Sends a request and reads its whole body (up to the cap). Transport failures come back
+    /// as classified errors; every answer, whatever its status, is returned so the provider
+    /// can read its envelope first (Yedpay reports bad credentials inside an HTTP 500) and then
+    /// call [`UpstreamResponse::check_status`].
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<UpstreamResponse, UpstreamError> {
         let mut response = request.send().await.map_err(|e| UpstreamError::from_transport(&e))?;
         let status = response.status().as_u16();
@@ -62,14 +63,19 @@ impl UpstreamHttp {
             }
             body.extend_from_slice(&chunk);
         }
-        if let Some(err) = UpstreamError::from_status(status, retry_after) {
-            return Err(err);
-        }
         Ok(UpstreamResponse { status, retry_after, body: body.freeze() })
     }
 }
 
 impl UpstreamResponse {
+    /// Fails for the statuses that are errors whatever the body says (429, 5xx).
+    pub fn check_status(&self) -> Result<(), UpstreamError> {
+        match UpstreamError::from_status(self.status, self.retry_after) {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
     /// Parses the body as the documented JSON; anything else (an HTML error page, a truncated
     /// body) is `upstream_invalid_response`.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, UpstreamError> {
