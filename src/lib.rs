@@ -13,6 +13,7 @@
 //! Beside them: [`domain`] (money, balances, payouts, ids), [`config`] (the validated config
 //! file), [`telemetry`] (logs and metrics), and [`cli`] (the `tally` command).
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `tally` binary: a thin shell over [`tally::cli`].
+
+fn main() -> std::process::ExitCode {
+    tally::cli::main()
+}

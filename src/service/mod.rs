@@ -1,1 +1,211 @@
-//! Service.
+//! The service layer: what a request needs from providers and the store.
+//!
+//! - [`fetch`]: one coalesced, retried, circuit-broken fetch per account at a time, persisted
+//!   before it is served;
+//! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and the
+//!   report of SPEC §3 (entries, per-currency totals, per-account status);
+//! - [`payouts`]: one payout status across accounts;
+//! - [`circuit`] and [`clock`]: the breaker and injectable time.
+
+pub mod balances;
+pub mod circuit;
+pub mod clock;
+mod fetch;
+pub mod payouts;
+pub mod report;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{AccountConfig, Settings};
+use crate::domain::{AccountId, Provider};
+use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
+use crate::store::{AccountSnapshot, Store};
+
+pub use circuit::CircuitState;
+pub use clock::{Clock, ManualClock, SystemClock};
+
+/// The result of one fetch, shared by every request that waited for it.
+pub type FetchOutcome = Result<Arc<AccountSnapshot>, UpstreamError>;
+
+/// Everything tally knows about one configured account at run time.
+pub struct AccountState {
+    pub config: AccountConfig,
+    client: Arc<dyn ProviderClient>,
+    latest: RwLock<Option<Arc<AccountSnapshot>>>,
+    inflight: Mutex<Option<watch::Receiver<Option<FetchOutcome>>>>,
+    circuit: Mutex<circuit::Circuit>,
+    health: Mutex<Health>,
+}
+
+/// What `/accounts` reports about an account's recent fetches.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error: Option<(UpstreamError, DateTime<Utc>)>,
+}
+
+impl AccountState {
+    pub fn id(&self) -> &AccountId {
+        &self.config.id
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.config.provider_kind()
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.client.capabilities()
+    }
+
+    pub fn latest(&self) -> Option<Arc<AccountSnapshot>> {
+        self.latest.read().expect("latest lock is never held across a panic").clone()
+    }
+
+    /// Keeps the newer of the held and the offered snapshot.
+    fn offer(&self, snapshot: Arc<AccountSnapshot>) {
+        let mut latest = self.latest.write().expect("latest lock is never held across a panic");
+        if latest.as_ref().is_none_or(|l| l.fetched_at <= snapshot.fetched_at) {
+            *latest = Some(snapshot);
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.lock().expect("health lock is never held across a panic").clone()
+    }
+
+    pub fn circuit_state(&self, now: DateTime<Utc>) -> CircuitState {
+        self.circuit.lock().expect("circuit lock is never held across a panic").state(now)
+    }
+}
+
+/// Whether the store answered the last time it was used (for `/readyz` and logs).
+#[derive(Default)]
+pub struct StoreHealth {
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    fn record(&self, result: &Result<(), crate::store::StoreError>) {
+        let mut last = self.last_error.lock().expect("store health lock is never held across a panic");
+        match result {
+            Ok(()) => *last = None,
+            Err(e) => *last = Some(e.to_string()),
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("store health lock is never held across a panic").clone()
+    }
+}
+
+pub struct Service {
+    accounts: Vec<Arc<AccountState>>,
+    by_id: HashMap<AccountId, usize>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    fetch_permits: Arc<Semaphore>,
+    request_timeout: Duration,
+    store_health: StoreHealth,
+}
+
+impl Service {
+    /// Builds the service for the configured accounts, sharing one HTTP client.
+    pub fn new(settings: &Settings, store: Arc<dyn Store>, clock: Arc<dyn Clock>, http: &UpstreamHttp) -> Arc<Self> {
+        let accounts: Vec<Arc<AccountState>> = settings
+            .accounts
+            .iter()
+            .map(|config| {
+                Arc::new(AccountState {
+                    client: crate::providers::client_for(config, http),
+                    latest: RwLock::new(None),
+                    inflight: Mutex::new(None),
+                    circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
+                    health: Mutex::new(Health::default()),
+                    config: config.clone(),
+                })
+            })
+            .collect();
+        let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id().clone(), i)).collect();
+        Arc::new(Self {
+            accounts,
+            by_id,
+            store,
+            clock,
+            fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
+            request_timeout: settings.server.request_timeout,
+            store_health: StoreHealth::default(),
+        })
+    }
+
+    pub fn accounts(&self) -> &[Arc<AccountState>] {
+        &self.accounts
+    }
+
+    pub fn account(&self, id: &AccountId) -> Option<&Arc<AccountState>> {
+        self.by_id.get(id).map(|&i| &self.accounts[i])
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn store_health(&self) -> &StoreHealth {
+        &self.store_health
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Loads the last stored figures into memory, with their real ages. A store that is down
+    /// is logged and skipped: tally then starts cold and fetches live.
+    pub async fn warm_up(&self) {
+        match self.store.all_latest_balances().await {
+            Ok(snapshots) => {
+                let mut loaded = 0;
+                for snapshot in snapshots {
+                    if let Some(account) = self.account(&snapshot.account) {
+                        account.offer(Arc::new(snapshot));
+                        loaded += 1;
+                    }
+                }
+                tracing::info!(accounts = loaded, "warmed the balance cache from the store");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not warm the balance cache from the store"),
+        }
+    }
+
+    /// Starts background refresh for accounts with a `refresh_interval`. The tasks end when
+    /// the returned handles are aborted (at shutdown).
+    pub fn spawn_background_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.accounts
+            .iter()
+            .filter(|a| !a.config.freshness.refresh_interval.is_zero())
+            .map(|account| {
+                let service = Arc::clone(self);
+                let account = Arc::clone(account);
+                tokio::spawn(async move { service.refresh_periodically(account).await })
+            })
+            .collect()
+    }
+
+    async fn refresh_periodically(self: Arc<Self>, account: Arc<AccountState>) {
+        let period = account.config.freshness.refresh_interval;
+        loop {
+            // ±10% jitter keeps accounts with one period from calling upstreams in lockstep.
+            let jitter = period.mul_f64(rand::random_range(0.9..1.1));
+            tokio::time::sleep(jitter).await;
+            let mut rx = self.refresh(&account);
+            let _ = rx.wait_for(|outcome| outcome.is_some()).await;
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! `GET /balances` and `GET /balances/history`.
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode, Problem};
+use super::query::Params;
+use crate::domain::{AccountId, Currency, Provider};
+use crate::service::balances::{Selection, SelectionError};
+use crate::service::report::BalancesReport;
+use crate::store::{HistoryPoint, HistoryQuery};
+
+/// Balances of every selected account, wallet and currency, with per-currency totals and the
+/// freshness of every figure.
+#[utoipa::path(
+    get,
+    path = "/balances",
+    tag = "balances",
+    params(
+        ("account" = Option<Vec<String>>, Query, description = "Only these accounts (repeatable or comma-separated).", explode = true),
+        ("provider" = Option<Vec<Provider>>, Query, description = "Only accounts of these providers (repeatable or comma-separated).", explode = true),
+        ("currency" = Option<Vec<String>>, Query, description = "Only entries in these currencies (repeatable or comma-separated).", explode = true),
+        ("max_age" = Option<u32>, Query, description = "Accept a cached figure at most this many seconds old; 0 forces a live fetch.", minimum = 0),
+        ("include" = Option<String>, Query, description = "`raw` adds each account's last raw provider payload."),
+        ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a previous answer: 304 when nothing changed."),
+    ),
+    responses(
+        (status = 200, description = "At least one account has figures to serve; failing accounts are reported in `accounts`.", body = BalancesReport,
+            headers(("ETag" = String, description = "Tag over the content (not `generated_at` or ages)."),
+                    ("Cache-Control" = String, description = "`private, max-age=N`: seconds until the first figure leaves its freshness bound."))),
+        (status = 304, description = "Not modified since the `If-None-Match` tag."),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query`, `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Nothing can be served (`nothing_to_serve`) or tally is overloaded (`overloaded`); see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub async fn get_balances(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let selection = selection(query.as_deref())?;
+    let outcome = state.service.balances(&selection).await.map_err(|e| match e {
+        SelectionError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
+    })?;
+    if !outcome.servable {
+        return Err(ApiError::new(ErrorCode::NothingToServe, "no selected account has figures to serve")
+            .retry_after(outcome.retry_after.as_secs())
+            .with_accounts(serde_json::to_value(&outcome.report.accounts).unwrap_or_default()));
+    }
+    let etag = etag(&outcome.report);
+    let cache_control = format!("private, max-age={}", outcome.fresh_for.as_secs());
+    let mut response = if if_none_match(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        axum::Json(&outcome.report).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("a quoted hex digest is a valid header value"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&cache_control).expect("ASCII digits are a valid header value"),
+    );
+    Ok(response)
+}
+
+fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
+    let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include"])?;
+    let accounts = params.list("account").into_iter().map(|a| {
+        a.parse::<AccountId>()
+            .map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))
+    });
+    let include_raw = match params.single("include")? {
+        None => false,
+        Some("raw") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidInclude,
+                format!("`include` accepts only `raw`, not `{other}`"),
+            ));
+        }
+    };
+    Ok(Selection {
+        accounts: accounts.collect::<Result<_, _>>()?,
+        providers: params.parsed("provider", ErrorCode::UnknownProvider, |p| p.parse::<Provider>().ok())?,
+        currencies: params.parsed("currency", ErrorCode::InvalidCurrency, |c| c.parse::<Currency>().ok())?,
+        max_age: params.max_age()?,
+        include_raw,
+    })
+}
+
+/// A strong tag over what the report says, leaving out what changes with every request
+/// (`generated_at`, `age_seconds`), so an unchanged figure set answers 304.
+fn etag(report: &BalancesReport) -> String {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("generated_at");
+        if let Some(lines) = obj.get_mut("balances").and_then(|b| b.as_array_mut()) {
+            for line in lines.iter_mut().filter_map(|l| l.as_object_mut()) {
+                line.remove("age_seconds");
+            }
+        }
+    }
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    format!("\"{}\"", hex::encode(&digest[..16]))
+}
+
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
+        v.split(',').map(str::trim).any(|tag| tag == "*" || tag == etag || tag.strip_prefix("W/") == Some(etag))
+    })
+}
+
+/// The stored change points of balance figures over time, oldest first, for charts.
+#[utoipa::path(
+    get,
+    path = "/balances/history",
+    tag = "balances",
+    params(
+        ("account" = Option<String>, Query, description = "Only this account."),
+        ("wallet" = Option<String>, Query, description = "Only this wallet."),
+        ("currency" = Option<String>, Query, description = "Only this currency."),
+        ("from" = Option<String>, Query, description = "RFC 3339 start: points still confirmed at or after this time.", format = DateTime),
+        ("to" = Option<String>, Query, description = "RFC 3339 end: points first seen at or before this time.", format = DateTime),
+        ("limit" = Option<u32>, Query, description = "At most this many points (1-10000, default 1000).", minimum = 1, maximum = 10000),
+    ),
+    responses(
+        (status = 200, description = "Change points: a figure set valid from `first_seen_at`, confirmed unchanged until `last_confirmed_at`.", body = HistoryResponse),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query`, `unknown_account`, `invalid_currency`, `invalid_time`, `invalid_limit`.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable: `not_ready`.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub async fn get_history(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<HistoryResponse>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["account", "wallet", "currency", "from", "to", "limit"])?;
+    let account = match params.single("account")? {
+        None => None,
+        Some(a) => {
+            let id = a.parse::<AccountId>().ok().filter(|id| state.service.account(id).is_some());
+            Some(id.ok_or_else(|| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))?)
+        }
+    };
+    let currency = params
+        .single("currency")?
+        .map(|c| c.parse::<Currency>().map_err(|e| ApiError::new(ErrorCode::InvalidCurrency, e.to_string())))
+        .transpose()?;
+    let limit = match params.single("limit")? {
+        None => 1000,
+        Some(l) => l.parse::<u32>().ok().filter(|l| (1..=10_000).contains(l)).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidLimit, format!("`limit` must be a whole number from 1 to 10000, not `{l}`"))
+        })?,
+    };
+    let query = HistoryQuery {
+        account,
+        wallet: params.single("wallet")?.map(str::to_owned),
+        currency,
+        from: params.time("from")?,
+        to: params.time("to")?,
+        limit,
+    };
+    let points = state.service.store().balance_history(&query).await.map_err(|e| {
+        tracing::error!(error = %e, "balance history query failed");
+        ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
+    })?;
+    Ok(axum::Json(HistoryResponse { points: points.into_iter().map(HistoryLine::from).collect() }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HistoryResponse {
+    pub points: Vec<HistoryLine>,
+}
+
+/// One change point.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct HistoryLine {
+    #[schema(value_type = String, example = "leanx-main")]
+    pub account: AccountId,
+    pub provider: Provider,
+    #[schema(example = "prefund")]
+    pub wallet: String,
+    #[schema(value_type = String, example = "MYR")]
+    pub currency: Currency,
+    #[schema(value_type = Option<String>, example = "393.63", pattern = r"^-?\d+(\.\d+)?$")]
+    pub available: Option<rust_decimal::Decimal>,
+    #[schema(value_type = Option<String>, example = json!(null), pattern = r"^-?\d+(\.\d+)?$")]
+    pub pending: Option<rust_decimal::Decimal>,
+    #[schema(value_type = Option<String>, example = json!(null), pattern = r"^-?\d+(\.\d+)?$")]
+    pub reserved: Option<rust_decimal::Decimal>,
+    #[schema(value_type = Option<String>, example = "393.63", pattern = r"^-?\d+(\.\d+)?$")]
+    pub total: Option<rust_decimal::Decimal>,
+    pub blocked: bool,
+    pub first_seen_at: chrono::DateTime<chrono::Utc>,
+    pub last_confirmed_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<HistoryPoint> for HistoryLine {
+    fn from(p: HistoryPoint) -> Self {
+        Self {
+            account: p.account,
+            provider: p.provider,
+            wallet: p.entry.wallet,
+            currency: p.entry.currency,
+            available: p.entry.available,
+            pending: p.entry.pending,
+            reserved: p.entry.reserved,
+            total: p.entry.total,
+            blocked: p.entry.blocked,
+            first_seen_at: p.first_seen_at,
+            last_confirmed_at: p.last_confirmed_at,
+        }
+    }
+}

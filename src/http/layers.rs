@@ -1,0 +1,106 @@
+//! The middleware stack around every route, outermost first: request id, tracing, panic
+//! catching, HTTP metrics, problem+json for bare errors, load shedding, the request deadline
+//! backstop, the body limit and gzip.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use super::error::{ApiError, ErrorCode, PROBLEM_JSON};
+use crate::config::ServerSettings;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn wrap(router: Router, server: &ServerSettings) -> Router {
+    // The service answers within request_timeout on its own; this is the backstop.
+    let backstop = server.request_timeout + Duration::from_secs(2);
+    router.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(TraceLayer::new_for_http().make_span_with(span).on_request(()).on_response(on_response))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(CatchPanicLayer::custom(|_| ApiError::new(ErrorCode::Internal, "internal error").into_response()))
+            .layer(middleware::from_fn(http_metrics))
+            .layer(middleware::from_fn(problem_for_bare_errors))
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                ApiError::new(ErrorCode::Overloaded, "too many requests in flight; try again shortly").retry_after(1)
+            }))
+            .load_shed()
+            .concurrency_limit(server.max_concurrent_requests)
+            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, backstop))
+            .layer(RequestBodyLimitLayer::new(server.body_limit_bytes))
+            .layer(CompressionLayer::new().gzip(true)),
+    )
+}
+
+fn span(request: &Request<Body>) -> tracing::Span {
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
+    tracing::info_span!("request", method = %request.method(), route = route.as_deref().unwrap_or("unmatched"),
+        request_id, caller = tracing::field::Empty)
+}
+
+fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    tracing::info!(status = response.status().as_u16(), duration_ms = latency.as_millis() as u64, "answered");
+}
+
+async fn http_metrics(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched".to_owned(), |m| m.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("tally_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Errors produced by axum or tower (405, 408, 413, a bare 400 from an extractor) get the same
+/// problem+json shape as tally's own.
+async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(PROBLEM_JSON));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::RouteNotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Overloaded,
+        s if s.is_client_error() => ErrorCode::InvalidQuery,
+        _ => ErrorCode::Internal,
+    };
+    let detail = match code {
+        ErrorCode::MethodNotAllowed => "this route does not accept that method",
+        ErrorCode::RequestTimeout => "the request took too long",
+        ErrorCode::PayloadTooLarge => "the request body is too large",
+        ErrorCode::RouteNotFound => "no such route",
+        ErrorCode::InvalidQuery => "the request is malformed",
+        _ => "internal error",
+    };
+    let mut problem = ApiError::new(code, detail).into_response();
+    if let Some(allow) = response.headers().get(header::ALLOW) {
+        problem.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    problem
+}

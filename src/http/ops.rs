@@ -1,0 +1,128 @@
+//! Operations routes: liveness, readiness, the configured accounts, metrics.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode, Problem};
+use crate::domain::{AccountId, Provider};
+use crate::providers::Capabilities;
+use crate::service::CircuitState;
+use crate::service::report::AccountError;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness: 200 while the process runs. Open to callers without a key.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is alive.", body = Health)))]
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// Readiness: 200 when the store answers and its migrations are applied. Open to callers
+/// without a key.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The store answers and is migrated.", body = Health),
+        (status = 503, description = "The store is unreachable or not migrated: `not_ready`.", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
+    match tokio::time::timeout(Duration::from_secs(3), state.service.store().check_ready()).await {
+        Ok(Ok(())) => Ok(axum::Json(Health { status: "ready" })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::new(ErrorCode::NotReady, "the store is unreachable or not migrated").retry_after(5))
+        }
+        Err(_) => Err(ApiError::new(ErrorCode::NotReady, "the store did not answer in time").retry_after(5)),
+    }
+}
+
+/// A configured account, without any secret.
+#[derive(Serialize, ToSchema)]
+pub struct AccountInfo {
+    #[schema(value_type = String, example = "leanx-main")]
+    pub account: AccountId,
+    pub provider: Provider,
+    pub capabilities: Capabilities,
+    /// A figure younger than this many seconds is served from cache.
+    pub ttl_seconds: u64,
+    /// Bound on one fetch of this account, in milliseconds.
+    pub timeout_ms: u64,
+    /// Background refresh period in seconds; 0 when off.
+    pub refresh_interval_seconds: u64,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error: Option<AccountError>,
+    pub circuit: CircuitState,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccountsResponse {
+    pub accounts: Vec<AccountInfo>,
+}
+
+/// The configured accounts with their provider, capabilities, freshness settings and health.
+#[utoipa::path(get, path = "/accounts", tag = "operations",
+    responses(
+        (status = 200, description = "Configured accounts, in config order.", body = AccountsResponse),
+        (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ()))]
+pub async fn accounts(State(state): State<AppState>) -> axum::Json<AccountsResponse> {
+    let now = state.service.now();
+    let accounts = state
+        .service
+        .accounts()
+        .iter()
+        .map(|a| {
+            let health = a.health();
+            let f = a.config.freshness;
+            AccountInfo {
+                account: a.id().clone(),
+                provider: a.provider(),
+                capabilities: a.capabilities(),
+                ttl_seconds: f.ttl.as_secs(),
+                timeout_ms: f.timeout.as_millis() as u64,
+                refresh_interval_seconds: f.refresh_interval.as_secs(),
+                last_success_at: health.last_success_at,
+                last_error: health.last_error.map(|(e, at)| AccountError {
+                    code: e.code().to_owned(),
+                    message: e.message,
+                    upstream_status: e.upstream_status,
+                    at,
+                }),
+                circuit: a.circuit_state(now),
+            }
+        })
+        .collect();
+    axum::Json(AccountsResponse { accounts })
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or unknown API key when `metrics.require_auth` is set: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ()))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let now = state.service.now();
+    for a in state.service.accounts() {
+        metrics::gauge!("tally_circuit_state", "account" => a.id().to_string()).set(a.circuit_state(now).gauge());
+    }
+    let body = state.metrics.render();
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}

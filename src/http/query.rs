@@ -1,0 +1,79 @@
+//! Query-string parsing shared by the routes: repeatable or comma-separated filters, unknown
+//! parameters rejected (a typo must not silently select everything).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::error::{ApiError, ErrorCode};
+
+/// The decoded `key=value` pairs of a query string.
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Parses the query, rejecting parameters not in `known`.
+    pub fn parse(query: Option<&str>, known: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            return Err(ApiError::new(
+                ErrorCode::UnknownParameter,
+                format!("unknown query parameter `{k}` (expected one of: {})", known.join(", ")),
+            ));
+        }
+        Ok(Self(pairs))
+    }
+
+    /// Every value of a repeatable, comma-separated parameter, without empty items.
+    pub fn list(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect()
+    }
+
+    /// A parameter given at most once.
+    pub fn single(&self, key: &str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.0.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(ApiError::new(ErrorCode::InvalidQuery, format!("`{key}` may be given only once")));
+        }
+        Ok(first)
+    }
+
+    /// Parses every item of a list parameter, with the error code of that parameter.
+    pub fn parsed<T>(&self, key: &str, code: ErrorCode, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, ApiError> {
+        self.list(key)
+            .into_iter()
+            .map(|v| parse(v).ok_or_else(|| ApiError::new(code, format!("`{v}` is not a valid `{key}`"))))
+            .collect()
+    }
+
+    /// `max_age`: whole seconds, 0 forcing a live fetch.
+    pub fn max_age(&self) -> Result<Option<Duration>, ApiError> {
+        match self.single("max_age")? {
+            None => Ok(None),
+            Some(v) => v.parse::<u32>().map(|s| Some(Duration::from_secs(u64::from(s)))).map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidMaxAge,
+                    format!("`max_age` must be whole seconds (0 or more), not `{v}`"),
+                )
+            }),
+        }
+    }
+
+    pub fn time(&self, key: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.single(key)?
+            .map(|v| {
+                DateTime::parse_from_rfc3339(v).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+                    ApiError::new(ErrorCode::InvalidTime, format!("`{key}` must be an RFC 3339 time, not `{v}`"))
+                })
+            })
+            .transpose()
+    }
+}

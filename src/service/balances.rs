@@ -1,0 +1,234 @@
+//! `GET /balances`: which accounts a request selects, how fresh each figure must be, the
+//! concurrent fan-out within the request deadline, and the report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::clock::{age, age_seconds};
+use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, BalancesReport, Source, totals};
+use super::{AccountState, Service};
+use crate::domain::{AccountId, Currency, Provider};
+use crate::providers::UpstreamError;
+use crate::store::{AccountSnapshot, Backend};
+
+/// What a `/balances` request asks for. Empty lists select everything.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub accounts: Vec<AccountId>,
+    pub providers: Vec<Provider>,
+    pub currencies: Vec<Currency>,
+    /// Accept a cached figure at most this old (instead of each account's ttl).
+    pub max_age: Option<Duration>,
+    pub include_raw: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    #[error("no account `{0}` is configured")]
+    UnknownAccount(AccountId),
+}
+
+/// The report and what the HTTP layer needs to answer with it.
+pub struct BalancesOutcome {
+    pub report: BalancesReport,
+    /// False when no selected account has anything to serve (503).
+    pub servable: bool,
+    /// How long until the first served figure leaves its freshness bound (`Cache-Control`).
+    pub fresh_for: Duration,
+    /// When to try again if nothing is servable.
+    pub retry_after: Duration,
+}
+
+/// One account's answer for one request.
+struct View {
+    account: Arc<AccountState>,
+    status: AccountStatus,
+    source: Option<Source>,
+    snapshot: Option<Arc<AccountSnapshot>>,
+    error: Option<AccountError>,
+    fresh_for: Duration,
+}
+
+impl Service {
+    pub fn select(&self, selection: &Selection) -> Result<Vec<Arc<AccountState>>, SelectionError> {
+        for id in &selection.accounts {
+            if self.account(id).is_none() {
+                return Err(SelectionError::UnknownAccount(id.clone()));
+            }
+        }
+        Ok(self
+            .accounts
+            .iter()
+            .filter(|a| selection.accounts.is_empty() || selection.accounts.contains(a.id()))
+            .filter(|a| selection.providers.is_empty() || selection.providers.contains(&a.provider()))
+            .cloned()
+            .collect())
+    }
+
+    pub async fn balances(self: &Arc<Self>, selection: &Selection) -> Result<BalancesOutcome, SelectionError> {
+        let selected = self.select(selection)?;
+        let deadline = Instant::now() + self.request_timeout;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, account) in selected.iter().enumerate() {
+            let service = Arc::clone(self);
+            let account = Arc::clone(account);
+            let max_age = selection.max_age;
+            tasks.spawn(async move { (i, service.resolve(account, max_age, deadline).await) });
+        }
+        let mut views: Vec<Option<View>> = selected.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            // resolve() does not panic; a JoinError would mean the runtime is shutting down.
+            if let Ok((i, view)) = joined {
+                views[i] = Some(view);
+            }
+        }
+        let views: Vec<View> = views.into_iter().flatten().collect();
+        Ok(self.report(views, selection))
+    }
+
+    /// Serves the account from cache when fresh enough, else refreshes it (joining a fetch in
+    /// flight) and waits until the deadline; on failure serves the last figure as stale.
+    async fn resolve(
+        self: Arc<Self>,
+        account: Arc<AccountState>,
+        max_age: Option<Duration>,
+        deadline: Instant,
+    ) -> View {
+        let bound = max_age.unwrap_or(account.config.freshness.ttl);
+        let label = account.id().to_string();
+        if let Some(view) = self.fresh_cached(&account, bound) {
+            metrics::counter!("tally_cache_hits_total", "account" => label).increment(1);
+            return view;
+        }
+        // Another replica sharing the store may hold a newer figure than this process.
+        if self.store.backend() == Backend::Postgres
+            && let Ok(Some(stored)) = self.store.latest_balances(account.id()).await
+        {
+            account.offer(Arc::new(stored));
+            if let Some(view) = self.fresh_cached(&account, bound) {
+                metrics::counter!("tally_cache_hits_total", "account" => label).increment(1);
+                return view;
+            }
+        }
+        metrics::counter!("tally_cache_misses_total", "account" => label).increment(1);
+        let mut rx = self.refresh(&account);
+        let waited = tokio::time::timeout_at(deadline, async {
+            rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
+        })
+        .await;
+        // `None` would mean the fetch task vanished without an answer; report it as a timeout.
+        let outcome = waited
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")));
+        match outcome {
+            Ok(snapshot) => {
+                let fresh_for = bound.max(account.config.freshness.ttl);
+                View {
+                    account,
+                    status: AccountStatus::Fresh,
+                    source: Some(Source::Live),
+                    snapshot: Some(snapshot),
+                    error: None,
+                    fresh_for,
+                }
+            }
+            Err(error) => self.stale(account, error).await,
+        }
+    }
+
+    fn fresh_cached(&self, account: &Arc<AccountState>, bound: Duration) -> Option<View> {
+        let snapshot = account.latest()?;
+        let age = age(self.clock.now(), snapshot.fetched_at);
+        (age <= bound && !bound.is_zero()).then(|| View {
+            account: Arc::clone(account),
+            status: AccountStatus::Fresh,
+            source: Some(Source::Cache),
+            snapshot: Some(snapshot),
+            error: None,
+            fresh_for: bound.saturating_sub(age),
+        })
+    }
+
+    /// The last known figure (memory, else the store) marked stale, or `failed` if none.
+    async fn stale(&self, account: Arc<AccountState>, error: UpstreamError) -> View {
+        let mut snapshot = account.latest();
+        if snapshot.is_none()
+            && let Ok(Some(stored)) = self.store.latest_balances(account.id()).await
+        {
+            let stored = Arc::new(stored);
+            account.offer(Arc::clone(&stored));
+            snapshot = Some(stored);
+        }
+        let error = Some(AccountError {
+            code: error.code().to_owned(),
+            message: error.message.clone(),
+            upstream_status: error.upstream_status,
+            at: self.clock.now(),
+        });
+        let (status, source) = match snapshot {
+            Some(_) => (AccountStatus::Stale, Some(Source::Cache)),
+            None => (AccountStatus::Failed, None),
+        };
+        View { account, status, source, snapshot, error, fresh_for: Duration::ZERO }
+    }
+
+    fn report(&self, views: Vec<View>, selection: &Selection) -> BalancesOutcome {
+        let now = self.clock.now();
+        let mut balances = Vec::new();
+        let mut accounts = Vec::with_capacity(views.len());
+        for view in &views {
+            if let Some(snapshot) = &view.snapshot {
+                metrics::gauge!("tally_figure_age_seconds", "account" => view.account.id().to_string())
+                    .set(age(now, snapshot.fetched_at).as_secs_f64());
+                let wanted = |c: &Currency| selection.currencies.is_empty() || selection.currencies.contains(c);
+                balances.extend(snapshot.entries.iter().filter(|e| wanted(&e.currency)).map(|e| BalanceLine {
+                    account: view.account.id().clone(),
+                    provider: view.account.provider(),
+                    wallet: e.wallet.clone(),
+                    currency: e.currency.clone(),
+                    available: e.available,
+                    pending: e.pending,
+                    reserved: e.reserved,
+                    total: e.total,
+                    blocked: e.blocked,
+                    fetched_at: snapshot.fetched_at,
+                    age_seconds: age_seconds(now, snapshot.fetched_at),
+                    stale: view.status != AccountStatus::Fresh,
+                }));
+            }
+            accounts.push(AccountLine {
+                account: view.account.id().clone(),
+                provider: view.account.provider(),
+                status: view.status,
+                source: view.source,
+                fetched_at: view.snapshot.as_ref().map(|s| s.fetched_at),
+                error: view.error.clone(),
+                raw: if selection.include_raw { view.snapshot.as_ref().and_then(|s| s.raw.clone()) } else { None },
+            });
+        }
+        let servable = views.is_empty() || views.iter().any(|v| v.snapshot.is_some());
+        let fresh_for = views.iter().map(|v| v.fresh_for).min().unwrap_or_default();
+        let retry_after = views
+            .iter()
+            .filter_map(|v| v.account.circuit.lock().ok().and_then(|c| c.allow(now).err()))
+            .map(|at| age(at, now))
+            .min()
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_secs(1));
+        BalancesOutcome {
+            report: BalancesReport {
+                generated_at: now,
+                complete: views.iter().all(|v| v.status == AccountStatus::Fresh),
+                totals: totals(&balances),
+                balances,
+                accounts,
+            },
+            servable,
+            fresh_for,
+            retry_after,
+        }
+    }
+}

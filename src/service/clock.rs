@@ -1,0 +1,54 @@
+//! Wall-clock time, injectable so tests can move it without sleeping.
+
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+pub trait Clock: Send + Sync {
+    /// Now, to the millisecond (what the store keeps and the API shows).
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        truncate_millis(Utc::now())
+    }
+}
+
+/// A clock that only moves when told to: for tests of ttl, cool-downs and ages.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self(Mutex::new(truncate_millis(start)))
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut now = self.0.lock().expect("clock lock is never held across a panic");
+        *now += TimeDelta::from_std(by).expect("test durations are small");
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().expect("clock lock is never held across a panic")
+    }
+}
+
+fn truncate_millis(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// How long ago `then` was, in whole non-negative seconds.
+pub fn age_seconds(now: DateTime<Utc>, then: DateTime<Utc>) -> u64 {
+    (now - then).num_seconds().max(0) as u64
+}
+
+/// Age as a std duration, zero when `then` is in the future (clock skew between replicas).
+pub fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> std::time::Duration {
+    (now - then).to_std().unwrap_or_default()
+}

@@ -1,0 +1,161 @@
+//! One fetch per account at a time, shared by every request that needs it (coalescing), with
+//! retries for transient failures, the circuit breaker, and persistence before serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{AccountState, FetchOutcome, Service};
+use crate::providers::UpstreamError;
+use crate::store::AccountSnapshot;
+
+impl Service {
+    /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
+    /// a caller that stops waiting (its deadline passed) does not cancel it: the figure still
+    /// lands in the cache and the store for the next caller.
+    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>) -> watch::Receiver<Option<FetchOutcome>> {
+        let mut inflight = account.inflight.lock().expect("inflight lock is never held across a panic");
+        if let Some(rx) = inflight.as_ref()
+            && rx.borrow().is_none()
+        {
+            metrics::counter!("tally_coalesced_waiters_total", "account" => account.id().to_string()).increment(1);
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        *inflight = Some(rx.clone());
+        drop(inflight);
+        let service = Arc::clone(self);
+        let account = Arc::clone(account);
+        tokio::spawn(async move {
+            let outcome = service.fetch_now(&account).await;
+            // Publish before clearing: a caller arriving in between sees a finished fetch and
+            // starts a new one rather than waiting on a channel nobody will send to.
+            let _ = tx.send(Some(outcome));
+            account.inflight.lock().expect("inflight lock is never held across a panic").take();
+        });
+        rx
+    }
+
+    async fn fetch_now(&self, account: &AccountState) -> FetchOutcome {
+        let id = account.id().to_string();
+        let provider = account.provider().as_str();
+        let now = self.clock.now();
+        if let Err(reopens_at) = account.circuit.lock().expect("circuit lock is never held across a panic").allow(now) {
+            metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => id.clone(),
+                "operation" => "balances", "outcome" => "circuit_open")
+            .increment(1);
+            return Err(UpstreamError::circuit_open(format!(
+                "too many consecutive failures; the next attempt is allowed at {}",
+                reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
+        }
+        let result = {
+            let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
+            self.fetch_with_retries(account).await
+        };
+        let now = self.clock.now();
+        match result {
+            Ok(fetch) => {
+                let snapshot = Arc::new(AccountSnapshot {
+                    account: account.id().clone(),
+                    provider: account.provider(),
+                    fetched_at: now,
+                    entries: fetch.entries,
+                    raw: Some(fetch.raw),
+                });
+                self.persist(&snapshot).await;
+                account.offer(Arc::clone(&snapshot));
+                account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
+                account.health.lock().expect("health lock is never held across a panic").last_success_at = Some(now);
+                Ok(snapshot)
+            }
+            Err(error) => {
+                tracing::warn!(account = %id, provider, code = error.code(), upstream_status = ?error.upstream_status,
+                    provider_code = ?error.provider_code, "balance fetch failed: {}", error.message);
+                account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
+                account.health.lock().expect("health lock is never held across a panic").last_error =
+                    Some((error.clone(), now));
+                Err(error)
+            }
+        }
+    }
+
+    /// Calls the provider, retrying transient failures with exponential backoff and jitter
+    /// while the retry still fits in one request deadline. Auth failures are never retried.
+    async fn fetch_with_retries(&self, account: &AccountState) -> Result<crate::domain::BalanceFetch, UpstreamError> {
+        let budget_ends = Instant::now() + self.request_timeout;
+        let policy = account.config.retry;
+        let mut attempt = 0;
+        loop {
+            let result = self.fetch_once(account).await;
+            let error = match result {
+                Ok(fetch) => return Ok(fetch),
+                Err(e) => e,
+            };
+            if !error.kind.is_transient() || attempt >= policy.max_retries {
+                return Err(error);
+            }
+            let delay = backoff(policy.base_delay, attempt).max(error.retry_after.unwrap_or_default());
+            if Instant::now() + delay >= budget_ends {
+                return Err(error);
+            }
+            tracing::debug!(account = %account.id(), attempt, delay_ms = delay.as_millis() as u64, code = error.code(),
+                "retrying balance fetch");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn fetch_once(&self, account: &AccountState) -> Result<crate::domain::BalanceFetch, UpstreamError> {
+        let started = Instant::now();
+        let timeout = account.config.freshness.timeout;
+        let result = tokio::time::timeout(timeout, account.client.fetch_balances()).await.unwrap_or_else(|_| {
+            Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
+        });
+        let provider = account.provider().as_str();
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(e) => e.code(),
+        };
+        metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => account.id().to_string(),
+            "operation" => "balances", "outcome" => outcome)
+        .increment(1);
+        metrics::histogram!("tally_upstream_latency_seconds", "provider" => provider, "operation" => "balances")
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Persists a successful fetch. A store outage is logged and reported by `/readyz`, but
+    /// never keeps a live figure from being served.
+    async fn persist(&self, snapshot: &AccountSnapshot) {
+        let result = self.store.record_balances(snapshot).await;
+        if let Err(e) = &result {
+            tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot");
+        }
+        self.store_health.record(&result);
+    }
+}
+
+/// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    exp.mul_f64(rand::random_range(0.75..1.25))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter() {
+        let base = Duration::from_millis(100);
+        for attempt in 0..4 {
+            let d = backoff(base, attempt);
+            let nominal = 100.0 * f64::from(1u32 << attempt);
+            let ms = d.as_secs_f64() * 1000.0;
+            assert!(ms >= nominal * 0.75 && ms <= nominal * 1.25, "attempt {attempt}: {ms} ms");
+        }
+    }
+}

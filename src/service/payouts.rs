@@ -1,0 +1,1 @@
+//! `GET /payouts/{id}` (built in the payouts issue).

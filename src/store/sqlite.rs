@@ -1,0 +1,347 @@
+//! The embedded SQLite store: one file, WAL journal, amounts as decimal TEXT, times as unix
+//! microseconds.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::*;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable across application crashes, and fast.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy_with(options);
+        Ok(Self { pool })
+    }
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(us: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(us).ok_or_else(|| StoreError::Corrupt(format!("time {us} out of range")))
+}
+
+fn entry(row: &SqliteRow) -> Result<BalanceEntry, StoreError> {
+    Ok(BalanceEntry {
+        wallet: row.try_get("wallet")?,
+        currency: parse_currency(row.try_get("currency")?)?,
+        available: parse_decimal_text(row.try_get("available")?)?,
+        pending: parse_decimal_text(row.try_get("pending")?)?,
+        reserved: parse_decimal_text(row.try_get("reserved")?)?,
+        total: parse_decimal_text(row.try_get("total")?)?,
+        blocked: row.try_get::<i64, _>("blocked")? != 0,
+    })
+}
+
+fn stored_payout(row: &SqliteRow) -> Result<StoredPayout, StoreError> {
+    let failure_message: Option<String> = row.try_get("failure_message")?;
+    let opt_time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        row.try_get::<Option<i64>, _>(col)?.map(time).transpose()
+    };
+    Ok(StoredPayout {
+        account: parse_account(row.try_get("account")?)?,
+        provider: parse_provider(row.try_get("provider")?)?,
+        fetched_at: time(row.try_get("fetched_at")?)?,
+        payout: Payout {
+            id: row.try_get("payout_id")?,
+            reference: row.try_get("reference")?,
+            status: parse_status(row.try_get("status")?)?,
+            provider_status: row.try_get("provider_status")?,
+            is_final: row.try_get::<i64, _>("is_final")? != 0,
+            amount: parse_decimal_text(row.try_get("amount")?)?,
+            currency: row.try_get::<Option<String>, _>("currency")?.as_deref().map(parse_currency).transpose()?,
+            fee: parse_decimal_text(row.try_get("fee")?)?,
+            failure: failure_message
+                .map(|message| {
+                    Ok::<_, StoreError>(crate::domain::PayoutFailure { code: row.try_get("failure_code")?, message })
+                })
+                .transpose()?,
+            created_at: opt_time("created_at")?,
+            updated_at: opt_time("updated_at")?,
+        },
+    })
+}
+
+async fn upsert_point(
+    tx: &mut Transaction<'_, Sqlite>,
+    snapshot: &AccountSnapshot,
+    e: &BalanceEntry,
+) -> Result<(), StoreError> {
+    let at = micros(snapshot.fetched_at);
+    let last = sqlx::query(
+        "SELECT id, wallet, currency, available, pending, reserved, total, blocked FROM balance_points
+         WHERE account = ?1 AND wallet = ?2 AND currency = ?3 ORDER BY first_seen_at DESC, id DESC LIMIT 1",
+    )
+    .bind(snapshot.account.as_str())
+    .bind(&e.wallet)
+    .bind(e.currency.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(row) = last
+        && unchanged(&entry(&row)?, e)
+    {
+        sqlx::query("UPDATE balance_points SET last_confirmed_at = ?1 WHERE id = ?2 AND last_confirmed_at < ?1")
+            .bind(at)
+            .bind(row.try_get::<i64, _>("id")?)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO balance_points (account, provider, wallet, currency, available, pending, reserved, total,
+                                     blocked, first_seen_at, last_confirmed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+    )
+    .bind(snapshot.account.as_str())
+    .bind(snapshot.provider.as_str())
+    .bind(&e.wallet)
+    .bind(e.currency.as_str())
+    .bind(decimal_text(&e.available))
+    .bind(decimal_text(&e.pending))
+    .bind(decimal_text(&e.reserved))
+    .bind(decimal_text(&e.total))
+    .bind(e.blocked as i64)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl SqliteStore {
+    async fn snapshot_from(&self, row: SqliteRow) -> Result<AccountSnapshot, StoreError> {
+        let account = parse_account(row.try_get("account")?)?;
+        let fetched_at: i64 = row.try_get("fetched_at")?;
+        let rows = sqlx::query(
+            "SELECT wallet, currency, available, pending, reserved, total, blocked FROM balance_points
+             WHERE account = ?1 AND last_confirmed_at = ?2 ORDER BY wallet, currency",
+        )
+        .bind(account.as_str())
+        .bind(fetched_at)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(AccountSnapshot {
+            provider: parse_provider(row.try_get("provider")?)?,
+            fetched_at: time(fetched_at)?,
+            entries: rows.iter().map(entry).collect::<Result<_, _>>()?,
+            raw: parse_raw(row.try_get("raw")?),
+            account,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::sqlite().run(&self.pool).await.map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::NotMigrated(e.to_string()))?;
+        let expected = migrations::latest_version(&migrations::sqlite());
+        match applied {
+            Some(v) if v >= expected => Ok(()),
+            _ => Err(StoreError::NotMigrated(format!("expected version {expected}, found {applied:?}"))),
+        }
+    }
+
+    async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in &snapshot.entries {
+            upsert_point(&mut tx, snapshot, e).await?;
+        }
+        sqlx::query(
+            "INSERT INTO account_snapshots (account, provider, fetched_at, raw) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (account) DO UPDATE SET provider = ?2, fetched_at = ?3, raw = ?4
+             WHERE account_snapshots.fetched_at <= ?3",
+        )
+        .bind(snapshot.account.as_str())
+        .bind(snapshot.provider.as_str())
+        .bind(micros(snapshot.fetched_at))
+        .bind(snapshot.raw.as_ref().map(|r| r.to_string()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn latest_balances(&self, account: &AccountId) -> Result<Option<AccountSnapshot>, StoreError> {
+        let row = sqlx::query("SELECT account, provider, fetched_at, raw FROM account_snapshots WHERE account = ?1")
+            .bind(account.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.snapshot_from(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn all_latest_balances(&self) -> Result<Vec<AccountSnapshot>, StoreError> {
+        let rows = sqlx::query("SELECT account, provider, fetched_at, raw FROM account_snapshots ORDER BY account")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.snapshot_from(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn balance_history(&self, q: &HistoryQuery) -> Result<Vec<HistoryPoint>, StoreError> {
+        // Only the filters given become SQL, so the planner can use the series indexes.
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT account, provider, wallet, currency, available, pending, reserved, total, blocked, \
+             first_seen_at, last_confirmed_at FROM balance_points WHERE 1 = 1",
+        );
+        if let Some(a) = &q.account {
+            sql.push(" AND account = ").push_bind(a.as_str());
+        }
+        if let Some(w) = &q.wallet {
+            sql.push(" AND wallet = ").push_bind(w.as_str());
+        }
+        if let Some(c) = &q.currency {
+            sql.push(" AND currency = ").push_bind(c.as_str());
+        }
+        if let Some(from) = q.from {
+            sql.push(" AND last_confirmed_at >= ").push_bind(micros(from));
+        }
+        if let Some(to) = q.to {
+            sql.push(" AND first_seen_at <= ").push_bind(micros(to));
+        }
+        sql.push(" ORDER BY first_seen_at, id LIMIT ").push_bind(i64::from(q.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: time(row.try_get("first_seen_at")?)?,
+                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let previous: Option<(String, String)> =
+            sqlx::query_as("SELECT status, provider_status FROM payouts WHERE account = ?1 AND payout_id = ?2")
+                .bind(p.account.as_str())
+                .bind(&p.payout.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let po = &p.payout;
+        sqlx::query(
+            "INSERT INTO payouts (account, payout_id, provider, reference, status, provider_status, is_final, amount,
+                                  currency, fee, failure_code, failure_message, created_at, updated_at, fetched_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT (account, payout_id) DO UPDATE SET
+                provider = ?3, reference = ?4, status = ?5, provider_status = ?6, is_final = ?7, amount = ?8,
+                currency = ?9, fee = ?10, failure_code = ?11, failure_message = ?12, created_at = ?13,
+                updated_at = ?14, fetched_at = ?15",
+        )
+        .bind(p.account.as_str())
+        .bind(&po.id)
+        .bind(p.provider.as_str())
+        .bind(po.reference.as_deref())
+        .bind(po.status.as_str())
+        .bind(&po.provider_status)
+        .bind(po.is_final as i64)
+        .bind(decimal_text(&po.amount))
+        .bind(po.currency.as_ref().map(|c| c.as_str()))
+        .bind(decimal_text(&po.fee))
+        .bind(po.failure.as_ref().and_then(|f| f.code.as_deref()))
+        .bind(po.failure.as_ref().map(|f| f.message.as_str()))
+        .bind(po.created_at.map(micros))
+        .bind(po.updated_at.map(micros))
+        .bind(micros(p.fetched_at))
+        .execute(&mut *tx)
+        .await?;
+        let changed = previous.is_none_or(|(s, ps)| s != po.status.as_str() || ps != po.provider_status);
+        if changed {
+            sqlx::query(
+                "INSERT INTO payout_transitions (account, payout_id, observed_at, provider_status, status, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(p.account.as_str())
+            .bind(&po.id)
+            .bind(micros(p.fetched_at))
+            .bind(&po.provider_status)
+            .bind(po.status.as_str())
+            .bind(source)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_payout(&self, account: &AccountId, id: &str) -> Result<Option<StoredPayout>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM payouts WHERE account = ?1 AND (payout_id = ?2 OR reference = ?2)
+             ORDER BY payout_id = ?2 DESC LIMIT 1",
+        )
+        .bind(account.as_str())
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(stored_payout).transpose()
+    }
+
+    async fn payout_transitions(
+        &self,
+        account: &AccountId,
+        payout_id: &str,
+    ) -> Result<Vec<PayoutTransition>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT observed_at, provider_status, status, source FROM payout_transitions
+             WHERE account = ?1 AND payout_id = ?2 ORDER BY id",
+        )
+        .bind(account.as_str())
+        .bind(payout_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PayoutTransition {
+                    observed_at: time(row.try_get("observed_at")?)?,
+                    provider_status: row.try_get("provider_status")?,
+                    status: parse_status(row.try_get("status")?)?,
+                    source: row.try_get("source")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
