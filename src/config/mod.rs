@@ -217,3 +217,6 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim())
         .map_err(|e| ConfigError::new(key, format!("`{text}` is not a duration like \"30s\" or \"250ms\" ({e})")))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,11 +1,13 @@
 //! The PostgreSQL store: shared by replicas; amounts as NUMERIC, times as TIMESTAMPTZ.
+//!
+//! Amounts cross the driver as text (`$n::numeric`, `col::text`): sqlx's binary Decimal
+//! codec drops the scale of zero (`0.00` comes back `0`), and the scale is part of a figure.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
@@ -39,10 +41,10 @@ fn entry(row: &PgRow) -> Result<BalanceEntry, StoreError> {
     Ok(BalanceEntry {
         wallet: row.try_get("wallet")?,
         currency: parse_currency(row.try_get("currency")?)?,
-        available: row.try_get::<Option<Decimal>, _>("available")?,
-        pending: row.try_get::<Option<Decimal>, _>("pending")?,
-        reserved: row.try_get::<Option<Decimal>, _>("reserved")?,
-        total: row.try_get::<Option<Decimal>, _>("total")?,
+        available: parse_decimal_text(row.try_get("available")?)?,
+        pending: parse_decimal_text(row.try_get("pending")?)?,
+        reserved: parse_decimal_text(row.try_get("reserved")?)?,
+        total: parse_decimal_text(row.try_get("total")?)?,
         blocked: row.try_get("blocked")?,
     })
 }
@@ -59,9 +61,9 @@ fn stored_payout(row: &PgRow) -> Result<StoredPayout, StoreError> {
             status: parse_status(row.try_get("status")?)?,
             provider_status: row.try_get("provider_status")?,
             is_final: row.try_get("is_final")?,
-            amount: row.try_get("amount")?,
+            amount: parse_decimal_text(row.try_get("amount")?)?,
             currency: row.try_get::<Option<String>, _>("currency")?.as_deref().map(parse_currency).transpose()?,
-            fee: row.try_get("fee")?,
+            fee: parse_decimal_text(row.try_get("fee")?)?,
             failure: failure_message
                 .map(|message| {
                     Ok::<_, StoreError>(crate::domain::PayoutFailure { code: row.try_get("failure_code")?, message })
@@ -79,7 +81,7 @@ async fn upsert_point(
     e: &BalanceEntry,
 ) -> Result<(), StoreError> {
     let last = sqlx::query(
-        "SELECT id, wallet, currency, available, pending, reserved, total, blocked FROM balance_points
+        "SELECT id, wallet, currency, available::text AS available, pending::text AS pending, reserved::text AS reserved, total::text AS total, blocked FROM balance_points
          WHERE account = $1 AND wallet = $2 AND currency = $3 ORDER BY first_seen_at DESC, id DESC LIMIT 1",
     )
     .bind(snapshot.account.as_str())
@@ -100,16 +102,16 @@ async fn upsert_point(
     sqlx::query(
         "INSERT INTO balance_points (account, provider, wallet, currency, available, pending, reserved, total,
                                      blocked, first_seen_at, last_confirmed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+         VALUES ($1, $2, $3, $4, $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9, $10, $10)",
     )
     .bind(snapshot.account.as_str())
     .bind(snapshot.provider.as_str())
     .bind(&e.wallet)
     .bind(e.currency.as_str())
-    .bind(e.available)
-    .bind(e.pending)
-    .bind(e.reserved)
-    .bind(e.total)
+    .bind(decimal_text(&e.available))
+    .bind(decimal_text(&e.pending))
+    .bind(decimal_text(&e.reserved))
+    .bind(decimal_text(&e.total))
     .bind(e.blocked)
     .bind(snapshot.fetched_at)
     .execute(&mut **tx)
@@ -122,7 +124,7 @@ impl PostgresStore {
         let account = parse_account(row.try_get("account")?)?;
         let fetched_at: DateTime<Utc> = row.try_get("fetched_at")?;
         let rows = sqlx::query(
-            "SELECT wallet, currency, available, pending, reserved, total, blocked FROM balance_points
+            "SELECT wallet, currency, available::text AS available, pending::text AS pending, reserved::text AS reserved, total::text AS total, blocked FROM balance_points
              WHERE account = $1 AND last_confirmed_at = $2 ORDER BY wallet, currency",
         )
         .bind(account.as_str())
@@ -209,7 +211,7 @@ impl Store for PostgresStore {
     async fn balance_history(&self, q: &HistoryQuery) -> Result<Vec<HistoryPoint>, StoreError> {
         // Only the filters given become SQL, so the planner can use the series indexes.
         let mut sql = sqlx::QueryBuilder::<Postgres>::new(
-            "SELECT account, provider, wallet, currency, available, pending, reserved, total, blocked, \
+            "SELECT account, provider, wallet, currency, available::text AS available, pending::text AS pending, reserved::text AS reserved, total::text AS total, blocked, \
              first_seen_at, last_confirmed_at FROM balance_points WHERE TRUE",
         );
         if let Some(a) = &q.account {
@@ -255,10 +257,10 @@ impl Store for PostgresStore {
         sqlx::query(
             "INSERT INTO payouts (account, payout_id, provider, reference, status, provider_status, is_final, amount,
                                   currency, fee, failure_code, failure_message, created_at, updated_at, fetched_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10::numeric, $11, $12, $13, $14, $15)
              ON CONFLICT (account, payout_id) DO UPDATE SET
-                provider = $3, reference = $4, status = $5, provider_status = $6, is_final = $7, amount = $8,
-                currency = $9, fee = $10, failure_code = $11, failure_message = $12, created_at = $13,
+                provider = $3, reference = $4, status = $5, provider_status = $6, is_final = $7, amount = $8::numeric,
+                currency = $9, fee = $10::numeric, failure_code = $11, failure_message = $12, created_at = $13,
                 updated_at = $14, fetched_at = $15",
         )
         .bind(p.account.as_str())
@@ -268,9 +270,9 @@ impl Store for PostgresStore {
         .bind(po.status.as_str())
         .bind(&po.provider_status)
         .bind(po.is_final)
-        .bind(po.amount)
+        .bind(decimal_text(&po.amount))
         .bind(po.currency.as_ref().map(|c| c.as_str()))
-        .bind(po.fee)
+        .bind(decimal_text(&po.fee))
         .bind(po.failure.as_ref().and_then(|f| f.code.as_deref()))
         .bind(po.failure.as_ref().map(|f| f.message.as_str()))
         .bind(po.created_at)
@@ -299,7 +301,9 @@ impl Store for PostgresStore {
 
     async fn find_payout(&self, account: &AccountId, id: &str) -> Result<Option<StoredPayout>, StoreError> {
         let row = sqlx::query(
-            "SELECT * FROM payouts WHERE account = $1 AND (payout_id = $2 OR reference = $2)
+            "SELECT account, payout_id, provider, reference, status, provider_status, is_final, amount::text AS amount,
+                    currency, fee::text AS fee, failure_code, failure_message, created_at, updated_at, fetched_at
+             FROM payouts WHERE account = $1 AND (payout_id = $2 OR reference = $2)
              ORDER BY (payout_id = $2) DESC LIMIT 1",
         )
         .bind(account.as_str())

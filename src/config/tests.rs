@@ -1,0 +1,184 @@
+use secrecy::ExposeSecret;
+
+use super::*;
+
+const FULL: &str = r#"
+[server]
+listen = "127.0.0.1:9090"
+request_timeout = "8s"
+max_concurrent_fetches = 16
+
+[store]
+url = "postgres://tally@db.internal/tally"
+max_connections = 20
+
+[defaults]
+ttl = "45s"
+timeout = "2500ms"
+refresh_interval = "1m"
+
+[auth]
+api_keys = [{ name = "grafana", sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" }]
+
+[metrics]
+require_auth = true
+
+[[accounts]]
+id = "leanx-main"
+provider = "leanx"
+base_url = "https://api.leanx.dev"
+auth_token = "LP-X|uuid|hex"
+currency = "myr"
+ttl = "10s"
+
+[[accounts]]
+id = "luxtak-latam"
+provider = "luxtak"
+app_id = "APP"
+app_key = "KEY"
+
+[[accounts]]
+id = "ibanera-treasury"
+provider = "ibanera"
+username = "u"
+password = "p"
+totp_secret = "JBSWY3DPEHPK3PXP"
+
+[[accounts]]
+id = "yedpay-hk"
+provider = "yedpay"
+access_token = "tok"
+company_id = "JwoMPpKy"
+currencies = ["HKD", "usd"]
+"#;
+
+#[test]
+fn a_full_valid_file_loads_with_defaults_and_overrides() {
+    let s = from_toml(FULL).unwrap();
+    assert_eq!(s.server.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(s.server.request_timeout, Duration::from_secs(8));
+    assert_eq!(s.server.max_concurrent_fetches, 16);
+    assert_eq!(s.store.max_connections, 20);
+    assert_eq!(s.auth.api_keys[0].name, "grafana");
+    assert!(s.metrics.require_auth);
+    assert_eq!(s.accounts.len(), 4);
+    let leanx = &s.accounts[0];
+    assert_eq!(leanx.freshness.ttl, Duration::from_secs(10), "the account's own ttl wins");
+    assert_eq!(leanx.freshness.timeout, Duration::from_millis(2500), "[defaults] applies");
+    assert_eq!(leanx.freshness.refresh_interval, Duration::from_secs(60));
+    assert_eq!(leanx.utc_offset.local_minus_utc(), 8 * 3600);
+    match &leanx.provider {
+        ProviderConfig::Leanx { auth_token, currency } => {
+            assert_eq!(auth_token.expose_secret(), "LP-X|uuid|hex");
+            assert_eq!(currency.as_str(), "MYR");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(s.accounts[1].base_url.as_str(), "https://api.luxtak.com/", "documented default base URL");
+    match &s.accounts[3].provider {
+        ProviderConfig::Yedpay { currencies, .. } => {
+            assert_eq!(currencies.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["HKD", "USD"])
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn no_file_means_loopback_sqlite_and_no_accounts() {
+    let s = from_toml("").unwrap();
+    assert_eq!(s.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(s.store.url.expose_secret(), "sqlite://tally.db");
+    assert!(s.accounts.is_empty());
+    assert_eq!(s.server.request_timeout, Duration::from_secs(10));
+}
+
+fn error_of(toml: &str) -> ConfigError {
+    from_toml(toml).expect_err("the config should be rejected")
+}
+
+#[test]
+fn each_bad_config_names_its_key() {
+    let leanx = "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\n";
+    let cases: &[(&str, &str, &str)] = &[
+        ("[server]\nlistn = \"x\"", "server", "unknown field `listn`"),
+        ("[sever]\nlisten = \"x\"", "", "unknown field `sever`"),
+        ("[server]\nlisten = \"localhost\"", "server.listen", "not an address"),
+        ("[server]\nrequest_timeout = \"10 parsecs\"", "server.request_timeout", "not a duration"),
+        (
+            "[defaults]\nttl = \"soon\"\n[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"",
+            "defaults.ttl",
+            "not a duration",
+        ),
+        ("[[accounts]]\nid = \"a\"\nprovider = \"stripe\"", "accounts[0].provider", "unknown provider `stripe`"),
+        (
+            "[[accounts]]\nid = \"Main Account\"\nprovider = \"leanx\"\nauth_token = \"t\"",
+            "accounts[0].id",
+            "not a valid account id",
+        ),
+        (&format!("{leanx}{leanx}"), "accounts[1].id", "used twice"),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"luxtak\"\napp_id = \"x\"",
+            "accounts[0].app_key",
+            "is required for provider luxtak",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"env:TALLY_TEST_SURELY_UNSET\"",
+            "accounts[0].auth_token",
+            "TALLY_TEST_SURELY_UNSET is not set",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"not a url\"",
+            "accounts[0].base_url",
+            "is not a URL",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"ftp://x\"",
+            "accounts[0].base_url",
+            "http(s)",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\napp_key = \"k\"",
+            "accounts[0].app_key",
+            "is a luxtak setting",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_tokn = \"t\"",
+            "accounts[0]",
+            "unknown field `auth_tokn`",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"ibanera\"\nusername = \"u\"\npassword = \"p\"\ntotp_secret = \"not base32!\"",
+            "accounts[0].totp_secret",
+            "base32",
+        ),
+        ("[auth]\napi_keys = [{ name = \"x\", sha256 = \"abc\" }]", "auth.api_keys[0].sha256", "hex SHA-256"),
+        ("[store]\nurl = \"mysql://x\"", "store.url", "must start with"),
+        ("[server]\nmax_concurrent_fetches = 0", "server.max_concurrent_fetches", "at least 1"),
+    ];
+    for (toml, key, problem) in cases {
+        let e = error_of(toml);
+        let text = e.to_string();
+        assert!(e.key.starts_with(key), "for {toml:?}: key {:?} should start with {key:?} ({text})", e.key);
+        assert!(text.contains(problem), "for {toml:?}: {text:?} should mention {problem:?}");
+    }
+}
+
+#[test]
+fn errors_never_echo_secret_values() {
+    let e = error_of(
+        "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"SUPERSECRET\"\napp_key = \"ALSOSECRET\"",
+    );
+    let text = e.to_string();
+    assert!(!text.contains("SUPERSECRET") && !text.contains("ALSOSECRET"), "{text}");
+    let e = error_of("[store]\nurl = \"mysql://user:hunter2@db/x\"");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn debug_output_redacts_secrets() {
+    let s = from_toml(FULL).unwrap();
+    let debug = format!("{s:?}");
+    for secret in ["LP-X|uuid|hex", "KEY", "JBSWY3DPEHPK3PXP", "tally@db.internal"] {
+        assert!(!debug.contains(secret), "Debug output leaks {secret}");
+    }
+}

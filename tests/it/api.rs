@@ -1,0 +1,81 @@
+//! The HTTP skeleton: health, readiness, problem+json, request ids.
+
+use crate::helpers::{TestApp, TestDb};
+
+#[tokio::test]
+async fn healthz_and_readyz_answer_on_a_fresh_sqlite_store() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let (status, body) = app.get_json("/healthz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_is_ready_on_postgres() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let app = TestApp::spawn(db.url(), "").await;
+    let (status, _) = app.get_json("/readyz").await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_problem_json_when_the_store_is_down() {
+    // Nothing listens on port 1: the store is unreachable, yet tally starts and stays alive.
+    let app = TestApp::spawn("postgres://tally@127.0.0.1:1/tally", "").await;
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "not_ready");
+    assert_eq!(body["status"], 503);
+    assert!(!body.to_string().contains("127.0.0.1:1"), "the store URL is not exposed");
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200, "liveness does not depend on the store");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_problem_json_with_stable_codes() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let r = app.get("/no/such/route").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "route_not_found");
+    assert_eq!(body["type"], "about:blank");
+    assert_eq!(body["title"], "Not Found");
+
+    let r = app.http.delete(format!("{}/balances", app.base)).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_request_id_comes_back_generated_or_propagated() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let r = app.get("/healthz").await;
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let r = app.http.get(format!("{}/healthz", app.base)).header("x-request-id", "trace-me-42").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-me-42");
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_docs_page_are_served() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let (status, doc) = app.get_json("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/balances"]["get"].is_object());
+    let r = app.get("/docs/").await;
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("swagger"), "an interactive page");
+}

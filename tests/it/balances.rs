@@ -1,0 +1,364 @@
+//! `GET /balances`, `/balances/history` and `/accounts` over HTTP, with LeanX-shaped
+//! upstreams faked by wiremock.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::both_stores;
+use crate::helpers::{TestApp, TestDb};
+
+const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
+
+/// A LeanX pool-balance answer, amounts written as exact JSON numbers.
+fn leanx_body(prefund: &str, transaction: &str) -> String {
+    format!(
+        r#"{{"response_code":2000,"description":"SUCCESS","app_version":"/api/v1","talk_to_server_before":"2024-08-09T13:18:02.305450",
+        "data":{{"transaction_balance":{{"value":{transaction},"pool_name":"TRANSACTION","api_key":"k","record_status":1,
+        "updated_at":"2024-04-25T13:30:00","account_id":57,"id":337,"pool_type":1,"created_at":"2024-01-03T11:58:03"}},
+        "prefund_balance":{prefund},"total_transaction_as_of_today":0}},"breakdown_errors":null,"token":""}}"#
+    )
+}
+
+fn ok(prefund: &str, transaction: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(leanx_body(prefund, transaction), "application/json")
+}
+
+async fn leanx(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .and(header("auth-token", "tok"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
+}
+
+fn account(id: &str, server: &MockServer, extra: &str) -> String {
+    format!(
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\nmax_retries = 0\n{extra}\n",
+        server.uri()
+    )
+}
+
+fn lines_of<'a>(body: &'a Value, account: &str) -> Vec<&'a Value> {
+    body["balances"].as_array().unwrap().iter().filter(|l| l["account"] == account).collect()
+}
+
+fn account_line<'a>(body: &'a Value, account: &str) -> &'a Value {
+    body["accounts"].as_array().unwrap().iter().find(|a| a["account"] == account).unwrap()
+}
+
+#[tokio::test]
+async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
+    let delay = Duration::from_millis(400);
+    let mut servers = Vec::new();
+    let mut config = String::new();
+    for i in 0..5 {
+        let server = leanx(ok("393.63", "26.05").set_delay(delay)).await;
+        config.push_str(&account(&format!("a{i}"), &server, ""));
+        servers.push(server);
+    }
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &config).await;
+    let started = Instant::now();
+    let (status, body) = app.get_json("/balances?max_age=0").await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert_eq!(body["complete"], true);
+    assert_eq!(body["balances"].as_array().unwrap().len(), 10);
+    assert!(took < delay * 2, "five upstreams of {delay:?} each took {took:?}: they must run concurrently");
+    eprintln!("fan-out: 5 upstreams × {delay:?} answered in {took:?}");
+}
+
+async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .respond_with(ok("393.63", "26.05").set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
+    let requests = (0..100).map(|_| {
+        let http = app.http.clone();
+        let url = format!("{}/balances?max_age=0", app.base);
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+    });
+    let mut statuses = Vec::new();
+    for r in requests {
+        statuses.push(r.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200));
+    server.verify().await;
+    eprintln!(
+        "coalescing: 100 concurrent forced requests, upstream calls: {}",
+        server.received_requests().await.unwrap().len()
+    );
+}
+
+#[tokio::test]
+async fn a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
+    let (_, first) = app.get_json("/balances").await;
+    assert_eq!(account_line(&first, "leanx-main")["source"], "live");
+    app.advance(Duration::from_secs(20));
+    let (_, second) = app.get_json("/balances").await;
+    assert_eq!(account_line(&second, "leanx-main")["source"], "cache");
+    assert_eq!(lines_of(&second, "leanx-main")[0]["age_seconds"], 20);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "served from cache");
+    app.advance(Duration::from_secs(11));
+    let (_, third) = app.get_json("/balances").await;
+    assert_eq!(account_line(&third, "leanx-main")["source"], "live", "older than the ttl: fetched again");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+async fn a_failed_refresh_serves_the_stored_figure_as_stale(db: &TestDb) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .respond_with(ok("393.63", "26.05"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ResponseTemplate::new(500)).mount(&server).await;
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
+    let (status, _) = app.get_json("/balances").await;
+    assert_eq!(status, 200);
+    app.advance(Duration::from_secs(60));
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 200, "a failing provider is data, not an HTTP error");
+    assert_eq!(body["complete"], false);
+    let acct = account_line(&body, "leanx-main");
+    assert_eq!(acct["status"], "stale");
+    assert_eq!(acct["source"], "cache");
+    assert_eq!(acct["error"]["code"], "upstream_unavailable");
+    assert_eq!(acct["error"]["upstream_status"], 500);
+    let lines = lines_of(&body, "leanx-main");
+    assert!(lines.iter().all(|l| l["stale"] == true));
+    assert_eq!(lines.iter().find(|l| l["wallet"] == "prefund").unwrap()["available"], "393.63");
+    assert_eq!(body["totals"][0]["stale_entries"], 2);
+    assert_eq!(lines[0]["age_seconds"], 60);
+}
+
+#[tokio::test]
+async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh() {
+    let fast = leanx(ok("1.00", "2.00")).await;
+    let hung = leanx(ok("3.00", "4.00").set_delay(Duration::from_secs(30))).await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"1s\"\n[store]\nurl = \"{}\"\n{}{}",
+        TestDb::sqlite().url(),
+        account("fast", &fast, ""),
+        account("hung", &hung, "timeout = \"20s\"")
+    );
+    let settings = tally::config::from_toml(&config).unwrap();
+    let app = TestApp::spawn_settings(settings).await;
+    let started = Instant::now();
+    let (status, body) = app.get_json("/balances").await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_millis(1800), "answered at the 1 s deadline, took {took:?}");
+    assert_eq!(account_line(&body, "fast")["status"], "fresh");
+    let hung_line = account_line(&body, "hung");
+    assert_eq!(hung_line["status"], "failed");
+    assert_eq!(hung_line["error"]["code"], "upstream_timeout");
+    assert_eq!(body["complete"], false);
+    assert_eq!(lines_of(&body, "fast").len(), 2);
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ok("393.63", "26.05")).mount(&server).await;
+    let db = TestDb::sqlite();
+    let extra = "circuit_failure_threshold = 2\ncircuit_cooldown = \"30s\"";
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, extra)).await;
+    for _ in 0..2 {
+        let (status, body) = app.get_json("/balances?max_age=0").await;
+        assert_eq!(status, 503, "nothing stored yet and the upstream fails");
+        assert_eq!(body["code"], "nothing_to_serve");
+    }
+    let r = app.get("/balances?max_age=0").await;
+    assert_eq!(r.status(), 503);
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "retry after the cool-down: {retry_after}");
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["accounts"][0]["error"]["code"], "circuit_open");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2, "no call while the circuit is open");
+    let (_, accounts) = app.get_json("/accounts").await;
+    assert_eq!(accounts["accounts"][0]["circuit"], "open");
+
+    app.advance(Duration::from_secs(31));
+    let (_, accounts) = app.get_json("/accounts").await;
+    assert_eq!(accounts["accounts"][0]["circuit"], "half_open");
+    let (status, body) = app.get_json("/balances?max_age=0").await;
+    assert_eq!(status, 200, "the probe after the cool-down succeeds");
+    assert_eq!(account_line(&body, "leanx-main")["status"], "fresh");
+    let (_, accounts) = app.get_json("/accounts").await;
+    assert_eq!(accounts["accounts"][0]["circuit"], "closed");
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_store_outage_does_not_break_balances() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let app = TestApp::spawn("postgres://tally@127.0.0.1:1/tally", &account("leanx-main", &server, "")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 200);
+    assert_eq!(account_line(&body, "leanx-main")["status"], "fresh");
+    assert_eq!(account_line(&body, "leanx-main")["source"], "live");
+    assert_eq!(lines_of(&body, "leanx-main").len(), 2);
+    let (status, _) = app.get_json("/readyz").await;
+    assert_eq!(status, 503, "readiness reports the store outage");
+}
+
+async fn unchanged_figures_add_no_history_rows(db: &TestDb) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .respond_with(ok("393.63", "26.05"))
+        .up_to_n_times(3)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ok("380.00", "26.05")).mount(&server).await;
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
+    for _ in 0..4 {
+        app.get_json("/balances?max_age=0").await;
+        app.advance(Duration::from_secs(10));
+    }
+    let (status, body) = app.get_json("/balances/history?account=leanx-main").await;
+    assert_eq!(status, 200);
+    let points = body["points"].as_array().unwrap();
+    let summary: Vec<(String, String)> = points
+        .iter()
+        .map(|p| (p["wallet"].as_str().unwrap().to_owned(), p["available"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(points.len(), 3, "two series, one change: {summary:?}");
+    let tx = points.iter().find(|p| p["wallet"] == "transaction").unwrap();
+    assert_eq!(tx["first_seen_at"], "2026-11-22T08:00:00Z");
+    assert_eq!(tx["last_confirmed_at"], "2026-11-22T08:00:30Z", "confirmed by each unchanged fetch");
+    let (_, wallet_only) = app.get_json("/balances/history?account=leanx-main&wallet=prefund&limit=1").await;
+    assert_eq!(wallet_only["points"].as_array().unwrap().len(), 1);
+    assert_eq!(wallet_only["points"][0]["available"], "393.63");
+}
+
+both_stores!(
+    concurrent_requests_share_one_upstream_call,
+    a_failed_refresh_serves_the_stored_figure_as_stale,
+    unchanged_figures_add_no_history_rows,
+);
+
+#[tokio::test]
+async fn totals_are_per_currency_and_filters_select() {
+    let myr1 = leanx(ok("393.63", "26.05")).await;
+    let myr2 = leanx(ok("0.37", "0")).await;
+    let usd = leanx(ok("90071992547409.93", "1.5")).await;
+    let db = TestDb::sqlite();
+    let config = format!(
+        "{}{}{}",
+        account("m1", &myr1, ""),
+        account("m2", &myr2, ""),
+        account("u1", &usd, "currency = \"USD\"")
+    );
+    let app = TestApp::spawn(db.url(), &config).await;
+    let (_, body) = app.get_json("/balances").await;
+    let totals = body["totals"].as_array().unwrap();
+    assert_eq!(totals.len(), 2);
+    assert_eq!(totals[0]["currency"], "MYR");
+    assert_eq!(totals[0]["available"], "420.05");
+    assert_eq!(totals[0]["pending"], Value::Null, "no entry reports pending");
+    assert_eq!(totals[0]["entries"], 4);
+    assert_eq!(totals[1]["currency"], "USD");
+    assert_eq!(totals[1]["total"], "90071992547411.43", "exact, beyond f64");
+
+    let (_, only_usd) = app.get_json("/balances?currency=usd").await;
+    assert!(only_usd["balances"].as_array().unwrap().iter().all(|l| l["currency"] == "USD"));
+    assert_eq!(only_usd["totals"].as_array().unwrap().len(), 1);
+    let (_, two) = app.get_json("/balances?account=m1&account=u1").await;
+    assert_eq!(two["accounts"].as_array().unwrap().len(), 2);
+    let (_, comma) = app.get_json("/balances?account=m1,m2&provider=leanx").await;
+    assert_eq!(comma["accounts"].as_array().unwrap().len(), 2);
+    let (_, none) = app.get_json("/balances?provider=yedpay").await;
+    assert_eq!(none["accounts"].as_array().unwrap().len(), 0);
+    let (_, raw) = app.get_json("/balances?account=m1&include=raw").await;
+    assert_eq!(raw["accounts"][0]["raw"]["response_code"], 2000);
+    assert!(body["accounts"][0].get("raw").is_none(), "raw only on request");
+}
+
+#[tokio::test]
+async fn pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
+    let first = app.get("/balances").await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(first.headers()["cache-control"], "private, max-age=30");
+    app.advance(Duration::from_secs(12));
+    let second = app.http.get(format!("{}/balances", app.base)).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(second.status(), 304, "same figures, only ages moved");
+    assert_eq!(second.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(second.headers()["cache-control"], "private, max-age=18");
+    let other =
+        app.http.get(format!("{}/balances", app.base)).header("if-none-match", "\"stale-tag\"").send().await.unwrap();
+    assert_eq!(other.status(), 200);
+}
+
+#[tokio::test]
+async fn every_bad_query_is_a_400_problem_with_a_stable_code() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
+    let cases = [
+        ("/balances?account=nope", "unknown_account"),
+        ("/balances?account=Bad%20Id", "unknown_account"),
+        ("/balances?provider=stripe", "unknown_provider"),
+        ("/balances?max_age=-1", "invalid_max_age"),
+        ("/balances?max_age=soon", "invalid_max_age"),
+        ("/balances?max_age=1&max_age=2", "invalid_query"),
+        ("/balances?include=everything", "invalid_include"),
+        ("/balances?currency=%24%24", "invalid_currency"),
+        ("/balances?acount=leanx-main", "unknown_parameter"),
+        ("/balances/history?from=yesterday", "invalid_time"),
+        ("/balances/history?limit=0", "invalid_limit"),
+        ("/balances/history?account=nope", "unknown_account"),
+    ];
+    for (uri, code) in cases {
+        let r = app.get(uri).await;
+        assert_eq!(r.status(), 400, "{uri}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{uri}");
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["code"], code, "{uri}: {body}");
+        assert_eq!(body["status"], 400);
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), 0, "a bad query calls no upstream");
+}
+
+#[tokio::test]
+async fn accounts_lists_settings_and_health_without_secrets() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"15s\"")).await;
+    app.get_json("/balances").await;
+    let (status, body) = app.get_json("/accounts").await;
+    assert_eq!(status, 200);
+    let a = &body["accounts"][0];
+    assert_eq!(a["account"], "leanx-main");
+    assert_eq!(a["provider"], "leanx");
+    assert_eq!(a["ttl_seconds"], 15);
+    assert_eq!(a["capabilities"]["balances"], true);
+    assert_eq!(a["last_success_at"], "2026-11-22T08:00:00Z");
+    assert_eq!(a["circuit"], "closed");
+    assert!(!body.to_string().contains("tok"), "no credential in /accounts: {body}");
+}

@@ -1,0 +1,94 @@
+//! The `tally` binary as an operator runs it.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn tally(args: &[&str], envs: &[(&str, &str)], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally"));
+    cmd.args(args)
+        .env_remove("TALLY_CONFIG")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the tally binary runs");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn check_config_names_a_typoed_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:8080\"\nrequest_timout = \"10s\"\n").unwrap();
+    let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("config key `server.request_timout`: unknown field `request_timout`"), "{err}");
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_environment_overrides_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.toml");
+    std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
+    let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("config ok: 0 account(s), store sqlite"));
+
+    let out =
+        tally(&["check-config", "--config", path.to_str().unwrap()], &[("TALLY__SERVER__LISTEN", "nonsense")], None);
+    assert!(!out.status.success(), "the environment value must override the file");
+    assert!(text(&out.stderr).contains("config key `server.listen`"), "{}", text(&out.stderr));
+
+    let out = tally(
+        &["check-config"],
+        &[("TALLY_CONFIG", path.to_str().unwrap()), ("TALLY__STORE__URL", "postgres://x@127.0.0.1/db")],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("store postgres"));
+}
+
+#[test]
+fn a_missing_config_file_is_an_error() {
+    let out = tally(&["check-config", "--config", "/nonexistent/tally.toml"], &[], None);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn hash_key_prints_the_sha256_of_stdin() {
+    let out = tally(&["hash-key"], &[], Some("test\n"));
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+}
+
+#[test]
+fn migrate_creates_and_migrates_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let url = format!("sqlite://{}", db.display());
+    let out = tally(&["migrate"], &[("TALLY__STORE__URL", &url)], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(db.exists());
+}
+
+#[test]
+fn openapi_prints_json_and_yaml() {
+    let out = tally(&["openapi"], &[], None);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let out = tally(&["openapi", "--format", "yaml"], &[], None);
+    assert!(text(&out.stdout).starts_with("openapi: 3.1.0"), "{}", text(&out.stdout));
+}

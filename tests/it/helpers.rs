@@ -1,0 +1,185 @@
+//! Test support: databases, the app on port 0, and upstream fakes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Connection;
+use tally::app::Application;
+use tally::service::ManualClock;
+use tokio::sync::oneshot;
+
+/// The environment variable naming an admin URL of a PostgreSQL server for tests; each test
+/// creates (and drops) its own database there.
+pub const PG_ENV: &str = "TALLY_TEST_DATABASE_URL";
+
+/// A fresh database for one test.
+pub enum TestDb {
+    Sqlite { _dir: tempfile::TempDir, url: String },
+    Postgres { admin_url: String, name: String, url: String },
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("tally.db").display());
+        Self::Sqlite { _dir: dir, url }
+    }
+
+    /// A new database on the test server, or `None` (with a visible message) when no server
+    /// is configured. Under `CI=true` a missing or unreachable server fails the test.
+    pub async fn postgres() -> Option<Self> {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let Ok(admin_url) = std::env::var(PG_ENV) else {
+            assert!(!ci, "{PG_ENV} must be set when CI=true");
+            eprintln!("SKIPPED: PostgreSQL test ({PG_ENV} is not set)");
+            return None;
+        };
+        let name = format!("tally_test_{:016x}", rand::random::<u64>());
+        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(c) => c,
+            Err(e) if !ci => {
+                eprintln!("SKIPPED: PostgreSQL test (cannot connect to {PG_ENV}: {e})");
+                return None;
+            }
+            Err(e) => panic!("cannot connect to the test PostgreSQL ({PG_ENV}): {e}"),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        let url = replace_database(&admin_url, &name);
+        Some(Self::Postgres { admin_url, name, url })
+    }
+
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url,
+        }
+    }
+
+    pub fn store(&self) -> Arc<dyn tally::store::Store> {
+        let settings = tally::config::from_toml(&format!("[store]\nurl = \"{}\"\nmax_connections = 5\n", self.url()))
+            .expect("test store settings");
+        tally::store::open(&settings.store).expect("open the test store")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Self::Postgres { admin_url, name, .. } = self {
+            let (admin_url, name) = (admin_url.clone(), name.clone());
+            // Drop runs outside any runtime guarantee; a short-lived thread with its own runtime
+            // removes the database so test runs do not pile them up.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url).await {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("a PostgreSQL URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+/// Runs one async test body against SQLite and against PostgreSQL.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    let db = $crate::helpers::TestDb::sqlite();
+                    super::$name(&db).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    if let Some(db) = $crate::helpers::TestDb::postgres().await {
+                        super::$name(&db).await;
+                    }
+                }
+            }
+        )*
+    };
+}
+
+/// A running app on 127.0.0.1:0 with an injected clock.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-22T08:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+impl TestApp {
+    /// Starts tally with `extra` TOML (accounts, defaults…) on the given store URL.
+    pub async fn spawn(store_url: &str, extra: &str) -> Self {
+        let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"{store_url}\"\n\n{extra}");
+        let settings = tally::config::from_toml(&toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+        Self::spawn_settings(settings).await
+    }
+
+    pub async fn spawn_settings(settings: tally::config::Settings) -> Self {
+        let clock = Arc::new(ManualClock::new(t0()));
+        let app = Application::build_with_clock(settings, clock.clone()).await.expect("the app starts");
+        let base = format!("http://{}", app.local_addr());
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self { base, http: reqwest::Client::new(), clock, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(format!("{}{}", self.base, path)).send().await.expect("the app answers")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get(path).await;
+        let status = r.status().as_u16();
+        let body = r.bytes().await.expect("a body");
+        (
+            status,
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body))),
+        )
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Stops the app and waits for it to finish (graceful shutdown path).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("the server task").expect("the server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

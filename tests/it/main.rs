@@ -1,0 +1,9 @@
+//! Integration tests: the real app on port 0, a real SQLite file or a fresh PostgreSQL
+//! database per test, upstream providers faked over real HTTP.
+
+mod helpers;
+
+mod api;
+mod balances;
+mod cli;
+mod store;

@@ -1,0 +1,199 @@
+//! The store contract, run against SQLite and PostgreSQL alike.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tally::domain::{BalanceEntry, Payout, PayoutFailure, PayoutStatus, Provider, parse_decimal};
+use tally::store::{AccountSnapshot, HistoryQuery, StoredPayout};
+
+use crate::both_stores;
+use crate::helpers::{TestDb, t0};
+
+fn entry(wallet: &str, currency: &str, available: &str) -> BalanceEntry {
+    BalanceEntry {
+        wallet: wallet.into(),
+        currency: currency.parse().unwrap(),
+        available: Some(parse_decimal(available).unwrap()),
+        pending: None,
+        reserved: None,
+        total: Some(parse_decimal(available).unwrap()),
+        blocked: false,
+    }
+}
+
+fn snapshot(at: DateTime<Utc>, entries: Vec<BalanceEntry>) -> AccountSnapshot {
+    AccountSnapshot {
+        account: "leanx-main".parse().unwrap(),
+        provider: Provider::Leanx,
+        fetched_at: at,
+        entries,
+        raw: Some(serde_json::json!({"response_code": 2000})),
+    }
+}
+
+async fn migrated(db: &TestDb) -> std::sync::Arc<dyn tally::store::Store> {
+    let store = db.store();
+    store.migrate().await.expect("migrations apply");
+    store.check_ready().await.expect("ready after migrating");
+    store
+}
+
+async fn history(store: &dyn tally::store::Store) -> Vec<tally::store::HistoryPoint> {
+    store.balance_history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap()
+}
+
+async fn an_unchanged_figure_only_moves_its_confirmation_time(db: &TestDb) {
+    let store = migrated(db).await;
+    let first = snapshot(t0(), vec![entry("prefund", "MYR", "393.63"), entry("transaction", "MYR", "26.05")]);
+    store.record_balances(&first).await.unwrap();
+    let later = t0() + TimeDelta::seconds(30);
+    store.record_balances(&snapshot(later, first.entries.clone())).await.unwrap();
+
+    let points = history(store.as_ref()).await;
+    assert_eq!(points.len(), 2, "no new row for unchanged figures");
+    assert!(points.iter().all(|p| p.first_seen_at == t0() && p.last_confirmed_at == later));
+    let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(latest.fetched_at, later);
+    assert_eq!(latest.entries.len(), 2);
+    assert_eq!(latest.raw, Some(serde_json::json!({"response_code": 2000})));
+}
+
+async fn a_changed_figure_adds_a_change_point(db: &TestDb) {
+    let store = migrated(db).await;
+    store.record_balances(&snapshot(t0(), vec![entry("prefund", "MYR", "393.63")])).await.unwrap();
+    let later = t0() + TimeDelta::seconds(10);
+    store.record_balances(&snapshot(later, vec![entry("prefund", "MYR", "380.00")])).await.unwrap();
+    // Scale is part of the figure: 380.0 differs from 380.00.
+    let last = t0() + TimeDelta::seconds(20);
+    store.record_balances(&snapshot(last, vec![entry("prefund", "MYR", "380.0")])).await.unwrap();
+
+    let points = history(store.as_ref()).await;
+    let figures: Vec<String> = points.iter().map(|p| p.entry.available.unwrap().to_string()).collect();
+    assert_eq!(figures, ["393.63", "380.00", "380.0"]);
+    let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(latest.entries[0].available.unwrap().to_string(), "380.0");
+}
+
+async fn latest_per_account_holds_only_the_last_fetch(db: &TestDb) {
+    let store = migrated(db).await;
+    store.record_balances(&snapshot(t0(), vec![entry("a", "MYR", "1.00"), entry("b", "USD", "2.00")])).await.unwrap();
+    // Wallet b disappeared from the provider's answer.
+    let later = t0() + TimeDelta::seconds(5);
+    store.record_balances(&snapshot(later, vec![entry("a", "MYR", "1.00")])).await.unwrap();
+    let all = store.all_latest_balances().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].entries.iter().map(|e| e.wallet.as_str()).collect::<Vec<_>>(), ["a"]);
+}
+
+async fn history_filters_by_range_wallet_and_currency(db: &TestDb) {
+    let store = migrated(db).await;
+    for minute in 0..5 {
+        let at = t0() + TimeDelta::minutes(minute);
+        let amount = format!("{}.00", 100 + minute);
+        store
+            .record_balances(&snapshot(at, vec![entry("prefund", "MYR", &amount), entry("usd", "USD", "1")]))
+            .await
+            .unwrap();
+    }
+    let q = HistoryQuery {
+        account: Some("leanx-main".parse().unwrap()),
+        wallet: Some("prefund".into()),
+        currency: Some("MYR".parse().unwrap()),
+        // A point counts when it was still confirmed at `from` (101.00, seen and confirmed at 1 min).
+        from: Some(t0() + TimeDelta::seconds(60)),
+        to: Some(t0() + TimeDelta::minutes(3)),
+        limit: 100,
+    };
+    let points = store.balance_history(&q).await.unwrap();
+    let figures: Vec<String> = points.iter().map(|p| p.entry.available.unwrap().to_string()).collect();
+    assert_eq!(figures, ["101.00", "102.00", "103.00"]);
+    let limited = store.balance_history(&HistoryQuery { limit: 2, ..q }).await.unwrap();
+    assert_eq!(limited.len(), 2);
+}
+
+async fn exact_decimals_round_trip(db: &TestDb) {
+    let store = migrated(db).await;
+    let mut e = entry("1000", "USDC", "90071992547409.93");
+    e.pending = Some(parse_decimal("0.12345678").unwrap());
+    e.reserved = Some(parse_decimal("0.00").unwrap());
+    e.blocked = true;
+    store.record_balances(&snapshot(t0(), vec![e.clone()])).await.unwrap();
+    let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
+    let got = &latest.entries[0];
+    assert_eq!(got.available.unwrap().to_string(), "90071992547409.93");
+    assert_eq!(got.pending.unwrap().to_string(), "0.12345678");
+    assert_eq!(got.reserved.unwrap().to_string(), "0.00");
+    assert!(got.blocked);
+    assert!(got.same_figures(&e));
+}
+
+fn payout(status: PayoutStatus, provider_status: &str) -> Payout {
+    Payout {
+        id: "PAYOUT-A9D5:174307-LEANX".into(),
+        reference: Some("INVOICE1234".into()),
+        status,
+        provider_status: provider_status.into(),
+        is_final: matches!(status, PayoutStatus::Succeeded | PayoutStatus::Failed),
+        amount: Some(parse_decimal("13.00").unwrap()),
+        currency: Some("MYR".parse().unwrap()),
+        fee: Some(parse_decimal("0.00").unwrap()),
+        failure: (status == PayoutStatus::Failed)
+            .then(|| PayoutFailure { code: Some("77".into()), message: "Account Verification Failed".into() }),
+        created_at: Some(t0()),
+        updated_at: Some(t0() + TimeDelta::seconds(58)),
+    }
+}
+
+async fn payouts_upsert_and_keep_their_transitions(db: &TestDb) {
+    let store = migrated(db).await;
+    let account: tally::domain::AccountId = "leanx-main".parse().unwrap();
+    let stored =
+        |p: Payout, at| StoredPayout { account: account.clone(), provider: Provider::Leanx, payout: p, fetched_at: at };
+    store.save_payout(&stored(payout(PayoutStatus::Pending, "PENDING"), t0()), "lookup").await.unwrap();
+    store
+        .save_payout(&stored(payout(PayoutStatus::Pending, "PENDING"), t0() + TimeDelta::seconds(5)), "lookup")
+        .await
+        .unwrap();
+    store
+        .save_payout(&stored(payout(PayoutStatus::Failed, "FAILED"), t0() + TimeDelta::seconds(9)), "lookup")
+        .await
+        .unwrap();
+
+    let by_id = store.find_payout(&account, "PAYOUT-A9D5:174307-LEANX").await.unwrap().unwrap();
+    let by_ref = store.find_payout(&account, "INVOICE1234").await.unwrap().unwrap();
+    assert_eq!(by_id, by_ref);
+    assert_eq!(by_id.payout, payout(PayoutStatus::Failed, "FAILED"));
+    assert_eq!(by_id.payout.amount.unwrap().to_string(), "13.00");
+    assert_eq!(by_id.fetched_at, t0() + TimeDelta::seconds(9));
+    assert!(store.find_payout(&account, "nope").await.unwrap().is_none());
+
+    let transitions = store.payout_transitions(&account, "PAYOUT-A9D5:174307-LEANX").await.unwrap();
+    let seen: Vec<(&str, PayoutStatus)> = transitions.iter().map(|t| (t.provider_status.as_str(), t.status)).collect();
+    assert_eq!(
+        seen,
+        [("PENDING", PayoutStatus::Pending), ("FAILED", PayoutStatus::Failed)],
+        "a repeat adds no transition"
+    );
+    assert!(transitions.iter().all(|t| t.source == "lookup"));
+}
+
+async fn migrating_twice_is_harmless(db: &TestDb) {
+    let store = migrated(db).await;
+    store.migrate().await.expect("a second migration run is a no-op");
+    store.check_ready().await.unwrap();
+}
+
+both_stores!(
+    an_unchanged_figure_only_moves_its_confirmation_time,
+    a_changed_figure_adds_a_change_point,
+    latest_per_account_holds_only_the_last_fetch,
+    history_filters_by_range_wallet_and_currency,
+    exact_decimals_round_trip,
+    payouts_upsert_and_keep_their_transitions,
+    migrating_twice_is_harmless,
+);
+
+#[tokio::test]
+async fn an_unmigrated_store_is_not_ready() {
+    let db = TestDb::sqlite();
+    let store = db.store();
+    assert!(store.check_ready().await.is_err());
+}
