@@ -191,16 +191,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The problem documented for each error status, referenced by every route's OpenAPI.
-pub fn codes_for(status: StatusCode) -> String {
-    ErrorCode::ALL
-        .iter()
-        .filter(|c| c.status() == status)
-        .map(|c| format!("`{}`", c.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

@@ -6,6 +6,7 @@ pub mod balances;
 pub mod error;
 mod layers;
 pub mod ops;
+pub mod payouts;
 mod query;
 
 use std::sync::Arc;
@@ -74,6 +75,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(balances::get_balances))
         .routes(routes!(balances::get_history))
+        .routes(routes!(payouts::get_payout))
         .routes(routes!(ops::accounts))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

@@ -111,6 +111,7 @@ pub struct Service {
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
     store_health: StoreHealth,
+    payout_lookups: Mutex<HashMap<payouts::LookupKey, watch::Receiver<Option<payouts::LookupOutcome>>>>,
 }
 
 impl Service {
@@ -139,6 +140,7 @@ impl Service {
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
             store_health: StoreHealth::default(),
+            payout_lookups: Mutex::new(HashMap::new()),
         })
     }
 

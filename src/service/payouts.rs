@@ -1,1 +1,246 @@
-//! `GET /payouts/{id}` (built in the payouts issue).
+//! `GET /payouts/{id}`: one payout status across accounts.
+//!
+//! Every payout-capable account (or the one asked) is checked concurrently within the request
+//! deadline. A stored payout in a final status is served without an upstream call; a non-final
+//! one younger than `max_age` too. Lookups of the same id on the same account coalesce. A final
+//! status never silently goes back to a non-final one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::clock::age;
+use super::{AccountState, Service};
+use crate::domain::{AccountId, Payout, PayoutLookup, PayoutStatus};
+use crate::providers::UpstreamError;
+use crate::store::StoredPayout;
+
+/// How old a stored non-final payout may be before it is looked up again, by default.
+pub const DEFAULT_PAYOUT_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The outcome of one upstream lookup, shared by coalesced callers.
+pub type LookupOutcome = Result<PayoutLookup, UpstreamError>;
+
+/// The key of a payout lookup in flight.
+pub type LookupKey = (AccountId, String);
+
+#[derive(Debug, Clone)]
+pub struct PayoutQuery {
+    pub id: String,
+    pub account: Option<AccountId>,
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayoutQueryError {
+    #[error("no account `{0}` is configured")]
+    UnknownAccount(AccountId),
+    #[error("account `{0}` cannot look up payouts (its provider documents no payout lookup)")]
+    Unsupported(AccountId),
+}
+
+/// A payout as served: the stored observation and whether a refresh failed.
+#[derive(Debug, Clone)]
+pub struct PayoutView {
+    pub stored: StoredPayout,
+    pub stale: bool,
+}
+
+#[derive(Debug)]
+pub enum PayoutAnswer {
+    Found(PayoutView),
+    NotFound,
+    Ambiguous(Vec<AccountId>),
+    /// Every lookup failed and nothing is stored.
+    Failed(Vec<(AccountId, UpstreamError)>),
+}
+
+/// One account's answer.
+enum Per {
+    Found(PayoutView),
+    NotFound,
+    Failed(UpstreamError),
+}
+
+impl Service {
+    pub async fn payout(self: &Arc<Self>, query: &PayoutQuery) -> Result<PayoutAnswer, PayoutQueryError> {
+        let accounts: Vec<Arc<AccountState>> = match &query.account {
+            Some(id) => {
+                let account = self.account(id).ok_or_else(|| PayoutQueryError::UnknownAccount(id.clone()))?;
+                if !account.capabilities().payouts {
+                    return Err(PayoutQueryError::Unsupported(id.clone()));
+                }
+                vec![Arc::clone(account)]
+            }
+            None => self.accounts.iter().filter(|a| a.capabilities().payouts).cloned().collect(),
+        };
+        let deadline = Instant::now() + self.request_timeout;
+        let mut tasks = tokio::task::JoinSet::new();
+        for account in accounts {
+            let service = Arc::clone(self);
+            let query = query.clone();
+            tasks.spawn(async move {
+                let per = service.payout_on(&account, &query, deadline).await;
+                (account.id().clone(), per)
+            });
+        }
+        let mut found = Vec::new();
+        let mut failed = Vec::new();
+        let mut any_not_found = false;
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((id, per)) = joined else { continue };
+            match per {
+                Per::Found(view) => found.push(view),
+                Per::NotFound => any_not_found = true,
+                Per::Failed(e) => failed.push((id, e)),
+            }
+        }
+        Ok(match found.len() {
+            1 => PayoutAnswer::Found(found.remove(0)),
+            0 if failed.is_empty() || any_not_found => PayoutAnswer::NotFound,
+            0 => {
+                failed.sort_by(|a, b| a.0.cmp(&b.0));
+                PayoutAnswer::Failed(failed)
+            }
+            _ => {
+                let mut ids: Vec<AccountId> = found.into_iter().map(|v| v.stored.account).collect();
+                ids.sort();
+                PayoutAnswer::Ambiguous(ids)
+            }
+        })
+    }
+
+    async fn payout_on(self: &Arc<Self>, account: &Arc<AccountState>, query: &PayoutQuery, deadline: Instant) -> Per {
+        let stored = match self.store.find_payout(account.id(), &query.id).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(account = %account.id(), error = %e, "could not read a stored payout");
+                None
+            }
+        };
+        let now = self.clock.now();
+        if let Some(stored) = &stored {
+            let forced = query.max_age == Some(Duration::ZERO);
+            let young = age(now, stored.fetched_at) <= query.max_age.unwrap_or(DEFAULT_PAYOUT_MAX_AGE);
+            if (stored.payout.is_final && !forced) || (young && !forced) {
+                return Per::Found(PayoutView { stored: stored.clone(), stale: false });
+            }
+        }
+        let mut rx = self.lookup(account, &query.id);
+        let waited = tokio::time::timeout_at(deadline, async {
+            rx.wait_for(|o| o.is_some()).await.ok().and_then(|o| o.clone())
+        })
+        .await;
+        let outcome = waited
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")));
+        match (outcome, stored) {
+            (Ok(PayoutLookup::Found(payout)), stored) => Per::Found(self.observe(account, *payout, stored).await),
+            (Ok(PayoutLookup::NotFound), None) => Per::NotFound,
+            // The provider no longer finds what it once reported: serve what we saw, flagged.
+            (Ok(PayoutLookup::NotFound), Some(stored)) => Per::Found(PayoutView { stored, stale: true }),
+            (Err(_), Some(stored)) => Per::Found(PayoutView { stored, stale: true }),
+            (Err(e), None) => Per::Failed(e),
+        }
+    }
+
+    /// Records a lookup's answer, refusing a regression from a final status, and returns what
+    /// to serve.
+    async fn observe(&self, account: &AccountState, payout: Payout, stored: Option<StoredPayout>) -> PayoutView {
+        let now = self.clock.now();
+        if let Some(previous) = &stored
+            && regresses(&previous.payout, &payout)
+        {
+            tracing::warn!(account = %account.id(), payout = %payout.id, stored = previous.payout.status.as_str(),
+                reported = payout.status.as_str(), provider_status = %payout.provider_status,
+                "provider reported a non-final status for a final payout; keeping the final status");
+            return PayoutView { stored: StoredPayout { fetched_at: now, ..previous.clone() }, stale: false };
+        }
+        let fresh = StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
+        if let Err(e) = self.store.save_payout(&fresh, "lookup").await {
+            tracing::error!(account = %account.id(), error = %e, "could not store a payout observation");
+        }
+        PayoutView { stored: fresh, stale: false }
+    }
+
+    /// Joins the lookup of `(account, id)` in flight, or starts one in its own task.
+    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str) -> watch::Receiver<Option<LookupOutcome>> {
+        let key: LookupKey = (account.id().clone(), id.to_owned());
+        let mut inflight = self.payout_lookups.lock().expect("lookup lock is never held across a panic");
+        if let Some(rx) = inflight.get(&key)
+            && rx.borrow().is_none()
+        {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(key.clone(), rx.clone());
+        drop(inflight);
+        let service = Arc::clone(self);
+        let account = Arc::clone(account);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let timeout = account.config.freshness.timeout;
+            let outcome = tokio::time::timeout(timeout, account.client.lookup_payout(&key.1)).await.unwrap_or_else(|_| {
+                Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
+            });
+            let result = match &outcome {
+                Ok(PayoutLookup::Found(_)) => "found",
+                Ok(PayoutLookup::NotFound) => "not_found",
+                Err(e) => e.code(),
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(account = %account.id(), code = e.code(), upstream_status = ?e.upstream_status,
+                    "payout lookup failed: {}", e.message);
+            }
+            let provider = account.provider().as_str();
+            metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => account.id().to_string(),
+                "operation" => "payout", "outcome" => result)
+            .increment(1);
+            metrics::histogram!("tally_upstream_latency_seconds", "provider" => provider, "operation" => "payout")
+                .record(started.elapsed().as_secs_f64());
+            let _ = tx.send(Some(outcome));
+            service.payout_lookups.lock().expect("lookup lock is never held across a panic").remove(&key);
+        });
+        rx
+    }
+}
+
+/// A final status may only be followed by another final one; of those only a refund after a
+/// success (`succeeded` → `reversed`) is expected, and the rest are still taken as reported.
+fn regresses(stored: &Payout, reported: &Payout) -> bool {
+    stored.is_final && !reported.is_final && !(stored.status == PayoutStatus::Succeeded && reported.status == PayoutStatus::Reversed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payout(status: PayoutStatus, is_final: bool) -> Payout {
+        Payout {
+            id: "p".into(),
+            reference: None,
+            status,
+            provider_status: status.as_str().into(),
+            is_final,
+            amount: None,
+            currency: None,
+            fee: None,
+            failure: None,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn a_final_status_never_goes_back_to_a_non_final_one() {
+        let succeeded = payout(PayoutStatus::Succeeded, true);
+        assert!(regresses(&succeeded, &payout(PayoutStatus::Pending, false)));
+        assert!(regresses(&payout(PayoutStatus::Failed, true), &payout(PayoutStatus::Processing, false)));
+        assert!(!regresses(&succeeded, &payout(PayoutStatus::Reversed, true)), "refunds after payment exist");
+        assert!(!regresses(&payout(PayoutStatus::Pending, false), &succeeded));
+        assert!(!regresses(&payout(PayoutStatus::Pending, false), &payout(PayoutStatus::Processing, false)));
+    }
+}

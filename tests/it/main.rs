@@ -6,4 +6,5 @@ mod helpers;
 mod api;
 mod balances;
 mod cli;
+mod openapi;
 mod store;

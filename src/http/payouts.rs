@@ -1,0 +1,145 @@
+//! `GET /payouts/{id}`.
+
+use axum::extract::{Path, RawQuery, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode, Problem};
+use super::query::Params;
+use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
+use crate::providers::UpstreamErrorKind;
+use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutQueryError, PayoutView};
+
+/// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
+const MAX_ID_CHARS: usize = 128;
+
+/// One payout, normalized.
+#[derive(Serialize, ToSchema)]
+pub struct PayoutResponse {
+    /// The provider's payout id.
+    #[schema(example = "PAYOUT-A9D5:174307-LEANX")]
+    pub id: String,
+    #[schema(value_type = String, example = "leanx-main")]
+    pub account: AccountId,
+    pub provider: Provider,
+    pub status: PayoutStatus,
+    /// The status exactly as the provider sent it.
+    #[schema(example = "SUCCESS")]
+    pub provider_status: String,
+    /// True when the provider documents this status as final.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    #[schema(value_type = Option<String>, example = "13.00", pattern = r"^-?\d+(\.\d+)?$")]
+    pub amount: Option<rust_decimal::Decimal>,
+    #[schema(value_type = Option<String>, example = "MYR")]
+    pub currency: Option<Currency>,
+    #[schema(value_type = Option<String>, example = "0.00", pattern = r"^-?\d+(\.\d+)?$")]
+    pub fee: Option<rust_decimal::Decimal>,
+    /// The merchant's own reference (LeanX `external_invoice_ref`, Luxtak `custom_code`).
+    #[schema(example = "INVOICE1234")]
+    pub reference: Option<String>,
+    pub failure: Option<PayoutFailure>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    /// When tally last observed this payout at the provider.
+    pub fetched_at: DateTime<Utc>,
+    /// True when a refresh failed and the stored observation is served.
+    pub stale: bool,
+}
+
+impl From<PayoutView> for PayoutResponse {
+    fn from(view: PayoutView) -> Self {
+        let s = view.stored;
+        let p = s.payout;
+        Self {
+            id: p.id,
+            account: s.account,
+            provider: s.provider,
+            status: p.status,
+            provider_status: p.provider_status,
+            is_final: p.is_final,
+            amount: p.amount,
+            currency: p.currency,
+            fee: p.fee,
+            reference: p.reference,
+            failure: p.failure,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            fetched_at: s.fetched_at,
+            stale: view.stale,
+        }
+    }
+}
+
+/// The status of one payout, by the provider's id or the merchant's reference, across every
+/// payout-capable account (or only `account`).
+#[utoipa::path(
+    get,
+    path = "/payouts/{id}",
+    tag = "payouts",
+    params(
+        ("id" = String, Path, description = "The provider's payout id or the merchant's reference, percent-encoded (LeanX ids contain `:`). Printable, at most 128 characters."),
+        ("account" = Option<String>, Query, description = "Look only in this account."),
+        ("max_age" = Option<u32>, Query, description = "Accept a stored non-final payout at most this many seconds old (default 10); 0 forces a lookup even for a final payout.", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "Exactly one account knows the payout.", body = PayoutResponse),
+        (status = 400, description = "Bad request: `invalid_payout_id`, `unknown_parameter`, `invalid_query`, `unknown_account`, `invalid_max_age`, `payout_lookup_unsupported`.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No asked account knows the id: `payout_not_found`.", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several accounts know the id and no `account` was given: `payout_ambiguous`; `accounts` lists them.", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Every lookup failed and nothing is stored: `upstream_failed`; `accounts` has each error.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "tally is overloaded: `overloaded`.", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Every lookup timed out and nothing is stored: `upstream_timeout`.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub async fn get_payout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<PayoutResponse>, ApiError> {
+    validate_id(&id)?;
+    let params = Params::parse(query.as_deref(), &["account", "max_age"])?;
+    let account = params
+        .single("account")?
+        .map(|a| a.parse::<AccountId>().map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured"))))
+        .transpose()?;
+    let query = PayoutQuery { id: id.clone(), account, max_age: params.max_age()? };
+    let answer = state.service.payout(&query).await.map_err(|e| match e {
+        PayoutQueryError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
+        PayoutQueryError::Unsupported(_) => ApiError::new(ErrorCode::PayoutLookupUnsupported, e.to_string()),
+    })?;
+    match answer {
+        PayoutAnswer::Found(view) => Ok(axum::Json(view.into())),
+        PayoutAnswer::NotFound => Err(ApiError::new(ErrorCode::PayoutNotFound, format!("no account knows payout `{id}`"))),
+        PayoutAnswer::Ambiguous(accounts) => Err(ApiError::new(
+            ErrorCode::PayoutAmbiguous,
+            format!("several accounts know payout `{id}`; ask one with `account`"),
+        )
+        .with_accounts(json!(accounts))),
+        PayoutAnswer::Failed(errors) => {
+            let all_timeouts = errors.iter().all(|(_, e)| e.kind == UpstreamErrorKind::Timeout);
+            let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };
+            let details: Vec<_> = errors
+                .iter()
+                .map(|(a, e)| json!({"account": a, "code": e.code(), "message": e.message, "upstream_status": e.upstream_status}))
+                .collect();
+            Err(ApiError::new(code, "every lookup failed and nothing is stored").with_accounts(json!(details)))
+        }
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), ApiError> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS || id.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidPayoutId,
+            format!("a payout id is 1 to {MAX_ID_CHARS} printable characters"),
+        ));
+    }
+    Ok(())
+}
