@@ -114,7 +114,7 @@ pub async fn get_payout(
         PayoutQueryError::Unsupported(_) => ApiError::new(ErrorCode::PayoutLookupUnsupported, e.to_string()),
     })?;
     match answer {
-        PayoutAnswer::Found(view) => Ok(axum::Json(view.into())),
+        PayoutAnswer::Found(view) => Ok(axum::Json((*view).into())),
         PayoutAnswer::NotFound => Err(ApiError::new(ErrorCode::PayoutNotFound, format!("no account knows payout `{id}`"))),
         PayoutAnswer::Ambiguous(accounts) => Err(ApiError::new(
             ErrorCode::PayoutAmbiguous,

@@ -50,7 +50,7 @@ pub struct PayoutView {
 
 #[derive(Debug)]
 pub enum PayoutAnswer {
-    Found(PayoutView),
+    Found(Box<PayoutView>),
     NotFound,
     Ambiguous(Vec<AccountId>),
     /// Every lookup failed and nothing is stored.
@@ -98,7 +98,7 @@ impl Service {
             }
         }
         Ok(match found.len() {
-            1 => PayoutAnswer::Found(found.remove(0)),
+            1 => PayoutAnswer::Found(Box::new(found.remove(0))),
             0 if failed.is_empty() || any_not_found => PayoutAnswer::NotFound,
             0 => {
                 failed.sort_by(|a, b| a.0.cmp(&b.0));
@@ -124,7 +124,7 @@ impl Service {
         if let Some(stored) = &stored {
             let forced = query.max_age == Some(Duration::ZERO);
             let young = age(now, stored.fetched_at) <= query.max_age.unwrap_or(DEFAULT_PAYOUT_MAX_AGE);
-            if (stored.payout.is_final && !forced) || (young && !forced) {
+            if !forced && (stored.payout.is_final || young) {
                 return Per::Found(PayoutView { stored: stored.clone(), stale: false });
             }
         }
