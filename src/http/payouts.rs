@@ -106,7 +106,10 @@ pub async fn get_payout(
     let params = Params::parse(query.as_deref(), &["account", "max_age"])?;
     let account = params
         .single("account")?
-        .map(|a| a.parse::<AccountId>().map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured"))))
+        .map(|a| {
+            a.parse::<AccountId>()
+                .map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))
+        })
         .transpose()?;
     let query = PayoutQuery { id: id.clone(), account, max_age: params.max_age()? };
     let answer = state.service.payout(&query).await.map_err(|e| match e {
@@ -115,7 +118,9 @@ pub async fn get_payout(
     })?;
     match answer {
         PayoutAnswer::Found(view) => Ok(axum::Json((*view).into())),
-        PayoutAnswer::NotFound => Err(ApiError::new(ErrorCode::PayoutNotFound, format!("no account knows payout `{id}`"))),
+        PayoutAnswer::NotFound => {
+            Err(ApiError::new(ErrorCode::PayoutNotFound, format!("no account knows payout `{id}`")))
+        }
         PayoutAnswer::Ambiguous(accounts) => Err(ApiError::new(
             ErrorCode::PayoutAmbiguous,
             format!("several accounts know payout `{id}`; ask one with `account`"),

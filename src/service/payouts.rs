@@ -159,7 +159,8 @@ impl Service {
                 "provider reported a non-final status for a final payout; keeping the final status");
             return PayoutView { stored: StoredPayout { fetched_at: now, ..previous.clone() }, stale: false };
         }
-        let fresh = StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
+        let fresh =
+            StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
         if let Err(e) = self.store.save_payout(&fresh, "lookup").await {
             tracing::error!(account = %account.id(), error = %e, "could not store a payout observation");
         }
@@ -183,9 +184,10 @@ impl Service {
         tokio::spawn(async move {
             let started = Instant::now();
             let timeout = account.config.freshness.timeout;
-            let outcome = tokio::time::timeout(timeout, account.client.lookup_payout(&key.1)).await.unwrap_or_else(|_| {
-                Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
-            });
+            let outcome =
+                tokio::time::timeout(timeout, account.client.lookup_payout(&key.1)).await.unwrap_or_else(|_| {
+                    Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
+                });
             let result = match &outcome {
                 Ok(PayoutLookup::Found(_)) => "found",
                 Ok(PayoutLookup::NotFound) => "not_found",
@@ -211,7 +213,9 @@ impl Service {
 /// A final status may only be followed by another final one; of those only a refund after a
 /// success (`succeeded` → `reversed`) is expected, and the rest are still taken as reported.
 fn regresses(stored: &Payout, reported: &Payout) -> bool {
-    stored.is_final && !reported.is_final && !(stored.status == PayoutStatus::Succeeded && reported.status == PayoutStatus::Reversed)
+    stored.is_final
+        && !reported.is_final
+        && !(stored.status == PayoutStatus::Succeeded && reported.status == PayoutStatus::Reversed)
 }
 
 #[cfg(test)]

@@ -6,5 +6,6 @@ mod helpers;
 mod api;
 mod balances;
 mod cli;
+mod deploy;
 mod openapi;
 mod store;
