@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::config::ApiKey;
 
 /// Routes anyone may call: probes must work without credentials.
-const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+pub(super) const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();

@@ -2,15 +2,16 @@
 //! catching, HTTP metrics, problem+json for bare errors, load shedding, the request deadline
 //! backstop, the body limit and gzip.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -35,11 +36,7 @@ pub fn wrap(router: Router, server: &ServerSettings) -> Router {
             .layer(CatchPanicLayer::custom(|_| ApiError::new(ErrorCode::Internal, "internal error").into_response()))
             .layer(middleware::from_fn(http_metrics))
             .layer(middleware::from_fn(problem_for_bare_errors))
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                ApiError::new(ErrorCode::Overloaded, "too many requests in flight; try again shortly").retry_after(1)
-            }))
-            .load_shed()
-            .concurrency_limit(server.max_concurrent_requests)
+            .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(server.max_concurrent_requests)), shed_load))
             .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, backstop))
             .layer(RequestBodyLimitLayer::new(server.body_limit_bytes))
             .layer(CompressionLayer::new().gzip(true)),
@@ -55,6 +52,24 @@ fn span(request: &Request<Body>) -> tracing::Span {
 
 fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
     tracing::info!(status = response.status().as_u16(), duration_ms = latency.as_millis() as u64, "answered");
+}
+
+/// Sheds load instead of queueing without bound: past `max_concurrent_requests` in flight, a
+/// request gets 503 with `Retry-After` at once. Probes are never shed, so an orchestrator does
+/// not restart a replica for being busy.
+async fn shed_load(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    if super::auth::OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    match permits.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            metrics::counter!("tally_http_shed_total").increment(1);
+            ApiError::new(ErrorCode::Overloaded, "too many requests in flight; try again shortly")
+                .retry_after(1)
+                .into_response()
+        }
+    }
 }
 
 async fn http_metrics(request: Request, next: Next) -> Response {

@@ -8,4 +8,5 @@ mod balances;
 mod cli;
 mod deploy;
 mod openapi;
+mod ops;
 mod store;

@@ -1,0 +1,126 @@
+//! Caller auth, load shedding and metrics.
+
+use std::time::Duration;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{TestApp, TestDb};
+
+/// The digest of the key "s3cret-key" (`echo -n s3cret-key | tally hash-key`).
+const KEY: &str = "s3cret-key";
+
+fn keyed(extra: &str) -> String {
+    format!("[auth]\napi_keys = [{{ name = \"grafana\", sha256 = \"{}\" }}]\n{extra}", tally::http::digest_hex(KEY))
+}
+
+#[tokio::test]
+async fn api_routes_need_a_configured_key_and_probes_do_not() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &keyed("")).await;
+    let r = app.get("/balances").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "unauthorized");
+
+    let wrong = app.http.get(format!("{}/balances", app.base)).bearer_auth("s3cret-kez").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = app.http.get(format!("{}/balances", app.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(right.status(), 200);
+    let accounts = app.http.get(format!("{}/accounts", app.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(accounts.status(), 200);
+
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(app.get(open).await.status(), 200, "{open} is open");
+    }
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_key() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &keyed("[metrics]\nrequire_auth = true")).await;
+    assert_eq!(app.get("/metrics").await.status(), 401);
+    let r = app.http.get(format!("{}/metrics", app.base)).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn without_keys_tally_refuses_a_non_loopback_address_unless_told() {
+    let db = TestDb::sqlite();
+    let toml = format!("[server]\nlisten = \"0.0.0.0:0\"\n[store]\nurl = \"{}\"\n", db.url());
+    let settings = tally::config::from_toml(&toml).unwrap();
+    let err = tally::app::Application::build(settings).await.err().expect("refused");
+    assert!(err.to_string().contains("refusing to listen on 0.0.0.0:0 without API keys"), "{err}");
+
+    let settings = tally::config::from_toml(&format!("{toml}[auth]\nallow_anonymous = true\n")).unwrap();
+    assert!(tally::app::Application::build(settings).await.is_ok());
+    let settings = tally::config::from_toml(&format!("{toml}{}", keyed(""))).unwrap();
+    assert!(tally::app::Application::build(settings).await.is_ok());
+}
+
+#[tokio::test]
+async fn load_beyond_the_limit_is_shed_with_503_and_retry_after() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/merchant/overall-balance"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(3)))
+        .mount(&upstream)
+        .await;
+    let db = TestDb::sqlite();
+    let extra = format!(
+        "[[accounts]]\nid = \"slow\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\nmax_retries = 0\n",
+        upstream.uri()
+    );
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_concurrent_requests = 1\nrequest_timeout = \"2s\"\n[store]\nurl = \"{}\"\n{extra}",
+        db.url()
+    );
+    let app = TestApp::spawn_settings(tally::config::from_toml(&toml).unwrap()).await;
+    let http = app.http.clone();
+    let url = format!("{}/balances", app.base);
+    let in_flight = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
+    // Wait until the first request holds the only slot: the upstream has seen its call.
+    let reached = tokio::time::timeout(Duration::from_secs(5), async {
+        while upstream.received_requests().await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    });
+    reached.await.expect("the first request reaches the upstream");
+    let shed = app.get("/accounts").await;
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body: serde_json::Value = serde_json::from_slice(&shed.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "overloaded");
+    assert_eq!(app.get("/healthz").await.status(), 200, "probes are never shed");
+    assert_eq!(in_flight.await.unwrap(), 503, "the slow request itself ends at its deadline with nothing to serve");
+}
+
+#[tokio::test]
+async fn metrics_show_upstream_calls_http_requests_and_cache_use() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/merchant/overall-balance"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&upstream)
+        .await;
+    let db = TestDb::sqlite();
+    let extra = format!(
+        "[[accounts]]\nid = \"metrics-probe\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\nmax_retries = 0\n",
+        upstream.uri()
+    );
+    let app = TestApp::spawn(db.url(), &extra).await;
+    app.get("/balances").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        r#"tally_upstream_calls_total{provider="leanx",account="metrics-probe",operation="balances",outcome="upstream_unavailable"} 1"#,
+        r#"tally_cache_misses_total{account="metrics-probe"} 1"#,
+        r#"tally_http_requests_total{route="/balances",status="503"}"#,
+        r#"tally_circuit_state{account="metrics-probe"} 0"#,
+        "tally_upstream_latency_seconds_bucket",
+        "tally_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+}
