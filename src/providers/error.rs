@@ -39,6 +39,23 @@ impl UpstreamErrorKind {
         }
     }
 
+    /// The kind with this [`code`](Self::code), for failures recorded by another replica.
+    /// An unknown code (from a newer version) reads as `upstream_unavailable`.
+    pub fn from_code(code: &str) -> Self {
+        [
+            Self::Timeout,
+            Self::Unavailable,
+            Self::RateLimited,
+            Self::AuthFailed,
+            Self::InvalidResponse,
+            Self::Rejected,
+            Self::CircuitOpen,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+        .unwrap_or(Self::Unavailable)
+    }
+
     /// Transient failures are worth another attempt after a backoff.
     pub fn is_transient(self) -> bool {
         matches!(self, Self::Timeout | Self::Unavailable | Self::RateLimited)
@@ -89,6 +106,10 @@ impl UpstreamError {
 
     pub fn with_status(mut self, status: u16) -> Self {
         self.upstream_status = Some(status);
+        self
+    }
+    pub fn with_status_opt(mut self, status: Option<u16>) -> Self {
+        self.upstream_status = status;
         self
     }
     pub fn with_retry_after(mut self, delay: Option<Duration>) -> Self {

@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{AccountState, FetchOutcome, Service};
-use crate::providers::UpstreamError;
-use crate::store::AccountSnapshot;
+use crate::providers::{UpstreamError, UpstreamErrorKind};
+use crate::store::{AccountSnapshot, SharedFailure};
 
 impl Service {
     /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
@@ -51,10 +51,45 @@ impl Service {
                 reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )));
         }
+        // Replicas sharing a store: one of them fetches, the others wait for its result. While
+        // the store is failing there is nothing to coordinate through; fetch directly.
+        let mut events = if self.store_health.last_error().is_none() { self.store.fetch_events() } else { None };
+        let leased = match &mut events {
+            None => false,
+            Some(events) => match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
+                Ok(true) => true,
+                Ok(false) => match self.await_other_replica(account, events).await {
+                    Waited::Done(outcome) => return outcome,
+                    // The holder vanished without a result and its lease lapsed: ours now.
+                    Waited::Leased => true,
+                    Waited::GaveUp => false,
+                },
+                Err(e) => {
+                    tracing::warn!(account = %id, error = %e, "could not take the fetch lease; fetching anyway");
+                    false
+                }
+            },
+        };
         let result = {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             self.fetch_with_retries(account).await
         };
+        let outcome = self.conclude(account, result).await;
+        if leased && let Err(e) = self.store.release_lease(account.id(), &self.replica_id).await {
+            tracing::warn!(account = %id, error = %e, "could not release the fetch lease; it will expire");
+        }
+        outcome
+    }
+
+    /// Records a fetch's result: persisted and cached on success; on failure counted by the
+    /// circuit and shared with other replicas.
+    async fn conclude(
+        &self,
+        account: &AccountState,
+        result: Result<crate::domain::BalanceFetch, UpstreamError>,
+    ) -> FetchOutcome {
+        let id = account.id().to_string();
+        let provider = account.provider().as_str();
         let now = self.clock.now();
         match result {
             Ok(fetch) => {
@@ -77,7 +112,75 @@ impl Service {
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
                 account.health.lock().expect("health lock is never held across a panic").last_error =
                     Some((error.clone(), now));
+                let shared = SharedFailure {
+                    code: error.code().to_owned(),
+                    message: error.message.clone(),
+                    upstream_status: error.upstream_status,
+                    failed_at: now,
+                };
+                if let Err(e) = self.store.record_failure(account.id(), &shared).await {
+                    tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                }
                 Err(error)
+            }
+        }
+    }
+
+    /// How long a replica may hold an account's fetch lease: its whole retry budget plus one
+    /// attempt. A crashed holder's lease lapses after this.
+    fn lease_ttl(&self, account: &AccountState) -> Duration {
+        self.request_timeout + account.config.freshness.timeout
+    }
+
+    /// Waits for the replica holding the lease to finish, and takes its result: the snapshot
+    /// it stored, or the failure it recorded. If the holder dies, its lease lapses and this
+    /// replica takes it over.
+    async fn await_other_replica(
+        &self,
+        account: &AccountState,
+        events: &mut tokio::sync::broadcast::Receiver<String>,
+    ) -> Waited {
+        let (Ok(before_snapshot), Ok(before_failure)) =
+            (self.store.latest_balances(account.id()).await, self.store.last_failure(account.id()).await)
+        else {
+            return Waited::GaveUp;
+        };
+        let before_snapshot = before_snapshot.map(|s| s.fetched_at);
+        let before_failure = before_failure.map(|f| f.failed_at);
+        let until = Instant::now() + self.lease_ttl(account);
+        metrics::counter!("tally_replica_waits_total", "account" => account.id().to_string()).increment(1);
+        loop {
+            // Notifications wake us at once; the poll covers one lost while LISTEN (re)starts,
+            // and notices a lease that lapsed because its holder died.
+            let mut polled = false;
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(a) if a != account.id().as_str() => continue,
+                    _ => {}
+                },
+                () = tokio::time::sleep(Duration::from_millis(250)) => polled = true,
+                () = tokio::time::sleep_until(until) => return Waited::GaveUp,
+            }
+            if let Ok(Some(snapshot)) = self.store.latest_balances(account.id()).await
+                && Some(snapshot.fetched_at) != before_snapshot
+            {
+                let snapshot = Arc::new(snapshot);
+                account.offer(Arc::clone(&snapshot));
+                account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
+                return Waited::Done(Ok(snapshot));
+            }
+            if let Ok(Some(failure)) = self.store.last_failure(account.id()).await
+                && Some(failure.failed_at) != before_failure
+            {
+                let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
+                    .with_status_opt(failure.upstream_status);
+                account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(self.clock.now());
+                return Waited::Done(Err(error));
+            }
+            if polled
+                && let Ok(true) = self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await
+            {
+                return Waited::Leased;
             }
         }
     }
@@ -130,12 +233,28 @@ impl Service {
     /// Persists a successful fetch. A store outage is logged and reported by `/readyz`, but
     /// never keeps a live figure from being served.
     async fn persist(&self, snapshot: &AccountSnapshot) {
-        let result = self.store.record_balances(snapshot).await;
+        // A store already known to be down gets one short try, so it does not add its
+        // connection timeout to every live answer.
+        let bound =
+            if self.store_health.last_error().is_some() { Duration::from_millis(500) } else { Duration::from_secs(5) };
+        let result = tokio::time::timeout(bound, self.store.record_balances(snapshot))
+            .await
+            .unwrap_or_else(|_| Err(crate::store::StoreError::Unavailable("the store did not answer in time".into())));
         if let Err(e) = &result {
             tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot");
         }
         self.store_health.record(&result);
     }
+}
+
+/// How waiting for another replica's fetch ended.
+enum Waited {
+    /// It finished; its result is ours.
+    Done(FetchOutcome),
+    /// Its lease lapsed without a result (the holder died) and this replica took it.
+    Leased,
+    /// The store could not tell, or the wait hit its bound.
+    GaveUp,
 }
 
 /// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
-use crate::store::{AccountSnapshot, Store};
+use crate::store::{AccountSnapshot, Backend, Store};
 
 pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -111,6 +111,8 @@ pub struct Service {
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
     store_health: StoreHealth,
+    /// This process's name in fetch leases.
+    replica_id: String,
     payout_lookups: Mutex<HashMap<payouts::LookupKey, watch::Receiver<Option<payouts::LookupOutcome>>>>,
 }
 
@@ -140,6 +142,7 @@ impl Service {
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
             store_health: StoreHealth::default(),
+            replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             payout_lookups: Mutex::new(HashMap::new()),
         })
     }
@@ -171,6 +174,8 @@ impl Service {
     /// Loads the last stored figures into memory, with their real ages. A store that is down
     /// is logged and skipped: tally then starts cold and fetches live.
     pub async fn warm_up(&self) {
+        // Start listening for other replicas' fetches before any request needs them.
+        drop(self.store.fetch_events());
         match self.store.all_latest_balances().await {
             Ok(snapshots) => {
                 let mut loaded = 0;
@@ -206,8 +211,22 @@ impl Service {
             // ±10% jitter keeps accounts with one period from calling upstreams in lockstep.
             let jitter = period.mul_f64(rand::random_range(0.9..1.1));
             tokio::time::sleep(jitter).await;
+            if self.refreshed_recently(&account, period / 2).await {
+                continue;
+            }
             let mut rx = self.refresh(&account);
             let _ = rx.wait_for(|outcome| outcome.is_some()).await;
         }
+    }
+
+    /// Whether the account's figure is younger than `within`, here or (with a shared store)
+    /// on another replica: then a background refresh would only repeat its call.
+    async fn refreshed_recently(&self, account: &AccountState, within: Duration) -> bool {
+        if self.store.backend() == Backend::Postgres
+            && let Ok(Some(stored)) = self.store.latest_balances(account.id()).await
+        {
+            account.offer(Arc::new(stored));
+        }
+        account.latest().is_some_and(|s| clock::age(self.clock.now(), s.fetched_at) < within)
     }
 }

@@ -20,7 +20,10 @@ pub fn sqlite() -> Migrator {
 }
 
 pub fn postgres() -> Migrator {
-    migrator(&[(1, "init", include_str!("../../migrations/postgres/0001_init.sql"))])
+    migrator(&[
+        (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (2, "replicas", include_str!("../../migrations/postgres/0002_replicas.sql")),
+    ])
 }
 
 /// The newest version tally knows, for readiness checks.

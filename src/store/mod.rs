@@ -99,6 +99,19 @@ pub struct PayoutTransition {
     pub source: String,
 }
 
+/// A failed fetch as recorded for other replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFailure {
+    pub code: String,
+    pub message: String,
+    pub upstream_status: Option<u16>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// The channel on which the store announces that an account's fetch finished (succeeded or
+/// failed) somewhere in the cluster; the payload is the account id.
+pub const FETCH_EVENTS: &str = "tally_fetches";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -143,6 +156,39 @@ pub trait Store: Send + Sync {
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
+
+    // Coordination of replicas sharing the store. A single-process store (SQLite) needs none:
+    // it grants every lease and announces nothing.
+
+    /// Takes the cluster-wide lease on fetching `account`, unless another holder has a lease
+    /// that has not expired.
+    async fn try_lease(
+        &self,
+        _account: &AccountId,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    async fn release_lease(&self, _account: &AccountId, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Records a failed fetch and announces it.
+    async fn record_failure(&self, _account: &AccountId, _failure: &SharedFailure) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn last_failure(&self, _account: &AccountId) -> Result<Option<SharedFailure>, StoreError> {
+        Ok(None)
+    }
+
+    /// Announcements of finished fetches across the cluster (account ids), if the store
+    /// coordinates replicas.
+    fn fetch_events(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 }
 
 /// Opens the store named by `store.url` (without migrating). Connections are made lazily, so

@@ -4,17 +4,21 @@
 //! codec drops the scale of zero (`0.00` comes back `0`), and the scale is part of a figure.
 
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::broadcast;
 
 use super::*;
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Fetch announcements from `LISTEN tally_fetches`, started on first subscription.
+    events: OnceLock<(broadcast::Sender<String>, tokio::task::JoinHandle<()>)>,
 }
 
 impl PostgresStore {
@@ -28,7 +32,7 @@ impl PostgresStore {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self { pool, events: OnceLock::new() })
     }
 
     /// The pool, for PostgreSQL-only coordination between replicas.
@@ -182,6 +186,16 @@ impl Store for PostgresStore {
         .bind(snapshot.raw.as_ref().map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?;
+        sqlx::query("UPDATE fetch_failures SET consecutive_failures = 0 WHERE account = $1")
+            .bind(snapshot.account.as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Delivered at commit: waiting replicas wake when the snapshot is readable.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(FETCH_EVENTS)
+            .bind(snapshot.account.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -339,6 +353,107 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        // The listener holds a pooled connection; the pool closes only once it is returned.
+        if let Some((_, listener)) = self.events.get() {
+            listener.abort();
+        }
         self.pool.close().await;
+    }
+
+    async fn try_lease(&self, account: &AccountId, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let granted: Option<String> = sqlx::query_scalar(
+            "INSERT INTO fetch_leases (account, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (account) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+             WHERE fetch_leases.expires_at < now() OR fetch_leases.holder = EXCLUDED.holder
+             RETURNING holder",
+        )
+        .bind(account.as_str())
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(granted.is_some())
+    }
+
+    async fn release_lease(&self, account: &AccountId, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM fetch_leases WHERE account = $1 AND holder = $2")
+            .bind(account.as_str())
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, account: &AccountId, failure: &SharedFailure) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO fetch_failures (account, code, message, upstream_status, failed_at, consecutive_failures)
+             VALUES ($1, $2, $3, $4, $5, 1)
+             ON CONFLICT (account) DO UPDATE SET code = $2, message = $3, upstream_status = $4, failed_at = $5,
+                 consecutive_failures = fetch_failures.consecutive_failures + 1",
+        )
+        .bind(account.as_str())
+        .bind(&failure.code)
+        .bind(&failure.message)
+        .bind(failure.upstream_status.map(i32::from))
+        .bind(failure.failed_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(FETCH_EVENTS).bind(account.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn last_failure(&self, account: &AccountId) -> Result<Option<SharedFailure>, StoreError> {
+        let row =
+            sqlx::query("SELECT code, message, upstream_status, failed_at FROM fetch_failures WHERE account = $1")
+                .bind(account.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| {
+            Ok(SharedFailure {
+                code: row.try_get("code")?,
+                message: row.try_get("message")?,
+                upstream_status: row.try_get::<Option<i32>, _>("upstream_status")?.and_then(|s| u16::try_from(s).ok()),
+                failed_at: row.try_get("failed_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    fn fetch_events(&self) -> Option<broadcast::Receiver<String>> {
+        let (sender, _) = self.events.get_or_init(|| {
+            let (sender, _) = broadcast::channel(1024);
+            let listener = tokio::spawn(listen(self.pool.clone(), sender.clone()));
+            (sender, listener)
+        });
+        Some(sender.subscribe())
+    }
+}
+
+/// Forwards `NOTIFY tally_fetches` payloads to subscribers, reconnecting after errors.
+async fn listen(pool: PgPool, events: broadcast::Sender<String>) {
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(FETCH_EVENTS).await {
+                Ok(()) => loop {
+                    match listener.recv().await {
+                        Ok(n) => {
+                            let _ = events.send(n.payload().to_owned());
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "lost the fetch-event listener; reconnecting");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "could not LISTEN for fetch events"),
+            },
+            Err(e) => tracing::debug!(error = %e, "no connection for the fetch-event listener yet"),
+        }
+        if pool.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

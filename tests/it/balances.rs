@@ -150,14 +150,9 @@ async fn a_failed_refresh_serves_the_stored_figure_as_stale(db: &TestDb) {
 async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh() {
     let fast = leanx(ok("1.00", "2.00")).await;
     let hung = leanx(ok("3.00", "4.00").set_delay(Duration::from_secs(30))).await;
-    let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"1s\"\n[store]\nurl = \"{}\"\n{}{}",
-        TestDb::sqlite().url(),
-        account("fast", &fast, ""),
-        account("hung", &hung, "timeout = \"20s\"")
-    );
-    let settings = tally::config::from_toml(&config).unwrap();
-    let app = TestApp::spawn_settings(settings).await;
+    let db = TestDb::sqlite();
+    let accounts = format!("{}{}", account("fast", &fast, ""), account("hung", &hung, "timeout = \"20s\""));
+    let app = TestApp::spawn_with(db.url(), "request_timeout = \"1s\"", &accounts).await;
     let started = Instant::now();
     let (status, body) = app.get_json("/balances").await;
     let took = started.elapsed();

@@ -130,7 +130,12 @@ pub fn t0() -> DateTime<Utc> {
 impl TestApp {
     /// Starts tally with `extra` TOML (accounts, defaults…) on the given store URL.
     pub async fn spawn(store_url: &str, extra: &str) -> Self {
-        let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"{store_url}\"\n\n{extra}");
+        Self::spawn_with(store_url, "", extra).await
+    }
+
+    /// Like [`spawn`](Self::spawn), with more `[server]` settings.
+    pub async fn spawn_with(store_url: &str, server: &str, extra: &str) -> Self {
+        let toml = format!("[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[store]\nurl = \"{store_url}\"\n\n{extra}");
         let settings = tally::config::from_toml(&toml).unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
         Self::spawn_settings(settings).await
     }

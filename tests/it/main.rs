@@ -9,4 +9,5 @@ mod cli;
 mod deploy;
 mod openapi;
 mod ops;
+mod replicas;
 mod store;
