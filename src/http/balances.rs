@@ -95,11 +95,17 @@ fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
 }
 
 /// A strong tag over what the report says, leaving out what changes with every request
-/// (`generated_at`, `age_seconds`), so an unchanged figure set answers 304.
+/// (`generated_at`, `age_seconds`, and whether a figure came from cache or a live fetch), so
+/// an unchanged figure set answers 304.
 fn etag(report: &BalancesReport) -> String {
     let mut value = serde_json::to_value(report).unwrap_or_default();
     if let Some(obj) = value.as_object_mut() {
         obj.remove("generated_at");
+        if let Some(accounts) = obj.get_mut("accounts").and_then(|a| a.as_array_mut()) {
+            for account in accounts.iter_mut().filter_map(|a| a.as_object_mut()) {
+                account.remove("source");
+            }
+        }
         if let Some(lines) = obj.get_mut("balances").and_then(|b| b.as_array_mut()) {
             for line in lines.iter_mut().filter_map(|l| l.as_object_mut()) {
                 line.remove("age_seconds");

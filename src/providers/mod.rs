@@ -13,6 +13,8 @@ mod http;
 pub mod ibanera;
 pub mod leanx;
 pub mod luxtak;
+#[cfg(test)]
+mod test_support;
 pub mod yedpay;
 
 use std::sync::Arc;

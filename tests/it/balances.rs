@@ -83,11 +83,13 @@ async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
         .mount(&server)
         .await;
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
-    let requests = (0..100).map(|_| {
-        let http = app.http.clone();
-        let url = format!("{}/balances?max_age=0", app.base);
-        tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
-    });
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let http = app.http.clone();
+            let url = format!("{}/balances?max_age=0", app.base);
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
     let mut statuses = Vec::new();
     for r in requests {
         statuses.push(r.await.unwrap());
