@@ -1,0 +1,148 @@
+use std::time::Duration;
+
+use wiremock::matchers::{header, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use super::*;
+use crate::domain::PayoutStatus;
+use crate::providers::UpstreamErrorKind;
+use crate::providers::test_support::{account, http};
+
+const TOKEN: &str = "yedpay-personal-token";
+
+/// The documented balance example (docs/yedpay-balance.txt).
+const HKD: &str = r#"{ "success": true, "data": { "company_id": "JwoMPpKy", "currency": "HKD", "total_balance": "17.4781", "total_available_balance": "17.47", "available_balance": "17.47", "ledger_balance": "0.00", "locked_balance": "0.00", "holding_balance": "0.00", "total_balance_float": 17.4781, "total_available_balance_float": 17.47, "available_balance_float": 17.47, "ledger_balance_float": 0, "locked_balance_float": 0, "holding_balance_float": 0 } }"#;
+
+const USD: &str = r#"{ "success": true, "data": { "company_id": "JwoMPpKy", "currency": "USD", "total_balance": "1200.5000", "total_available_balance": "1000.00", "available_balance": "1000.00", "ledger_balance": "150.25", "locked_balance": "30.10", "holding_balance": "20.15", "total_balance_float": 1200.5 } }"#;
+
+const UNAUTHENTICATED: &str = r#"{ "success": false, "message": "Unauthenticated.", "status": 500 }"#;
+
+fn client(server: &MockServer, currencies: &str) -> YedpayClient {
+    let fields = format!(
+        "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = {currencies}\ntimeout = \"300ms\""
+    );
+    YedpayClient::new(&account("yedpay", &server.uri(), &fields), http())
+}
+
+fn json(status: u16, body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json")
+}
+
+async fn balance_error(response: ResponseTemplate) -> UpstreamError {
+    let server = MockServer::start().await;
+    Mock::given(method("GET")).and(path("/v1/balance/JwoMPpKy")).respond_with(response).mount(&server).await;
+    client(&server, r#"["HKD"]"#).fetch_balances().await.expect_err("the fetch fails")
+}
+
+#[tokio::test]
+async fn one_bearer_request_per_currency_maps_the_documented_figures() {
+    let server = MockServer::start().await;
+    for (currency, body) in [("HKD", HKD), ("USD", USD)] {
+        Mock::given(method("GET"))
+            .and(path("/v1/balance/JwoMPpKy"))
+            .and(query_param("currency", currency))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .respond_with(json(200, body))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let fetch = client(&server, r#"["HKD", "USD"]"#).fetch_balances().await.unwrap();
+    let show = |e: &crate::domain::BalanceEntry| {
+        [e.available, e.pending, e.reserved, e.total].map(|d| d.map(|d| d.to_string()).unwrap_or_default())
+    };
+    assert_eq!(fetch.entries[0].wallet, "JwoMPpKy");
+    assert_eq!(fetch.entries[0].currency.as_str(), "HKD");
+    assert_eq!(show(&fetch.entries[0]), ["17.47", "0.00", "0.00", "17.4781"], "total keeps its 4 decimals");
+    assert_eq!(fetch.entries[1].currency.as_str(), "USD");
+    assert_eq!(show(&fetch.entries[1]), ["1000.00", "150.25", "50.25", "1200.5000"], "reserved = locked + holding");
+    assert_eq!(fetch.raw["HKD"]["data"]["total_balance"], "17.4781");
+}
+
+#[tokio::test]
+async fn unauthenticated_is_an_auth_failure_even_inside_an_http_500() {
+    for status in [500, 401, 200] {
+        let e = balance_error(json(status, UNAUTHENTICATED)).await;
+        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "HTTP {status}");
+        assert_eq!(e.provider_code.as_deref(), Some("Unauthenticated."));
+    }
+    let e =
+        balance_error(json(403, r#"{"success":false,"message":"This action is unauthorized.","status":403}"#)).await;
+    assert_eq!(e.kind, UpstreamErrorKind::AuthFailed);
+}
+
+#[tokio::test]
+async fn other_refusals_rate_limits_server_errors_and_bad_bodies_are_classified() {
+    let e = balance_error(json(200, r#"{"success":false,"message":"Currency not supported","status":422}"#)).await;
+    assert_eq!((e.kind, e.message.as_str()), (UpstreamErrorKind::Rejected, "Yedpay answered: Currency not supported"));
+    let e = balance_error(ResponseTemplate::new(429).insert_header("retry-after", "7")).await;
+    assert_eq!((e.kind, e.retry_after), (UpstreamErrorKind::RateLimited, Some(Duration::from_secs(7))));
+    let e = balance_error(ResponseTemplate::new(502).set_body_raw("<html>Bad Gateway</html>", "text/html")).await;
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::Unavailable, Some(502)));
+    let e = balance_error(ResponseTemplate::new(200).set_body_raw("<html>hi</html>", "text/html")).await;
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    let e = balance_error(json(200, &HKD[..80])).await;
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    let e = balance_error(json(200, HKD).set_delay(Duration::from_secs(2))).await;
+    assert_eq!(e.kind, UpstreamErrorKind::Timeout);
+}
+
+fn settlement(id: &str, transaction_id: &str, status: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","status":"{status}","company_id":"JwoMPpKy","transaction_id":"{transaction_id}","currency":"HKD","amount":"100.00","charge":"1.00","settle":"99.00","settle_fee":"1.50","total":"98.50","created_at":"2024-03-01 10:00:00","updated_at":"2024-03-01 18:30:00","account_name":"X","account_number":"123","reason":"Bank account closed"}}"#
+    )
+}
+
+fn page(items: &[String], current: u32, total: u32) -> String {
+    format!(
+        r#"{{"success":true,"data":[{}],"meta":{{"pagination":{{"total":{},"count":{},"per_page":100,"current_page":{current},"total_pages":{total},"links":{{}}}}}}}}"#,
+        items.join(","),
+        items.len(),
+        items.len()
+    )
+}
+
+#[tokio::test]
+async fn a_settlement_on_page_two_is_found_by_id_or_transaction_id() {
+    let server = MockServer::start().await;
+    let first = page(&[settlement("S1", "T1", "settled")], 1, 2);
+    let second = page(&[settlement("S2", "T2", "cancelled_settlement")], 2, 2);
+    for (n, body) in [("1", first), ("2", second)] {
+        Mock::given(method("GET"))
+            .and(path("/v1/settlements"))
+            .and(query_param("page", n))
+            .and(query_param("limit", "100"))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .respond_with(json(200, &body))
+            .mount(&server)
+            .await;
+    }
+    let c = client(&server, r#"["HKD"]"#);
+    for asked in ["S2", "T2"] {
+        let PayoutLookup::Found(p) = c.lookup_payout(asked).await.unwrap() else { panic!("{asked} is found") };
+        assert_eq!((p.id.as_str(), p.reference.as_deref()), ("S2", Some("T2")));
+        assert_eq!((p.status, p.is_final), (PayoutStatus::Failed, true));
+        assert_eq!(p.amount.unwrap().to_string(), "100.00");
+        assert_eq!(p.fee.unwrap().to_string(), "1.50");
+        assert_eq!(p.failure.as_ref().unwrap().message, "Bank account closed");
+        assert_eq!(p.created_at.unwrap().to_rfc3339(), "2024-03-01T02:00:00+00:00", "read in +08:00");
+    }
+    assert!(matches!(c.lookup_payout("S9").await.unwrap(), PayoutLookup::NotFound));
+}
+
+#[tokio::test]
+async fn every_documented_settlement_status_maps() {
+    for (provider_status, status, is_final) in [
+        ("settlement_requested", PayoutStatus::Pending, false),
+        ("in_progress_settlement", PayoutStatus::Processing, false),
+        ("settled", PayoutStatus::Succeeded, true),
+        ("cancelled_settlement", PayoutStatus::Failed, true),
+        ("reverse_settlement", PayoutStatus::Cancelled, true),
+        ("canceled", PayoutStatus::Cancelled, true),
+        ("Settled", PayoutStatus::Succeeded, true),
+        ("mystery", PayoutStatus::Unknown, false),
+    ] {
+        let (s, f) = transformers::status(provider_status);
+        assert_eq!((s, f), (status, is_final), "{provider_status}");
+    }
+}
