@@ -1,0 +1,205 @@
+use std::time::Duration;
+
+use wiremock::matchers::{header, method, path};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+
+use super::*;
+use crate::domain::PayoutStatus;
+use crate::providers::UpstreamErrorKind;
+use crate::providers::test_support::{account, http};
+
+const APP_ID: &str = "94FAC0000000000000000000068548";
+const APP_KEY: &str = "test-app-key";
+
+/// The documented balance example (docs/luxtak-account-balance.txt).
+const BALANCE_EXAMPLE: &str = r#"{"code":200,"msg":"success","time":1642075813,"data":[{"currency":"USD","amount":"551.38"},{"currency":"GBP","amount":"0"},{"currency":"EUR","amount":"0"},{"currency":"BRL","amount":"99002.23"},{"currency":"MXN","amount":"0"}]}"#;
+
+/// Checks the request as Luxtak would: the `AppId`, the signature recomputed from the body
+/// received, and a timestamp within a minute of now.
+struct SignedByTestApp;
+
+impl Match for SignedByTestApp {
+    fn matches(&self, request: &Request) -> bool {
+        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&request.body) else { return false };
+        let fresh = body
+            .get("timestamp")
+            .and_then(Value::as_i64)
+            .is_some_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= 60);
+        let app_id = request.headers.get("AppId").and_then(|v| v.to_str().ok()) == Some(APP_ID);
+        let signature = request.headers.get("Authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        fresh && app_id && signature == Some(signature::sign(&body, APP_KEY))
+    }
+}
+
+/// Matches a body field's value.
+struct BodyField(&'static str, &'static str);
+
+impl Match for BodyField {
+    fn matches(&self, request: &Request) -> bool {
+        serde_json::from_slice::<Value>(&request.body).ok().and_then(|b| b.get(self.0).cloned()) == Some(json!(self.1))
+    }
+}
+
+fn client(server: &MockServer) -> LuxtakClient {
+    let fields = format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\"\ntimeout = \"300ms\"");
+    LuxtakClient::new(&account("luxtak", &server.uri(), &fields), http())
+}
+
+fn json_response(status: u16, body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json")
+}
+
+async fn balance_error(response: ResponseTemplate) -> UpstreamError {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path("/api/balance")).respond_with(response).mount(&server).await;
+    client(&server).fetch_balances().await.expect_err("the fetch fails")
+}
+
+#[tokio::test]
+async fn the_balance_request_is_signed_and_maps_the_documented_example() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/balance"))
+        .and(header("Content-Type", "application/json; charset=UTF-8"))
+        .and(SignedByTestApp)
+        .respond_with(json_response(200, BALANCE_EXAMPLE))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let fetch = client(&server).fetch_balances().await.unwrap();
+    let figures: Vec<(String, String, String)> = fetch
+        .entries
+        .iter()
+        .map(|e| (e.wallet.clone(), e.currency.to_string(), e.total.unwrap().to_string()))
+        .collect();
+    assert_eq!(figures[0], ("main".into(), "USD".into(), "551.38".into()));
+    assert_eq!(figures[1], ("main".into(), "GBP".into(), "0".into()));
+    assert_eq!(figures[3], ("main".into(), "BRL".into(), "99002.23".into()));
+    assert!(fetch.entries.iter().all(|e| e.available == e.total && e.pending.is_none()));
+    let body: Value = serde_json::from_slice(&server.received_requests().await.unwrap()[0].body).unwrap();
+    assert_eq!(
+        body.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["timestamp"],
+        "the body holds only the timestamp"
+    );
+}
+
+#[tokio::test]
+async fn documented_errors_are_classified_with_their_codes() {
+    let e =
+        balance_error(json_response(401, r#"{"code":4004003,"msg":"permission denied","time":1642074682,"data":{}}"#))
+            .await;
+    assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::AuthFailed, Some("4004003")));
+    let e = balance_error(json_response(
+        400,
+        r#"{"code":4001000,"msg":"invalid parameter","time":1642078510,"data":{"err":"request has expired"}}"#,
+    ))
+    .await;
+    assert_eq!(e.kind, UpstreamErrorKind::Rejected);
+    assert!(e.message.contains("clock"), "points at clock skew: {}", e.message);
+    let e = balance_error(json_response(200, r#"{"code":4004029,"msg":"too many requests","data":{}}"#)).await;
+    assert_eq!(e.kind, UpstreamErrorKind::RateLimited);
+    let e = balance_error(json_response(400, r#"{"code":4001003,"msg":"invalid field","data":{}}"#)).await;
+    assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Rejected, Some("4001003")));
+}
+
+#[tokio::test]
+async fn rate_limits_server_errors_bad_bodies_and_slowness_are_classified() {
+    let e = balance_error(ResponseTemplate::new(429).insert_header("retry-after", "7")).await;
+    assert_eq!(
+        (e.kind, e.retry_after, e.upstream_status),
+        (UpstreamErrorKind::RateLimited, Some(Duration::from_secs(7)), Some(429))
+    );
+    let e = balance_error(json_response(500, r#"{"code":5001000,"msg":"system error","data":{}}"#)).await;
+    assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Unavailable, Some("5001000")));
+    let e = balance_error(ResponseTemplate::new(503)).await;
+    assert_eq!(e.kind, UpstreamErrorKind::Unavailable);
+    let e = balance_error(ResponseTemplate::new(200).set_body_raw("<html>oops</html>", "text/html")).await;
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    let e = balance_error(json_response(200, &BALANCE_EXAMPLE[..60])).await;
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    let e = balance_error(json_response(200, BALANCE_EXAMPLE).set_delay(Duration::from_secs(2))).await;
+    assert_eq!(e.kind, UpstreamErrorKind::Timeout);
+}
+
+fn status_body(status: &str) -> String {
+    format!(
+        r#"{{"code":200,"msg":"success","time":1628492701,"data":{{"payout_id":"TS2021080907050112345","custom_code":"order-77","status":"{status}","description":"CPF Verify Failed"}}}}"#
+    )
+}
+
+const DETAIL: &str = r#"{"code":200,"msg":"success","data":{"reference_id":"order-77","transaction_id":"TS2021080907050112345","amount":"10.00","source_amount":"10.00","source_currency":"BRL","arrival_currency":"BRL","fee":"0.35","transaction_status":"REJECTED","create_time":1628492701,"update_time":1628496301,"remark":"CPF Verify Failed"}}"#;
+
+#[tokio::test]
+async fn a_payout_is_found_by_custom_code_after_payout_id_misses() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/payout/status"))
+        .and(BodyField("payout_id", "order-77"))
+        .and(SignedByTestApp)
+        .respond_with(json_response(404, r#"{"code":4004004,"msg":"not found","data":{}}"#))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/payout/status"))
+        .and(BodyField("custom_code", "order-77"))
+        .and(SignedByTestApp)
+        .respond_with(json_response(200, &status_body("REJECTED")))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/payout/detail"))
+        .and(BodyField("transaction_id", "TS2021080907050112345"))
+        .and(SignedByTestApp)
+        .respond_with(json_response(200, DETAIL))
+        .mount(&server)
+        .await;
+    let PayoutLookup::Found(p) = client(&server).lookup_payout("order-77").await.unwrap() else { panic!("found") };
+    assert_eq!((p.id.as_str(), p.reference.as_deref()), ("TS2021080907050112345", Some("order-77")));
+    assert_eq!((p.status, p.is_final), (PayoutStatus::Failed, true));
+    assert_eq!((p.amount.unwrap().to_string(), p.fee.unwrap().to_string()), ("10.00".into(), "0.35".into()));
+    assert_eq!(p.currency.unwrap().as_str(), "BRL");
+    assert_eq!(p.failure.unwrap().message, "CPF Verify Failed");
+    assert_eq!(p.created_at.unwrap().to_rfc3339(), "2021-08-09T07:05:01+00:00");
+}
+
+#[tokio::test]
+async fn a_payout_without_detail_is_still_served_and_unknown_ids_are_not_found() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/payout/status"))
+        .and(BodyField("payout_id", "TS1"))
+        .respond_with(json_response(200, &status_body("PAID")))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/payout/status"))
+        .respond_with(json_response(200, r#"{"code":4001021,"msg":"order not existed","data":{}}"#))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/payout/detail"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let PayoutLookup::Found(p) = client(&server).lookup_payout("TS1").await.unwrap() else { panic!("found") };
+    assert_eq!(p.status, PayoutStatus::Succeeded);
+    assert!(p.amount.is_none(), "the detail call failed");
+    assert!(matches!(client(&server).lookup_payout("nope").await.unwrap(), PayoutLookup::NotFound));
+}
+
+#[tokio::test]
+async fn every_documented_status_maps() {
+    for (provider_status, status, is_final) in [
+        ("IN_PROCESSING", PayoutStatus::Pending, false),
+        ("PROCESSING", PayoutStatus::Processing, false),
+        ("PAID", PayoutStatus::Succeeded, true),
+        ("REJECTED", PayoutStatus::Failed, true),
+        ("REFUNDED", PayoutStatus::Reversed, true),
+        ("LOST_IN_SPACE", PayoutStatus::Unknown, false),
+    ] {
+        assert_eq!(transformers::status(provider_status), (status, is_final), "{provider_status}");
+    }
+}
