@@ -1,18 +1,173 @@
-//! Ibanera client (placeholder until the provider issue lands).
-pub mod totp;
-use async_trait::async_trait;
+//! Ibanera (customer API): log in with username, password and a TOTP; every private call then
+//! sends `Authorization: Bearer <token>` and a fresh TOTP in `otp`. Repeated failed logins lock
+//! the account for 10 minutes, so a failed login is never retried before a cool-down.
 
-use crate::config::AccountConfig;
+#[cfg(test)]
+mod tests;
+pub mod totp;
+mod transformers;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::header::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceFetch, PayoutLookup};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
+use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
+use transformers::{IbaneraBalance, IbaneraEnvelope, IbaneraLogin};
+
+const LOGIN_PATH: &str = "/api/v1/public/auth/login";
+const BALANCES_PATH: &str = "/api/v1/customer/accounts/balances";
+/// No new login this long after a failed one: the provider locks accounts for 10 minutes.
+pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(600);
+/// A bound on paging.
+const MAX_PAGES: u32 = 100;
 
 pub struct IbaneraClient {
-    _http: UpstreamHttp,
+    http: UpstreamHttp,
+    base_url: url::Url,
+    timeout: Duration,
+    username: SecretString,
+    password: SecretString,
+    totp: totp_rs::Totp,
+    page_size: u32,
+    session: Mutex<Session>,
+}
+
+#[derive(Default)]
+struct Session {
+    token: Option<(SecretString, Instant)>,
+    /// Set after a failed login: no login before this.
+    no_login_until: Option<(Instant, UpstreamError)>,
 }
 
 impl IbaneraClient {
-    pub fn new(_account: &AccountConfig, http: UpstreamHttp) -> Self {
-        Self { _http: http }
+    pub fn new(account: &AccountConfig, http: UpstreamHttp) -> Self {
+        let ProviderConfig::Ibanera { username, password, totp_secret, page_size } = &account.provider else {
+            unreachable!("client_for builds an Ibanera client only for an Ibanera account")
+        };
+        Self {
+            http,
+            base_url: account.base_url.clone(),
+            timeout: account.freshness.timeout,
+            username: username.clone(),
+            password: password.clone(),
+            totp: totp::generator(totp_secret).expect("config validation checked the TOTP secret"),
+            page_size: *page_size,
+            session: Mutex::new(Session::default()),
+        }
+    }
+
+    fn otp(&self) -> String {
+        totp::code_at(&self.totp, chrono::Utc::now().timestamp().max(0) as u64)
+    }
+
+    /// A live access token: the cached one, or a new login (one at a time).
+    async fn token(&self) -> Result<SecretString, UpstreamError> {
+        let mut session = self.session.lock().await;
+        if let Some((token, expires)) = &session.token
+            && Instant::now() < *expires
+        {
+            return Ok(token.clone());
+        }
+        if let Some((until, error)) = &session.no_login_until {
+            if Instant::now() < *until {
+                let wait = until.saturating_duration_since(Instant::now()).as_secs();
+                return Err(UpstreamError {
+                    message: format!("{} (no new login for {wait} s)", error.message),
+                    ..error.clone()
+                });
+            }
+            session.no_login_until = None;
+        }
+        match self.login().await {
+            Ok((token, lifetime)) => {
+                // Renew a minute early (or at 90% of a short lifetime) so no call races expiry.
+                let margin = Duration::from_secs(60).min(lifetime / 10);
+                session.token = Some((token.clone(), Instant::now() + lifetime.saturating_sub(margin)));
+                Ok(token)
+            }
+            Err(e) if e.kind == crate::providers::UpstreamErrorKind::AuthFailed => {
+                session.no_login_until = Some((Instant::now() + LOGIN_COOLDOWN, e.clone()));
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn forget_token(&self, stale: &SecretString) {
+        let mut session = self.session.lock().await;
+        if session.token.as_ref().is_some_and(|(t, _)| t.expose_secret() == stale.expose_secret()) {
+            session.token = None;
+        }
+    }
+
+    async fn login(&self) -> Result<(SecretString, Duration), UpstreamError> {
+        let body = json!({
+            "username": self.username.expose_secret(),
+            "password": self.password.expose_secret(),
+            "otp": self.otp(),
+        });
+        let request = self
+            .http
+            .client()
+            .post(endpoint(&self.base_url, LOGIN_PATH))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .timeout(self.timeout);
+        let response = self.http.send(request).await?;
+        response.check_status()?;
+        let envelope: IbaneraEnvelope<IbaneraLogin> = match response.json() {
+            Ok(envelope) => envelope,
+            Err(_) if matches!(response.status, 401 | 403) => {
+                return Err(UpstreamError::auth_failed("Ibanera refused the login").with_status(response.status));
+            }
+            Err(e) => return Err(e),
+        };
+        match envelope.details {
+            Some(login) if envelope.is_success() => {
+                Ok((SecretString::from(login.access_token), Duration::from_secs(login.expires_in)))
+            }
+            _ => {
+                let codes = envelope.codes();
+                Err(UpstreamError::auth_failed(format!("Ibanera refused the login: {codes}"))
+                    .with_status(response.status)
+                    .with_provider_code(codes))
+            }
+        }
+    }
+
+    async fn balances_page(&self, token: &SecretString, page: u32) -> Result<UpstreamResponse, UpstreamError> {
+        let mut url = endpoint(&self.base_url, BALANCES_PATH);
+        url.query_pairs_mut()
+            .append_pair("pageNumber", &page.to_string())
+            .append_pair("pageSize", &self.page_size.to_string());
+        let mut otp = HeaderValue::from_str(&self.otp()).expect("six digits are a valid header value");
+        otp.set_sensitive(true);
+        let request =
+            self.http.client().get(url).bearer_auth(token.expose_secret()).header("otp", otp).timeout(self.timeout);
+        self.http.send(request).await
+    }
+
+    /// One page, logging in once more if the token was refused.
+    async fn page(&self, page: u32) -> Result<UpstreamResponse, UpstreamError> {
+        let token = self.token().await?;
+        let response = self.balances_page(&token, page).await?;
+        if response.status != 401 {
+            return Ok(response);
+        }
+        self.forget_token(&token).await;
+        let token = self.token().await?;
+        let response = self.balances_page(&token, page).await?;
+        if response.status == 401 {
+            return Err(UpstreamError::auth_failed("Ibanera refused a fresh access token").with_status(401));
+        }
+        Ok(response)
     }
 }
 
@@ -23,10 +178,33 @@ impl ProviderClient for IbaneraClient {
     }
 
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
-        Err(UpstreamError::rejected("not implemented yet"))
+        let mut entries = Vec::new();
+        let mut pages = Vec::new();
+        let mut number = 1;
+        loop {
+            let response = self.page(number).await?;
+            response.check_status()?;
+            let envelope: IbaneraEnvelope<Vec<IbaneraBalance>> = response.json()?;
+            if !envelope.is_success() {
+                let codes = envelope.codes();
+                return Err(UpstreamError::rejected(format!("Ibanera refused the balances: {codes}"))
+                    .with_status(response.status)
+                    .with_provider_code(codes));
+            }
+            for balance in envelope.details.as_deref().unwrap_or_default() {
+                entries.push(transformers::balance_entry(balance)?);
+            }
+            pages.push(response.raw_json());
+            let last = envelope.number_of_pages.unwrap_or(0).min(MAX_PAGES);
+            if number >= last {
+                break;
+            }
+            number += 1;
+        }
+        Ok(BalanceFetch { entries, raw: serde_json::Value::Array(pages) })
     }
 
     async fn lookup_payout(&self, _id: &str) -> Result<PayoutLookup, UpstreamError> {
-        Err(UpstreamError::rejected("not implemented yet"))
+        Err(UpstreamError::rejected("Ibanera does not document a payout lookup"))
     }
 }

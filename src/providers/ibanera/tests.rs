@@ -1,0 +1,201 @@
+use std::time::Duration;
+
+use wiremock::matchers::{method, path, query_param};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+
+use super::*;
+use crate::providers::UpstreamErrorKind;
+use crate::providers::test_support::{account, http};
+
+const SECRET: &str = "JBSWY3DPEHPK3PXP";
+const TOKEN: &str = "eyJ-test-access-token";
+
+/// Whether `code` is the TOTP of the test secret now (±1 step, as servers allow for skew).
+fn valid_otp(code: &str) -> bool {
+    let totp = totp::generator(&SecretString::from(SECRET)).unwrap();
+    let now = chrono::Utc::now().timestamp() as u64;
+    [now - 30, now, now + 30].iter().any(|t| totp::code_at(&totp, *t) == code)
+}
+
+/// Checks a private call: the Bearer token and a valid TOTP in `otp`.
+struct Authorized;
+
+impl Match for Authorized {
+    fn matches(&self, request: &Request) -> bool {
+        let header =
+            |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        header("authorization") == format!("Bearer {TOKEN}") && valid_otp(&header("otp"))
+    }
+}
+
+/// Checks the login body: the credentials and a valid TOTP.
+struct LoginBody;
+
+impl Match for LoginBody {
+    fn matches(&self, request: &Request) -> bool {
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&request.body) else { return false };
+        body["username"] == "treasury" && body["password"] == "pa55" && body["otp"].as_str().is_some_and(valid_otp)
+    }
+}
+
+fn login_ok(expires_in: u64) -> ResponseTemplate {
+    let body = format!(
+        r#"{{"id":0,"details":{{"accessToken":"{TOKEN}","expiresIn":{expires_in},"refreshToken":"r","refreshTokenExpiresIn":7200}},"status":"1","errors":[]}}"#
+    );
+    ResponseTemplate::new(200).set_body_raw(body, "application/json")
+}
+
+fn page(items: &str, number: u32, pages: u32) -> ResponseTemplate {
+    let body = format!(
+        r#"{{"id":0,"details":[{items}],"pageSize":2,"pageNumber":{number},"numberOfPages":{pages},"status":"1","errors":[]}}"#
+    );
+    ResponseTemplate::new(200).set_body_raw(body, "application/json")
+}
+
+const PAGE_1: &str = r#"{"id":1000,"asset":"USD","totalBalance":1500.00,"availableBalance":1250.50,"pendingBalance":249.50,"bSuppressed":false},
+    {"id":1001,"asset":"USDC","totalBalance":1520.12345678,"availableBalance":1520.12345678,"pendingBalance":0,"bSuppressed":false}"#;
+const PAGE_2: &str = r#"{"id":1002,"asset":"EUR","totalBalance":90071992547409.93,"availableBalance":90071992547409.93,"pendingBalance":0.00,"bSuppressed":true}"#;
+
+fn client(server: &MockServer) -> IbaneraClient {
+    let fields = format!(
+        "username = \"treasury\"\npassword = \"pa55\"\ntotp_secret = \"{SECRET}\"\npage_size = 2\ntimeout = \"300ms\""
+    );
+    IbaneraClient::new(&account("ibanera", &server.uri(), &fields), http())
+}
+
+async fn mount_login(server: &MockServer, response: ResponseTemplate) {
+    Mock::given(method("POST")).and(path(LOGIN_PATH)).and(LoginBody).respond_with(response).mount(server).await;
+}
+
+async fn mount_pages(server: &MockServer) {
+    for (n, items) in [("1", PAGE_1), ("2", PAGE_2)] {
+        Mock::given(method("GET"))
+            .and(path(BALANCES_PATH))
+            .and(query_param("pageNumber", n))
+            .and(query_param("pageSize", "2"))
+            .and(Authorized)
+            .respond_with(page(items, n.parse().unwrap(), 2))
+            .mount(server)
+            .await;
+    }
+}
+
+async fn logins(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap().iter().filter(|r| r.url.path() == LOGIN_PATH).count()
+}
+
+#[tokio::test]
+async fn logs_in_with_a_totp_and_pages_through_exact_balances() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(3600)).await;
+    mount_pages(&server).await;
+    let fetch = client(&server).fetch_balances().await.unwrap();
+    let show: Vec<(String, String, String, String, String, bool)> = fetch
+        .entries
+        .iter()
+        .map(|e| {
+            let d = |v: Option<rust_decimal::Decimal>| v.map(|d| d.to_string()).unwrap_or_default();
+            (e.wallet.clone(), e.currency.to_string(), d(e.available), d(e.pending), d(e.total), e.blocked)
+        })
+        .collect();
+    assert_eq!(show[0], ("1000".into(), "USD".into(), "1250.50".into(), "249.50".into(), "1500.00".into(), false));
+    assert_eq!(show[1].2, "1520.12345678", "crypto keeps 8 decimals");
+    assert_eq!(
+        show[2],
+        ("1002".into(), "EUR".into(), "90071992547409.93".into(), "0.00".into(), "90071992547409.93".into(), true)
+    );
+    assert!(fetch.entries.iter().all(|e| e.reserved.is_none()));
+    assert_eq!(fetch.raw.as_array().unwrap().len(), 2, "both pages, never the login answer");
+    assert!(!fetch.raw.to_string().contains(TOKEN));
+}
+
+#[tokio::test]
+async fn the_token_is_reused_until_it_expires_then_exactly_one_new_login() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(120)).await;
+    mount_pages(&server).await;
+    let c = client(&server);
+    c.fetch_balances().await.unwrap();
+    c.fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 1, "the cached token serves both fetches");
+    // The token's lifetime passes (injected: its expiry moves into the past).
+    c.session.lock().await.token.as_mut().unwrap().1 = Instant::now() - Duration::from_secs(1);
+    c.fetch_balances().await.unwrap();
+    c.fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 2, "one new login after expiry");
+}
+
+#[tokio::test]
+async fn a_refused_token_leads_to_one_new_login_and_one_retry() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(3600)).await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .respond_with(ResponseTemplate::new(401))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    mount_pages(&server).await;
+    client(&server).fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_failed_login_is_not_retried_during_the_cooldown() {
+    let server = MockServer::start().await;
+    let refused = r#"{"id":0,"details":null,"status":"0","errors":[{"fieldName":"","messageCode":"Username_Or_Password_Incorrect"}]}"#;
+    Mock::given(method("POST"))
+        .and(path(LOGIN_PATH))
+        .respond_with(ResponseTemplate::new(400).set_body_raw(refused, "application/json"))
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let e = c.fetch_balances().await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.provider_code.as_deref()),
+        (UpstreamErrorKind::AuthFailed, Some("Username_Or_Password_Incorrect"))
+    );
+    let again = c.fetch_balances().await.unwrap_err();
+    assert_eq!(again.kind, UpstreamErrorKind::AuthFailed);
+    assert!(again.message.contains("no new login for"), "{}", again.message);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "no HTTP call during the cool-down");
+    // The cool-down passes (injected).
+    c.session.lock().await.no_login_until.as_mut().unwrap().0 = Instant::now() - Duration::from_secs(1);
+    c.fetch_balances().await.unwrap_err();
+    assert_eq!(logins(&server).await, 2, "one login attempt after the cool-down");
+}
+
+#[tokio::test]
+async fn transient_failures_and_bad_bodies_are_classified() {
+    for (response, kind) in [
+        (ResponseTemplate::new(429).insert_header("retry-after", "7"), UpstreamErrorKind::RateLimited),
+        (ResponseTemplate::new(503), UpstreamErrorKind::Unavailable),
+        (ResponseTemplate::new(200).set_body_raw("<html>down</html>", "text/html"), UpstreamErrorKind::InvalidResponse),
+        (
+            ResponseTemplate::new(200).set_body_raw(r#"{"id":0,"details":[{"id":1,"as"#, "application/json"),
+            UpstreamErrorKind::InvalidResponse,
+        ),
+        (page(PAGE_2, 1, 1).set_delay(Duration::from_secs(2)), UpstreamErrorKind::Timeout),
+    ] {
+        let server = MockServer::start().await;
+        mount_login(&server, login_ok(3600)).await;
+        Mock::given(method("GET")).and(path(BALANCES_PATH)).respond_with(response).mount(&server).await;
+        let e = client(&server).fetch_balances().await.unwrap_err();
+        assert_eq!(e.kind, kind);
+    }
+    let server = MockServer::start().await;
+    mount_login(&server, ResponseTemplate::new(503)).await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!(e.kind, UpstreamErrorKind::Unavailable, "a login that fails transiently starts no cool-down");
+    client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!(logins(&server).await, 2);
+}
+
+#[tokio::test]
+async fn payout_lookup_is_reported_unsupported_without_a_call() {
+    let server = MockServer::start().await;
+    let c = client(&server);
+    assert!(!c.capabilities().payouts);
+    assert!(c.lookup_payout("42").await.is_err());
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
