@@ -9,5 +9,6 @@ mod cli;
 mod deploy;
 mod openapi;
 mod ops;
+mod payouts;
 mod replicas;
 mod store;
