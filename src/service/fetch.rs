@@ -54,30 +54,20 @@ impl Service {
         // Replicas sharing a store: one of them fetches, the others wait for its result. While
         // the store is failing there is nothing to coordinate through; fetch directly.
         let mut events = if self.store_health.last_error().is_none() { self.store.fetch_events() } else { None };
-        let leased = match &mut events {
-            None => false,
-            Some(events) => match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
-                Ok(true) => true,
-                Ok(false) => match self.await_other_replica(account, events).await {
-                    Waited::Done(outcome) => return outcome,
-                    // The holder vanished without a result and its lease lapsed: ours now.
-                    Waited::Leased => true,
-                    Waited::GaveUp => false,
-                },
-                Err(e) => {
-                    tracing::warn!(account = %id, error = %e, "could not take the fetch lease; fetching anyway");
-                    false
-                }
-            },
-        };
+        let mut leased = false;
+        if let Some(events) = &mut events {
+            match self.coordinate(account, events).await {
+                Coordinated::Done(outcome) => return outcome,
+                Coordinated::Leased => leased = true,
+                Coordinated::Alone => {}
+            }
+        }
         let result = {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             self.fetch_with_retries(account).await
         };
         let outcome = self.conclude(account, result).await;
-        if leased && let Err(e) = self.store.release_lease(account.id(), &self.replica_id).await {
-            tracing::warn!(account = %id, error = %e, "could not release the fetch lease; it will expire");
-        }
+        self.release(account, leased).await;
         outcome
     }
 
@@ -132,56 +122,77 @@ impl Service {
         self.request_timeout + account.config.freshness.timeout
     }
 
-    /// Waits for the replica holding the lease to finish, and takes its result: the snapshot
-    /// it stored, or the failure it recorded. If the holder dies, its lease lapses and this
-    /// replica takes it over.
-    async fn await_other_replica(
+    /// Takes the account's cluster-wide lease, or waits for the replica holding it and takes
+    /// its result: the snapshot it stored, or the failure it recorded. If the holder dies, its
+    /// lease lapses and this replica takes it over.
+    async fn coordinate(
         &self,
         account: &AccountState,
         events: &mut tokio::sync::broadcast::Receiver<String>,
-    ) -> Waited {
+    ) -> Coordinated {
+        // What the store held before asking for the lease: a result landing any time after
+        // this, even before the wait starts, is the holder's.
         let (Ok(before_snapshot), Ok(before_failure)) =
             (self.store.latest_balances(account.id()).await, self.store.last_failure(account.id()).await)
         else {
-            return Waited::GaveUp;
+            return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
         let before_failure = before_failure.map(|f| f.failed_at);
+        let mut leased = match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
+            Ok(leased) => leased,
+            Err(e) => {
+                tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
+                return Coordinated::Alone;
+            }
+        };
+        if !leased {
+            metrics::counter!("tally_replica_waits_total", "account" => account.id().to_string()).increment(1);
+        }
         let until = Instant::now() + self.lease_ttl(account);
-        metrics::counter!("tally_replica_waits_total", "account" => account.id().to_string()).increment(1);
         loop {
-            // Notifications wake us at once; the poll covers one lost while LISTEN (re)starts,
-            // and notices a lease that lapsed because its holder died.
-            let mut polled = false;
-            tokio::select! {
-                event = events.recv() => match event {
-                    Ok(a) if a != account.id().as_str() => continue,
-                    _ => {}
-                },
-                () = tokio::time::sleep(Duration::from_millis(250)) => polled = true,
-                () = tokio::time::sleep_until(until) => return Waited::GaveUp,
+            if !leased {
+                // Notifications wake us at once; the poll covers one lost while LISTEN
+                // (re)starts, and notices a lease that lapsed because its holder died.
+                tokio::select! {
+                    event = events.recv() => match event {
+                        Ok(a) if a != account.id().as_str() => continue,
+                        _ => {}
+                    },
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    () = tokio::time::sleep_until(until) => return Coordinated::Alone,
+                }
             }
             if let Ok(Some(snapshot)) = self.store.latest_balances(account.id()).await
                 && Some(snapshot.fetched_at) != before_snapshot
             {
+                self.release(account, leased).await;
                 let snapshot = Arc::new(snapshot);
                 account.offer(Arc::clone(&snapshot));
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
-                return Waited::Done(Ok(snapshot));
+                return Coordinated::Done(Ok(snapshot));
             }
             if let Ok(Some(failure)) = self.store.last_failure(account.id()).await
                 && Some(failure.failed_at) != before_failure
             {
+                self.release(account, leased).await;
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(self.clock.now());
-                return Waited::Done(Err(error));
+                return Coordinated::Done(Err(error));
             }
-            if polled
-                && let Ok(true) = self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await
-            {
-                return Waited::Leased;
+            // Nothing landed since we looked: with the lease, the fetch is ours.
+            if leased {
+                return Coordinated::Leased;
             }
+            leased =
+                matches!(self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await, Ok(true));
+        }
+    }
+
+    async fn release(&self, account: &AccountState, leased: bool) {
+        if leased && let Err(e) = self.store.release_lease(account.id(), &self.replica_id).await {
+            tracing::warn!(account = %account.id(), error = %e, "could not release the fetch lease; it will expire");
         }
     }
 
@@ -247,14 +258,14 @@ impl Service {
     }
 }
 
-/// How waiting for another replica's fetch ended.
-enum Waited {
-    /// It finished; its result is ours.
+/// What coordinating with other replicas decided.
+enum Coordinated {
+    /// Another replica's fetch finished meanwhile; its result is ours.
     Done(FetchOutcome),
-    /// Its lease lapsed without a result (the holder died) and this replica took it.
+    /// This replica holds the lease: it fetches.
     Leased,
-    /// The store could not tell, or the wait hit its bound.
-    GaveUp,
+    /// The store cannot coordinate now, or the wait hit its bound: fetch without a lease.
+    Alone,
 }
 
 /// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.
