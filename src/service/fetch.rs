@@ -118,7 +118,7 @@ impl Service {
 
     /// How long a replica may hold an account's fetch lease: its whole retry budget plus one
     /// attempt. A crashed holder's lease lapses after this.
-    fn lease_ttl(&self, account: &AccountState) -> Duration {
+    pub(super) fn lease_ttl(&self, account: &AccountState) -> Duration {
         self.request_timeout + account.config.freshness.timeout
     }
 
@@ -190,7 +190,7 @@ impl Service {
         }
     }
 
-    async fn release(&self, account: &AccountState, leased: bool) {
+    pub(super) async fn release(&self, account: &AccountState, leased: bool) {
         if leased && let Err(e) = self.store.release_lease(account.id(), &self.replica_id).await {
             tracing::warn!(account = %account.id(), error = %e, "could not release the fetch lease; it will expire");
         }

@@ -211,12 +211,31 @@ impl Service {
             // ±10% jitter keeps accounts with one period from calling upstreams in lockstep.
             let jitter = period.mul_f64(rand::random_range(0.9..1.1));
             tokio::time::sleep(jitter).await;
-            if self.refreshed_recently(&account, period / 2).await {
-                continue;
-            }
-            let mut rx = self.refresh(&account);
-            let _ = rx.wait_for(|outcome| outcome.is_some()).await;
+            self.refresh_in_background(&account, period / 2).await;
         }
+    }
+
+    /// One background refresh, unless the figure is younger than `within`. With replicas, the
+    /// decision is taken under the account's lease: a replica that finds the lease taken
+    /// leaves the refresh to its holder, and one that gets it checks again, since another
+    /// replica may have refreshed between its first look and the lease.
+    async fn refresh_in_background(self: &Arc<Self>, account: &Arc<AccountState>, within: Duration) {
+        if self.refreshed_recently(account, within).await {
+            return;
+        }
+        if self.store.fetch_events().is_some() {
+            match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
+                Ok(false) => return,
+                Ok(true) if self.refreshed_recently(account, within).await => {
+                    self.release(account, true).await;
+                    return;
+                }
+                // Taken (the fetch below renews it as the same holder), or the store is down.
+                Ok(true) | Err(_) => {}
+            }
+        }
+        let mut rx = self.refresh(account);
+        let _ = rx.wait_for(|outcome| outcome.is_some()).await;
     }
 
     /// Whether the account's figure is younger than `within`, here or (with a shared store)
