@@ -1,0 +1,73 @@
+//! The LeanX emulator: `auth-token` header; POST-only; the `response_code` envelope with
+//! amounts as JSON numbers.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+
+use super::data::{LEANX_PAYOUTS, LeanxPayout, leanx_pools};
+use super::{Shared, json};
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/v1/merchant/overall-balance", post(balance))
+        .route("/api/v1/merchant/get-payout-transaction-by-id", post(payout))
+}
+
+fn token(headers: &HeaderMap) -> Option<&'static str> {
+    let presented = headers.get("auth-token")?.to_str().ok()?;
+    [super::credentials::LEANX_MAIN_TOKEN, super::credentials::LEANX_OPS_TOKEN].into_iter().find(|t| *t == presented)
+}
+
+/// The docs name `INVALID_TOKEN` (FAQ) but show no error answer; this shape is assumed.
+fn invalid_token() -> Response {
+    json(StatusCode::UNAUTHORIZED, r#"{"response_code":4001,"description":"INVALID_TOKEN","app_version":"/api/v1","data":null,"breakdown_errors":"INVALID_TOKEN","token":""}"#.to_owned())
+}
+
+async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let Some(token) = token(&headers) else { return invalid_token() };
+    let (transaction, prefund) = leanx_pools(token, shared.minute()).expect("known tokens have pools");
+    json(
+        StatusCode::OK,
+        format!(
+            r#"{{"response_code":2000,"description":"SUCCESS","app_version":"/api/v1","talk_to_server_before":"{now}","data":{{"transaction_balance":{{"value":{transaction},"pool_name":"TRANSACTION","api_key":"86774f4a-3d60-4197-a9b2-5b72b5034695","record_status":1,"updated_at":"{now}","account_id":57,"id":337,"pool_type":1,"created_at":"2024-01-03T11:58:03"}},"prefund_balance":{prefund},"total_transaction_as_of_today":0}},"breakdown_errors":null,"token":""}}"#,
+            now = shared.local_now(8)
+        ),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Lookup {
+    #[serde(rename = "_id")]
+    id: Option<String>,
+}
+
+async fn payout(headers: HeaderMap, Query(q): Query<Lookup>) -> Response {
+    let Some(token) = token(&headers) else { return invalid_token() };
+    let id = q.id.unwrap_or_default();
+    let found = LEANX_PAYOUTS.iter().find(|p| p.token == token && (p.id == id || p.external_ref == id));
+    match found {
+        Some(p) => json(StatusCode::OK, payout_body(p)),
+        // Not documented either: a refusal without data, as tally reads it.
+        None => json(StatusCode::OK, r#"{"response_code":4004,"description":"PAYOUT_NOT_FOUND","app_version":"/api/v1","data":null,"breakdown_errors":"PAYOUT_NOT_FOUND","token":""}"#.to_owned()),
+    }
+}
+
+fn payout_body(p: &LeanxPayout) -> String {
+    let error = p.error.map_or(String::new(), |(code, message)| {
+        format!(r#","error_message":{{"response_code":5223,"error_code":"{code}","error_message":"{message}","description":"PAYOUT_FAILED","data":null}}"#)
+    });
+    format!(
+        r#"{{"response_code":2000,"description":"SUCCESS","app_version":"/api/v1","talk_to_server_before":"2026-11-22T08:00:00.000000","data":{{"payout_invoice_no":"{id}","merchant_invoice_id":"VA-F04EC4-164712020277-PAYOUT","id":419,"payout_account_number":"8011408168","transaction_fee":{fee},"account_id":3,"record_status":1,"updated_at":"{updated}","switch_invoice_id":"VP1678085468bA52B","transaction_invoice_no":"PAYOUT1701769387uG4ENyls","transaction_status":"{status}","value":{value},"switch_transaction_fee":0.00,"api_key":"18e0933d-6bc1-4808-9bc7-aad2bcd38686","created_at":"{created}"{error}}},"breakdown_errors":null,"token":"18e0933d-6bc1-4808-9bc7-aad2bcd38686"}}"#,
+        id = p.id,
+        fee = p.fee,
+        updated = p.updated_at,
+        status = p.status,
+        value = p.value,
+        created = p.created_at,
+    )
+}

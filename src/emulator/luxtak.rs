@@ -1,0 +1,102 @@
+//! The Luxtak emulator: signed POSTs (`AppId` + SHA-256 of the sorted params and the app key),
+//! a timestamp window, the `code/msg/time/data` envelope with string amounts.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use serde_json::{Map, Value, json};
+
+use super::data::{LUXTAK_PAYOUTS, luxtak_balances};
+use super::{Shared, credentials, json as respond};
+
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/balance", post(balance))
+        .route("/api/payout/status", post(status))
+        .route("/api/payout/detail", post(detail))
+}
+
+fn envelope(http: StatusCode, code: i64, msg: &str, data: Value) -> Response {
+    let time = chrono::Utc::now().timestamp();
+    respond(http, json!({"code": code, "msg": msg, "time": time, "data": data}).to_string())
+}
+
+/// Checks `AppId`, the signature and the timestamp window, as the platform does; returns the
+/// body's params or the documented error.
+fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Response> {
+    let denied = || envelope(StatusCode::UNAUTHORIZED, 4_004_003, "permission denied", json!({}));
+    let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(body) else {
+        return Err(envelope(StatusCode::BAD_REQUEST, 4_001_000, "invalid parameter", json!({"err": "body is not a JSON object"})));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("AppId") != Some(credentials::LUXTAK_APP_ID) {
+        return Err(denied());
+    }
+    let expected = crate::providers::luxtak::sign(&params, credentials::LUXTAK_APP_KEY);
+    if header("Authorization") != Some(expected.as_str()) {
+        return Err(denied());
+    }
+    let window = shared.options.luxtak_timestamp_window.as_secs() as i64;
+    let fresh = params.get("timestamp").and_then(Value::as_i64).is_some_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= window);
+    if !fresh {
+        return Err(envelope(StatusCode::BAD_REQUEST, 4_001_000, "invalid parameter", json!({"err": "request has expired"})));
+    }
+    Ok(params)
+}
+
+async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = verify(&shared, &headers, &body) {
+        return refused;
+    }
+    let data: Vec<Value> = luxtak_balances(shared.minute()).into_iter().map(|(c, a)| json!({"currency": c, "amount": a})).collect();
+    envelope(StatusCode::OK, 200, "success", Value::Array(data))
+}
+
+async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = match verify(&shared, &headers, &body) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    if !params.contains_key("payout_id") && !params.contains_key("custom_code") {
+        return envelope(StatusCode::BAD_REQUEST, 400, "invalid parameters", json!({"error": "custom_code or payout_id required"}));
+    }
+    let asked = |key: &str| params.get(key).and_then(Value::as_str);
+    let found = LUXTAK_PAYOUTS.iter().find(|p| asked("payout_id") == Some(p.payout_id) || asked("custom_code") == Some(p.custom_code));
+    match found {
+        Some(p) => envelope(
+            StatusCode::OK,
+            200,
+            "success",
+            json!({"payout_id": p.payout_id, "custom_code": p.custom_code, "status": p.status, "description": if p.remark.is_empty() { p.status } else { p.remark }}),
+        ),
+        None => envelope(StatusCode::NOT_FOUND, 4_004_004, "not found", json!({})),
+    }
+}
+
+async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = match verify(&shared, &headers, &body) {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    let id = params.get("transaction_id").and_then(Value::as_str).unwrap_or_default();
+    match LUXTAK_PAYOUTS.iter().find(|p| p.payout_id == id) {
+        Some(p) => envelope(
+            StatusCode::OK,
+            200,
+            "success",
+            json!({
+                "reference_id": p.custom_code, "transaction_id": p.payout_id, "user_name": "Demo Recipient",
+                "amount": p.amount, "source_amount": p.amount, "settlement_amount": p.amount, "arrival_amount": p.amount,
+                "exchange_rate": "1", "tax": "0.00", "fee": p.fee, "fee_user": "merchant",
+                "source_currency": p.currency, "arrival_currency": p.currency, "transaction_status": p.status,
+                "create_time": p.create_time, "update_time": p.update_time, "remark": p.remark,
+            }),
+        ),
+        None => envelope(StatusCode::BAD_REQUEST, 4_001_021, "order not existed", json!({})),
+    }
+}

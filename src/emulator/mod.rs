@@ -1,0 +1,292 @@
+//! Emulators of the four providers, speaking their documented protocols (PROVIDERS.md),
+//! auth checks included, with realistic demo data and fault injection. They back
+//! `tally demo`, `tally emulate`, tally's own tests and its benchmark.
+//!
+//! One server serves all four under path prefixes, so each provider's base URL is
+//! `http://ADDR/leanx`, `/luxtak`, `/ibanera` or `/yedpay`, followed by the documented paths.
+//! Control routes: `PUT /_control/faults/{provider}` (JSON [`Faults`]), `GET /_control/calls`,
+//! `POST /_control/ibanera/expire-tokens`.
+
+mod data;
+mod faults;
+mod ibanera;
+mod leanx;
+mod luxtak;
+#[cfg(test)]
+mod tests;
+mod yedpay;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::domain::Provider;
+
+pub use data::credentials;
+pub use faults::Faults;
+
+#[derive(Clone, Debug)]
+pub struct EmulatorOptions {
+    pub faults: HashMap<Provider, Faults>,
+    /// How long an Ibanera access token lives.
+    pub ibanera_token_lifetime: Duration,
+    /// How far a Luxtak request timestamp may be from now.
+    pub luxtak_timestamp_window: Duration,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        Self {
+            faults: HashMap::new(),
+            ibanera_token_lifetime: Duration::from_secs(3600),
+            luxtak_timestamp_window: Duration::from_secs(300),
+        }
+    }
+}
+
+/// State shared by the emulator's handlers.
+pub struct Shared {
+    options: EmulatorOptions,
+    started: std::time::Instant,
+    faults: Mutex<HashMap<Provider, Faults>>,
+    calls: HashMap<Provider, AtomicU64>,
+    ibanera: Mutex<IbaneraAuth>,
+}
+
+#[derive(Default)]
+struct IbaneraAuth {
+    tokens: HashMap<String, Instant>,
+    failures: u32,
+    locked_until: Option<Instant>,
+}
+
+impl Shared {
+    /// Minutes since start: the clock of the demo balances' drift.
+    fn minute(&self) -> u64 {
+        self.started.elapsed().as_secs() / 60
+    }
+
+    /// Now as a naive local time at `hours` east of UTC, as LeanX and Yedpay write times.
+    fn local_now(&self, hours: i64) -> String {
+        (chrono::Utc::now() + chrono::TimeDelta::hours(hours)).format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+    }
+}
+
+/// A running emulator.
+pub struct Emulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Emulator {
+    /// Serves the emulators on `listener` until [`shutdown`](Self::shutdown).
+    pub async fn start(listener: TcpListener, options: EmulatorOptions) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            faults: Mutex::new(options.faults.clone()),
+            calls: Provider::ALL.into_iter().map(|p| (p, AtomicU64::new(0))).collect(),
+            ibanera: Mutex::new(IbaneraAuth::default()),
+            started: std::time::Instant::now(),
+            options,
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(Arc::clone(&shared));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Self { addr, shared, stop: Some(stop), task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn base_url(&self, provider: Provider) -> url::Url {
+        url::Url::parse(&format!("http://{}/{}", self.addr, provider.as_str())).expect("an address makes a valid URL")
+    }
+
+    pub fn set_faults(&self, provider: Provider, faults: Faults) {
+        self.shared.faults.lock().expect("emulator lock is never held across a panic").insert(provider, faults);
+    }
+
+    /// API calls received by one provider's emulator (control routes excluded).
+    pub fn calls(&self, provider: Provider) -> u64 {
+        self.shared.calls[&provider].load(Ordering::Relaxed)
+    }
+
+    pub fn expire_ibanera_tokens(&self) {
+        self.shared.ibanera.lock().expect("emulator lock is never held across a panic").tokens.clear();
+    }
+
+    /// `[[accounts]]` entries for the demo set, pointed at this emulator: two LeanX, one
+    /// Luxtak, one Ibanera, one Yedpay with two currencies.
+    pub fn demo_accounts_toml(&self) -> String {
+        let c = |p| self.base_url(p);
+        format!(
+            r#"[[accounts]]
+id = "leanx-main"
+provider = "leanx"
+base_url = "{leanx}"
+auth_token = "{leanx_main}"
+
+[[accounts]]
+id = "leanx-ops"
+provider = "leanx"
+base_url = "{leanx}"
+auth_token = "{leanx_ops}"
+
+[[accounts]]
+id = "luxtak-latam"
+provider = "luxtak"
+base_url = "{luxtak}"
+app_id = "{app_id}"
+app_key = "{app_key}"
+
+[[accounts]]
+id = "ibanera-treasury"
+provider = "ibanera"
+base_url = "{ibanera}"
+username = "{username}"
+password = "{password}"
+totp_secret = "{totp}"
+page_size = 2
+
+[[accounts]]
+id = "yedpay-hk"
+provider = "yedpay"
+base_url = "{yedpay}"
+access_token = "{yedpay_token}"
+company_id = "{company}"
+currencies = ["HKD", "USD"]
+"#,
+            leanx = c(Provider::Leanx),
+            luxtak = c(Provider::Luxtak),
+            ibanera = c(Provider::Ibanera),
+            yedpay = c(Provider::Yedpay),
+            leanx_main = credentials::LEANX_MAIN_TOKEN,
+            leanx_ops = credentials::LEANX_OPS_TOKEN,
+            app_id = credentials::LUXTAK_APP_ID,
+            app_key = credentials::LUXTAK_APP_KEY,
+            username = credentials::IBANERA_USERNAME,
+            password = credentials::IBANERA_PASSWORD,
+            totp = credentials::IBANERA_TOTP_SECRET,
+            yedpay_token = credentials::YEDPAY_ACCESS_TOKEN,
+            company = credentials::YEDPAY_COMPANY_ID,
+        )
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // A hanging fault holds its connection open; do not wait on it forever.
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.task).await;
+        self.task.abort();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let provider = |p: Provider, routes: Router<Arc<Shared>>| {
+        routes.layer(middleware::from_fn_with_state((Arc::clone(&shared), p), inject_faults))
+    };
+    Router::new()
+        .nest("/leanx", provider(Provider::Leanx, leanx::routes()))
+        .nest("/luxtak", provider(Provider::Luxtak, luxtak::routes()))
+        .nest("/ibanera", provider(Provider::Ibanera, ibanera::routes()))
+        .nest("/yedpay", provider(Provider::Yedpay, yedpay::routes()))
+        .route("/_control/faults/{provider}", put(put_faults))
+        .route("/_control/calls", get(get_calls))
+        .route("/_control/ibanera/expire-tokens", post(expire_tokens))
+        .with_state(shared)
+}
+
+/// A JSON response with exactly this body text (amounts written as exact literals).
+fn json(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn inject_faults(State((shared, provider)): State<(Arc<Shared>, Provider)>, request: Request, next: Next) -> Response {
+    shared.calls[&provider].fetch_add(1, Ordering::Relaxed);
+    let faults = {
+        let mut all = shared.faults.lock().expect("emulator lock is never held across a panic");
+        let f = all.entry(provider).or_default();
+        let snapshot = f.clone();
+        f.fail_next = f.fail_next.saturating_sub(1);
+        snapshot
+    };
+    let jitter = faults.jitter.mul_f64(rand::random::<f64>());
+    if !(faults.latency + jitter).is_zero() {
+        tokio::time::sleep(faults.latency + jitter).await;
+    }
+    if faults.hang {
+        std::future::pending::<()>().await;
+    }
+    if faults.fail_next > 0 {
+        return (StatusCode::SERVICE_UNAVAILABLE, "<html><body>503 Service Unavailable</body></html>").into_response();
+    }
+    if let Some(secs) = faults.rate_limit {
+        let mut r = json(StatusCode::TOO_MANY_REQUESTS, r#"{"message":"Too Many Requests"}"#.to_owned());
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
+    if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "<html><body>500 Internal Server Error</body></html>").into_response();
+    }
+    let response = next.run(request).await;
+    if faults.malformed {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+        let cut = bytes.slice(..bytes.len() / 2);
+        return Response::from_parts(parts, axum::body::Body::from(cut));
+    }
+    response
+}
+
+async fn put_faults(State(shared): State<Arc<Shared>>, Path(provider): Path<String>, body: axum::body::Bytes) -> Response {
+    let Ok(provider) = provider.parse::<Provider>() else {
+        return (StatusCode::NOT_FOUND, "unknown provider").into_response();
+    };
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(faults) => {
+            shared.faults.lock().expect("emulator lock is never held across a panic").insert(provider, faults);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+async fn get_calls(State(shared): State<Arc<Shared>>) -> Response {
+    let calls: serde_json::Map<String, serde_json::Value> =
+        Provider::ALL.iter().map(|p| (p.as_str().to_owned(), shared.calls[p].load(Ordering::Relaxed).into())).collect();
+    json(StatusCode::OK, serde_json::Value::Object(calls).to_string())
+}
+
+async fn expire_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.ibanera.lock().expect("emulator lock is never held across a panic").tokens.clear();
+    StatusCode::NO_CONTENT
+}

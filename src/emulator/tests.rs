@@ -1,0 +1,230 @@
+//! The emulators over real HTTP: they hold clients to each provider's documented auth, and
+//! tally's own clients read every provider from them.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::{AccountConfig, from_toml};
+use crate::domain::{PayoutLookup, PayoutStatus};
+use crate::providers::{DEFAULT_MAX_RESPONSE_BYTES, ProviderClient, UpstreamErrorKind, UpstreamHttp, client_for};
+
+async fn emulator() -> Emulator {
+    // Raw reqwest clients below need the process's TLS provider, as tally's own client does.
+    crate::install_crypto_provider();
+    Emulator::start(TcpListener::bind("127.0.0.1:0").await.unwrap(), EmulatorOptions::default()).await.unwrap()
+}
+
+fn demo_accounts(emu: &Emulator) -> Vec<AccountConfig> {
+    from_toml(&emu.demo_accounts_toml()).unwrap().accounts
+}
+
+fn client(account: &AccountConfig) -> std::sync::Arc<dyn ProviderClient> {
+    client_for(account, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES))
+}
+
+fn with(account: &AccountConfig, field: &str, value: &str) -> AccountConfig {
+    // Rebuild the account's TOML with one field replaced, as an operator's typo would.
+    let mut a = account.clone();
+    a.provider = match (&a.provider, field) {
+        (crate::config::ProviderConfig::Leanx { currency, .. }, "auth_token") => {
+            crate::config::ProviderConfig::Leanx { auth_token: value.to_owned().into(), currency: currency.clone() }
+        }
+        (crate::config::ProviderConfig::Luxtak { app_id, .. }, "app_key") => {
+            crate::config::ProviderConfig::Luxtak { app_id: app_id.clone(), app_key: value.to_owned().into() }
+        }
+        (crate::config::ProviderConfig::Ibanera { username, totp_secret, page_size, .. }, "password") => {
+            crate::config::ProviderConfig::Ibanera {
+                username: username.clone(),
+                password: value.to_owned().into(),
+                totp_secret: totp_secret.clone(),
+                page_size: *page_size,
+            }
+        }
+        (crate::config::ProviderConfig::Yedpay { company_id, currencies, .. }, "access_token") => {
+            crate::config::ProviderConfig::Yedpay { access_token: value.to_owned().into(), company_id: company_id.clone(), currencies: currencies.clone() }
+        }
+        _ => panic!("no field {field} here"),
+    };
+    a
+}
+
+fn figures(fetch: &crate::domain::BalanceFetch) -> Vec<String> {
+    fetch
+        .entries
+        .iter()
+        .map(|e| {
+            let d = |v: Option<rust_decimal::Decimal>| v.map_or("null".to_owned(), |d| d.to_string());
+            format!("{}/{} {} {} {} {}{}", e.wallet, e.currency, d(e.available), d(e.pending), d(e.reserved), d(e.total), if e.blocked { " blocked" } else { "" })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tallys_clients_read_every_provider_from_the_emulators() {
+    let emu = emulator().await;
+    let accounts = demo_accounts(&emu);
+    let mut all = Vec::new();
+    for account in &accounts {
+        let fetch = client(account).fetch_balances().await.unwrap_or_else(|e| panic!("{}: {e}", account.id));
+        all.push((account.id.to_string(), figures(&fetch)));
+    }
+    let get = |id: &str| all.iter().find(|(a, _)| a == id).unwrap().1.clone();
+    assert_eq!(get("leanx-main"), ["transaction/MYR 26.05 null null 26.05", "prefund/MYR 393.63 null null 393.63"]);
+    assert_eq!(get("leanx-ops")[1], "prefund/MYR 8400.50 null null 8400.50");
+    assert_eq!(get("luxtak-latam")[0], "main/USD 551.38 null null 551.38");
+    assert_eq!(get("luxtak-latam")[3], "main/EUR 0 null null 0");
+    let ibanera = get("ibanera-treasury");
+    assert_eq!(ibanera.len(), 5, "three pages of two");
+    assert_eq!(ibanera[2], "1002/USDC 1520.12345678 0.00000000 null 1520.12345678");
+    assert_eq!(ibanera[4], "1004/GBP 310.00 0.00 null 310.00 blocked");
+    assert_eq!(get("yedpay-hk"), ["JwoMPpKy/HKD 17.47 0.00 0.00 17.4781", "JwoMPpKy/USD 2200.00 150.00 150.12 2500.1250"]);
+}
+
+#[tokio::test]
+async fn every_demo_payout_reads_back_through_the_clients() {
+    let emu = emulator().await;
+    let accounts = demo_accounts(&emu);
+    let by_id = |id: &str| client(accounts.iter().find(|a| a.id.as_str() == id).unwrap());
+    let cases = [
+        ("leanx-main", "PAYOUT-A9D5:174307-LEANX", PayoutStatus::Succeeded),
+        ("leanx-main", "INVOICE2001", PayoutStatus::Pending),
+        ("leanx-main", "INVOICE2002", PayoutStatus::AwaitingApproval),
+        ("leanx-main", "PAYOUT-D8A3:112045-LEANX", PayoutStatus::Failed),
+        ("luxtak-latam", "LUX-ORDER-1001", PayoutStatus::Pending),
+        ("luxtak-latam", "TS2026112009300110002", PayoutStatus::Processing),
+        ("luxtak-latam", "LUX-ORDER-1003", PayoutStatus::Succeeded),
+        ("luxtak-latam", "LUX-ORDER-1004", PayoutStatus::Failed),
+        ("luxtak-latam", "LUX-ORDER-1005", PayoutStatus::Reversed),
+        ("yedpay-hk", "STL-0001", PayoutStatus::Pending),
+        ("yedpay-hk", "YTX-90002", PayoutStatus::Processing),
+        ("yedpay-hk", "STL-0003", PayoutStatus::Succeeded),
+        ("yedpay-hk", "STL-0004", PayoutStatus::Failed),
+        ("yedpay-hk", "STL-0005", PayoutStatus::Cancelled),
+        ("yedpay-hk", "STL-0006", PayoutStatus::Cancelled),
+    ];
+    for (account, id, status) in cases {
+        let PayoutLookup::Found(p) = by_id(account).lookup_payout(id).await.unwrap() else { panic!("{id} is found") };
+        assert_eq!(p.status, status, "{account} {id}");
+    }
+    let PayoutLookup::Found(failed) = by_id("leanx-main").lookup_payout("INVOICE2003").await.unwrap() else { panic!() };
+    assert_eq!(failed.failure.unwrap().code.as_deref(), Some("77"));
+    assert!(matches!(by_id("leanx-ops").lookup_payout("INVOICE1234").await.unwrap(), PayoutLookup::NotFound), "payouts are per token");
+    assert!(matches!(by_id("luxtak-latam").lookup_payout("nope").await.unwrap(), PayoutLookup::NotFound));
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_each_providers_documented_refusal() {
+    let emu = emulator().await;
+    let accounts = demo_accounts(&emu);
+    let cases = [(0, "auth_token"), (2, "app_key"), (3, "password"), (4, "access_token")];
+    for (i, field) in cases {
+        let bad = with(&accounts[i], field, "wrong");
+        let e = client(&bad).fetch_balances().await.unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "{field}: {e}");
+    }
+    // The documented bodies themselves.
+    let http = reqwest::Client::new();
+    let r = http.post(format!("{}/api/balance", emu.base_url(Provider::Luxtak))).body("{\"timestamp\":1}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((body["code"].as_i64(), body["msg"].as_str()), (Some(4_004_003), Some("permission denied")));
+    let r = http.get(format!("{}/v1/balance/JwoMPpKy", emu.base_url(Provider::Yedpay))).bearer_auth("nope").send().await.unwrap();
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body, json!({"success": false, "message": "Unauthenticated.", "status": 500}));
+}
+
+#[tokio::test]
+async fn a_stale_luxtak_timestamp_has_expired() {
+    let emu = emulator().await;
+    let params: serde_json::Map<String, Value> = serde_json::from_value(json!({"timestamp": chrono::Utc::now().timestamp() - 3600})).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/balance", emu.base_url(Provider::Luxtak)))
+        .header("AppId", credentials::LUXTAK_APP_ID)
+        .header("Authorization", crate::providers::luxtak::sign(&params, credentials::LUXTAK_APP_KEY))
+        .body(Value::Object(params).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((body["code"].as_i64(), body["data"]["err"].as_str()), (Some(4_001_000), Some("request has expired")));
+}
+
+#[tokio::test]
+async fn expired_ibanera_tokens_lead_to_one_new_login() {
+    let emu = emulator().await;
+    let ibanera = client(&demo_accounts(&emu)[3]);
+    ibanera.fetch_balances().await.unwrap();
+    assert_eq!(emu.calls(Provider::Ibanera), 4, "one login, three pages");
+    ibanera.fetch_balances().await.unwrap();
+    assert_eq!(emu.calls(Provider::Ibanera), 7, "the token is reused");
+    emu.expire_ibanera_tokens();
+    ibanera.fetch_balances().await.unwrap();
+    assert_eq!(emu.calls(Provider::Ibanera), 12, "a refused page, one login, three pages");
+}
+
+#[tokio::test]
+async fn repeated_failed_ibanera_logins_lock_the_account() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/public/auth/login", emu.base_url(Provider::Ibanera));
+    let mut last = Value::Null;
+    for _ in 0..5 {
+        let r = http.post(&url).body(r#"{"username":"demo-treasury","password":"bad","otp":"000000"}"#).send().await.unwrap();
+        last = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    }
+    assert_eq!(last["errors"][0]["messageCode"], "Account_Locked");
+    // Even the right credentials are refused while locked.
+    let e = client(&demo_accounts(&emu)[3]).fetch_balances().await.unwrap_err();
+    assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::AuthFailed, Some("Account_Locked")));
+}
+
+#[tokio::test]
+async fn yedpay_settlements_page_at_the_asked_limit() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/settlements?limit=3&page=2", emu.base_url(Provider::Yedpay));
+    let r = http.get(url).bearer_auth(credentials::YEDPAY_ACCESS_TOKEN).send().await.unwrap();
+    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["meta"]["pagination"]["total_pages"], 2);
+    assert_eq!(body["data"][2]["status"], "canceled");
+}
+
+#[tokio::test]
+async fn injected_faults_look_like_real_failures() {
+    let emu = emulator().await;
+    let accounts = demo_accounts(&emu);
+    let leanx = client(&accounts[0]);
+    emu.set_faults(Provider::Leanx, Faults { fail_next: 1, ..Faults::default() });
+    assert_eq!(leanx.fetch_balances().await.unwrap_err().kind, UpstreamErrorKind::Unavailable);
+    assert!(leanx.fetch_balances().await.is_ok(), "only the next call failed");
+    emu.set_faults(Provider::Leanx, Faults { rate_limit: Some(9), ..Faults::default() });
+    let e = leanx.fetch_balances().await.unwrap_err();
+    assert_eq!((e.kind, e.retry_after), (UpstreamErrorKind::RateLimited, Some(Duration::from_secs(9))));
+    emu.set_faults(Provider::Leanx, Faults { malformed: true, ..Faults::default() });
+    assert_eq!(leanx.fetch_balances().await.unwrap_err().kind, UpstreamErrorKind::InvalidResponse);
+    emu.set_faults(Provider::Leanx, Faults { error_rate: 1.0, ..Faults::default() });
+    assert_eq!(leanx.fetch_balances().await.unwrap_err().kind, UpstreamErrorKind::Unavailable);
+
+    // A hang meets the client's timeout (the demo accounts' default 5 s, shortened here).
+    let mut quick = accounts[1].clone();
+    quick.freshness.timeout = Duration::from_millis(200);
+    emu.set_faults(Provider::Leanx, Faults { hang: true, ..Faults::default() });
+    assert_eq!(client(&quick).fetch_balances().await.unwrap_err().kind, UpstreamErrorKind::Timeout);
+
+    emu.set_faults(Provider::Leanx, Faults { latency: Duration::from_millis(150), ..Faults::default() });
+    let started = std::time::Instant::now();
+    leanx.fetch_balances().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(150));
+
+    // The control endpoint sets the same faults from outside.
+    let http = reqwest::Client::new();
+    let r = http.put(format!("http://{}/_control/faults/yedpay", emu.addr())).body(r#"{"fail_next":1}"#).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(client(&accounts[4]).fetch_balances().await.unwrap_err().kind, UpstreamErrorKind::Unavailable);
+    let calls: Value = serde_json::from_slice(&http.get(format!("http://{}/_control/calls", emu.addr())).send().await.unwrap().bytes().await.unwrap()).unwrap();
+    assert_eq!(calls["yedpay"], 2, "both currencies were asked concurrently; the first failed");
+    emu.shutdown().await;
+}
