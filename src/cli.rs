@@ -29,6 +29,24 @@ enum Command {
     CheckConfig,
     /// Read an API key from stdin and print its SHA-256 digest for `auth.api_keys`.
     HashKey,
+    /// Run the service in front of built-in provider emulators, with demo accounts and a
+    /// temporary SQLite store: the whole API with no credentials.
+    Demo {
+        /// Where the API listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Keep the store in this SQLite file instead of a temporary one.
+        #[arg(long, value_name = "PATH")]
+        store: Option<PathBuf>,
+    },
+    /// Run only the provider emulators (base URLs http://ADDR/{leanx,luxtak,ibanera,yedpay}).
+    Emulate {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        /// Inject faults: PROVIDER=latency=100ms,jitter=20ms,error_rate=0.1,rate_limit=5,hang,malformed,fail_next=3
+        #[arg(long = "fault", value_name = "PROVIDER=SPEC")]
+        faults: Vec<String>,
+    },
     /// Print the OpenAPI document.
     Openapi {
         #[arg(long, value_enum, default_value_t = Format::Json)]
@@ -73,6 +91,12 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", crate::http::digest_hex(key));
             Ok(())
         }
+        Command::Demo { listen, store } => runtime()?.block_on(async move {
+            let demo = crate::demo::Demo::build(listen, store).await?;
+            println!("{}", demo.banner());
+            demo.run_until(shutdown_signal()).await
+        }),
+        Command::Emulate { listen, faults } => runtime()?.block_on(emulate(listen, &faults)),
         Command::Openapi { format } => {
             let doc = crate::http::openapi();
             let text = match format {
@@ -123,5 +147,49 @@ async fn migrate(settings: Settings) -> Result<(), String> {
     store.migrate().await.map_err(|e| e.to_string())?;
     store.close().await;
     println!("migrations applied ({})", store_kind(&settings));
+    Ok(())
+}
+
+async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), String> {
+    use crate::emulator::{Emulator, EmulatorOptions, Faults, credentials as c};
+    let mut options = EmulatorOptions::default();
+    for spec in faults {
+        let (provider, spec) =
+            spec.split_once('=').ok_or_else(|| format!("--fault `{spec}`: expected PROVIDER=SPEC"))?;
+        let provider: crate::domain::Provider = provider.parse().map_err(|e| format!("--fault: {e}"))?;
+        options.faults.insert(provider, spec.parse::<Faults>().map_err(|e| format!("--fault {provider}: {e}"))?);
+    }
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let emulator = Emulator::start(listener, options).await.map_err(|e| e.to_string())?;
+    let base = |p| emulator.base_url(p);
+    use crate::domain::Provider::*;
+    println!(
+        "provider emulators on http://{addr}\n\n\
+         leanx    {leanx}  auth-token: {} (or {})\n\
+         luxtak   {luxtak}  AppId: {}  app key: {}\n\
+         ibanera  {ibanera}  username: {}  password: {}  TOTP secret (base32): {}\n\
+         yedpay   {yedpay}  Bearer: {}  company_id: {}\n\n\
+         control: PUT http://{addr}/_control/faults/PROVIDER (JSON), GET http://{addr}/_control/calls,\n\
+         \x20        POST http://{addr}/_control/ibanera/expire-tokens\n\n\
+         tally accounts for these emulators:\n\n{}",
+        c::LEANX_MAIN_TOKEN,
+        c::LEANX_OPS_TOKEN,
+        c::LUXTAK_APP_ID,
+        c::LUXTAK_APP_KEY,
+        c::IBANERA_USERNAME,
+        c::IBANERA_PASSWORD,
+        c::IBANERA_TOTP_SECRET,
+        c::YEDPAY_ACCESS_TOKEN,
+        c::YEDPAY_COMPANY_ID,
+        emulator.demo_accounts_toml(),
+        addr = emulator.addr(),
+        leanx = base(Leanx),
+        luxtak = base(Luxtak),
+        ibanera = base(Ibanera),
+        yedpay = base(Yedpay),
+    );
+    shutdown_signal().await;
+    emulator.shutdown().await;
     Ok(())
 }

@@ -46,7 +46,11 @@ impl FromStr for Faults {
                 "hang" => f.hang = true,
                 "malformed" => f.malformed = true,
                 "fail_next" => f.fail_next = value.parse().map_err(|_| bad())?,
-                _ => return Err(format!("unknown fault `{key}` (latency, jitter, error_rate, rate_limit, hang, malformed, fail_next)")),
+                _ => {
+                    return Err(format!(
+                        "unknown fault `{key}` (latency, jitter, error_rate, rate_limit, hang, malformed, fail_next)"
+                    ));
+                }
             }
         }
         Ok(f)
@@ -75,7 +79,8 @@ mod tests {
 
     #[test]
     fn faults_parse_from_the_compact_form() {
-        let f: Faults = "latency=100ms,jitter=20ms,error_rate=0.25,rate_limit=5,hang,malformed,fail_next=3".parse().unwrap();
+        let f: Faults =
+            "latency=100ms,jitter=20ms,error_rate=0.25,rate_limit=5,hang,malformed,fail_next=3".parse().unwrap();
         assert_eq!(f.latency, Duration::from_millis(100));
         assert_eq!(f.jitter, Duration::from_millis(20));
         assert_eq!((f.error_rate, f.rate_limit, f.hang, f.malformed, f.fail_next), (0.25, Some(5), true, true, 3));

@@ -26,12 +26,16 @@ pub fn routes() -> Router<Arc<Shared>> {
 }
 
 fn refused(status: StatusCode, code: &str) -> Response {
-    json(status, format!(r#"{{"id":0,"details":null,"status":"0","errors":[{{"fieldName":"","messageCode":"{code}"}}]}}"#))
+    json(
+        status,
+        format!(r#"{{"id":0,"details":null,"status":"0","errors":[{{"fieldName":"","messageCode":"{code}"}}]}}"#),
+    )
 }
 
 /// The current TOTP step ±1, as servers allow for clock skew.
 fn otp_ok(code: &str) -> bool {
-    let generator = totp::generator(&SecretString::from(credentials::IBANERA_TOTP_SECRET)).expect("the demo secret is base32");
+    let generator =
+        totp::generator(&SecretString::from(credentials::IBANERA_TOTP_SECRET)).expect("the demo secret is base32");
     let now = chrono::Utc::now().timestamp().max(30) as u64;
     [now - 30, now, now + 30].into_iter().any(|t| totp::code_at(&generator, t) == code)
 }
@@ -113,6 +117,9 @@ async fn balances(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(p
         .collect();
     json(
         StatusCode::OK,
-        format!(r#"{{"id":0,"details":[{}],"pageSize":{size},"pageNumber":{number},"numberOfPages":{pages},"status":"1","errors":[]}}"#, items.join(",")),
+        format!(
+            r#"{{"id":0,"details":[{}],"pageSize":{size},"pageNumber":{number},"numberOfPages":{pages},"status":"1","errors":[]}}"#,
+            items.join(",")
+        ),
     )
 }

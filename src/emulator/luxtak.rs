@@ -31,7 +31,12 @@ fn envelope(http: StatusCode, code: i64, msg: &str, data: Value) -> Response {
 fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Response> {
     let denied = || envelope(StatusCode::UNAUTHORIZED, 4_004_003, "permission denied", json!({}));
     let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(body) else {
-        return Err(envelope(StatusCode::BAD_REQUEST, 4_001_000, "invalid parameter", json!({"err": "body is not a JSON object"})));
+        return Err(envelope(
+            StatusCode::BAD_REQUEST,
+            4_001_000,
+            "invalid parameter",
+            json!({"err": "body is not a JSON object"}),
+        ));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("AppId") != Some(credentials::LUXTAK_APP_ID) {
@@ -42,9 +47,17 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<Stri
         return Err(denied());
     }
     let window = shared.options.luxtak_timestamp_window.as_secs() as i64;
-    let fresh = params.get("timestamp").and_then(Value::as_i64).is_some_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= window);
+    let fresh = params
+        .get("timestamp")
+        .and_then(Value::as_i64)
+        .is_some_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= window);
     if !fresh {
-        return Err(envelope(StatusCode::BAD_REQUEST, 4_001_000, "invalid parameter", json!({"err": "request has expired"})));
+        return Err(envelope(
+            StatusCode::BAD_REQUEST,
+            4_001_000,
+            "invalid parameter",
+            json!({"err": "request has expired"}),
+        ));
     }
     Ok(params)
 }
@@ -53,7 +66,8 @@ async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     if let Err(refused) = verify(&shared, &headers, &body) {
         return refused;
     }
-    let data: Vec<Value> = luxtak_balances(shared.minute()).into_iter().map(|(c, a)| json!({"currency": c, "amount": a})).collect();
+    let data: Vec<Value> =
+        luxtak_balances(shared.minute()).into_iter().map(|(c, a)| json!({"currency": c, "amount": a})).collect();
     envelope(StatusCode::OK, 200, "success", Value::Array(data))
 }
 
@@ -63,10 +77,17 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         Err(refused) => return refused,
     };
     if !params.contains_key("payout_id") && !params.contains_key("custom_code") {
-        return envelope(StatusCode::BAD_REQUEST, 400, "invalid parameters", json!({"error": "custom_code or payout_id required"}));
+        return envelope(
+            StatusCode::BAD_REQUEST,
+            400,
+            "invalid parameters",
+            json!({"error": "custom_code or payout_id required"}),
+        );
     }
     let asked = |key: &str| params.get(key).and_then(Value::as_str);
-    let found = LUXTAK_PAYOUTS.iter().find(|p| asked("payout_id") == Some(p.payout_id) || asked("custom_code") == Some(p.custom_code));
+    let found = LUXTAK_PAYOUTS
+        .iter()
+        .find(|p| asked("payout_id") == Some(p.payout_id) || asked("custom_code") == Some(p.custom_code));
     match found {
         Some(p) => envelope(
             StatusCode::OK,

@@ -230,7 +230,11 @@ fn json(status: StatusCode, body: String) -> Response {
     response
 }
 
-async fn inject_faults(State((shared, provider)): State<(Arc<Shared>, Provider)>, request: Request, next: Next) -> Response {
+async fn inject_faults(
+    State((shared, provider)): State<(Arc<Shared>, Provider)>,
+    request: Request,
+    next: Next,
+) -> Response {
     shared.calls[&provider].fetch_add(1, Ordering::Relaxed);
     let faults = {
         let mut all = shared.faults.lock().expect("emulator lock is never held across a panic");
@@ -255,7 +259,8 @@ async fn inject_faults(State((shared, provider)): State<(Arc<Shared>, Provider)>
         return r;
     }
     if faults.error_rate > 0.0 && rand::random::<f64>() < faults.error_rate {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "<html><body>500 Internal Server Error</body></html>").into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, "<html><body>500 Internal Server Error</body></html>")
+            .into_response();
     }
     let response = next.run(request).await;
     if faults.malformed {
@@ -267,7 +272,11 @@ async fn inject_faults(State((shared, provider)): State<(Arc<Shared>, Provider)>
     response
 }
 
-async fn put_faults(State(shared): State<Arc<Shared>>, Path(provider): Path<String>, body: axum::body::Bytes) -> Response {
+async fn put_faults(
+    State(shared): State<Arc<Shared>>,
+    Path(provider): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let Ok(provider) = provider.parse::<Provider>() else {
         return (StatusCode::NOT_FOUND, "unknown provider").into_response();
     };

@@ -43,7 +43,11 @@ fn with(account: &AccountConfig, field: &str, value: &str) -> AccountConfig {
             }
         }
         (crate::config::ProviderConfig::Yedpay { company_id, currencies, .. }, "access_token") => {
-            crate::config::ProviderConfig::Yedpay { access_token: value.to_owned().into(), company_id: company_id.clone(), currencies: currencies.clone() }
+            crate::config::ProviderConfig::Yedpay {
+                access_token: value.to_owned().into(),
+                company_id: company_id.clone(),
+                currencies: currencies.clone(),
+            }
         }
         _ => panic!("no field {field} here"),
     };
@@ -56,7 +60,16 @@ fn figures(fetch: &crate::domain::BalanceFetch) -> Vec<String> {
         .iter()
         .map(|e| {
             let d = |v: Option<rust_decimal::Decimal>| v.map_or("null".to_owned(), |d| d.to_string());
-            format!("{}/{} {} {} {} {}{}", e.wallet, e.currency, d(e.available), d(e.pending), d(e.reserved), d(e.total), if e.blocked { " blocked" } else { "" })
+            format!(
+                "{}/{} {} {} {} {}{}",
+                e.wallet,
+                e.currency,
+                d(e.available),
+                d(e.pending),
+                d(e.reserved),
+                d(e.total),
+                if e.blocked { " blocked" } else { "" }
+            )
         })
         .collect()
 }
@@ -79,7 +92,10 @@ async fn tallys_clients_read_every_provider_from_the_emulators() {
     assert_eq!(ibanera.len(), 5, "three pages of two");
     assert_eq!(ibanera[2], "1002/USDC 1520.12345678 0.00000000 null 1520.12345678");
     assert_eq!(ibanera[4], "1004/GBP 310.00 0.00 null 310.00 blocked");
-    assert_eq!(get("yedpay-hk"), ["JwoMPpKy/HKD 17.47 0.00 0.00 17.4781", "JwoMPpKy/USD 2200.00 150.00 150.12 2500.1250"]);
+    assert_eq!(
+        get("yedpay-hk"),
+        ["JwoMPpKy/HKD 17.47 0.00 0.00 17.4781", "JwoMPpKy/USD 2200.00 150.00 150.12 2500.1250"]
+    );
 }
 
 #[tokio::test]
@@ -110,7 +126,10 @@ async fn every_demo_payout_reads_back_through_the_clients() {
     }
     let PayoutLookup::Found(failed) = by_id("leanx-main").lookup_payout("INVOICE2003").await.unwrap() else { panic!() };
     assert_eq!(failed.failure.unwrap().code.as_deref(), Some("77"));
-    assert!(matches!(by_id("leanx-ops").lookup_payout("INVOICE1234").await.unwrap(), PayoutLookup::NotFound), "payouts are per token");
+    assert!(
+        matches!(by_id("leanx-ops").lookup_payout("INVOICE1234").await.unwrap(), PayoutLookup::NotFound),
+        "payouts are per token"
+    );
     assert!(matches!(by_id("luxtak-latam").lookup_payout("nope").await.unwrap(), PayoutLookup::NotFound));
 }
 
@@ -126,11 +145,21 @@ async fn wrong_credentials_get_each_providers_documented_refusal() {
     }
     // The documented bodies themselves.
     let http = reqwest::Client::new();
-    let r = http.post(format!("{}/api/balance", emu.base_url(Provider::Luxtak))).body("{\"timestamp\":1}").send().await.unwrap();
+    let r = http
+        .post(format!("{}/api/balance", emu.base_url(Provider::Luxtak)))
+        .body("{\"timestamp\":1}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!((body["code"].as_i64(), body["msg"].as_str()), (Some(4_004_003), Some("permission denied")));
-    let r = http.get(format!("{}/v1/balance/JwoMPpKy", emu.base_url(Provider::Yedpay))).bearer_auth("nope").send().await.unwrap();
+    let r = http
+        .get(format!("{}/v1/balance/JwoMPpKy", emu.base_url(Provider::Yedpay)))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body, json!({"success": false, "message": "Unauthenticated.", "status": 500}));
 }
@@ -138,7 +167,8 @@ async fn wrong_credentials_get_each_providers_documented_refusal() {
 #[tokio::test]
 async fn a_stale_luxtak_timestamp_has_expired() {
     let emu = emulator().await;
-    let params: serde_json::Map<String, Value> = serde_json::from_value(json!({"timestamp": chrono::Utc::now().timestamp() - 3600})).unwrap();
+    let params: serde_json::Map<String, Value> =
+        serde_json::from_value(json!({"timestamp": chrono::Utc::now().timestamp() - 3600})).unwrap();
     let r = reqwest::Client::new()
         .post(format!("{}/api/balance", emu.base_url(Provider::Luxtak)))
         .header("AppId", credentials::LUXTAK_APP_ID)
@@ -172,7 +202,12 @@ async fn repeated_failed_ibanera_logins_lock_the_account() {
     let url = format!("{}/api/v1/public/auth/login", emu.base_url(Provider::Ibanera));
     let mut last = Value::Null;
     for _ in 0..5 {
-        let r = http.post(&url).body(r#"{"username":"demo-treasury","password":"bad","otp":"000000"}"#).send().await.unwrap();
+        let r = http
+            .post(&url)
+            .body(r#"{"username":"demo-treasury","password":"bad","otp":"000000"}"#)
+            .send()
+            .await
+            .unwrap();
         last = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     }
     assert_eq!(last["errors"][0]["messageCode"], "Account_Locked");
@@ -221,10 +256,18 @@ async fn injected_faults_look_like_real_failures() {
 
     // The control endpoint sets the same faults from outside.
     let http = reqwest::Client::new();
-    let r = http.put(format!("http://{}/_control/faults/yedpay", emu.addr())).body(r#"{"fail_next":1}"#).send().await.unwrap();
+    let r = http
+        .put(format!("http://{}/_control/faults/yedpay", emu.addr()))
+        .body(r#"{"fail_next":1}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(client(&accounts[4]).fetch_balances().await.unwrap_err().kind, UpstreamErrorKind::Unavailable);
-    let calls: Value = serde_json::from_slice(&http.get(format!("http://{}/_control/calls", emu.addr())).send().await.unwrap().bytes().await.unwrap()).unwrap();
+    let calls: Value = serde_json::from_slice(
+        &http.get(format!("http://{}/_control/calls", emu.addr())).send().await.unwrap().bytes().await.unwrap(),
+    )
+    .unwrap();
     assert_eq!(calls["yedpay"], 2, "both currencies were asked concurrently; the first failed");
     emu.shutdown().await;
 }

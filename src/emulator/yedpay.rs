@@ -24,7 +24,8 @@ fn unauthenticated() -> Response {
 }
 
 fn authorized(headers: &HeaderMap) -> bool {
-    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {}", credentials::YEDPAY_ACCESS_TOKEN))
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {}", credentials::YEDPAY_ACCESS_TOKEN))
 }
 
 #[derive(serde::Deserialize)]
@@ -32,16 +33,27 @@ struct BalanceQuery {
     currency: Option<String>,
 }
 
-async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap, Path(company): Path<String>, Query(q): Query<BalanceQuery>) -> Response {
+async fn balance(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(company): Path<String>,
+    Query(q): Query<BalanceQuery>,
+) -> Response {
     if !authorized(&headers) {
         return unauthenticated();
     }
     if company != credentials::YEDPAY_COMPANY_ID {
-        return respond(StatusCode::FORBIDDEN, r#"{"success":false,"message":"This action is unauthorized.","status":403}"#.to_owned());
+        return respond(
+            StatusCode::FORBIDDEN,
+            r#"{"success":false,"message":"This action is unauthorized.","status":403}"#.to_owned(),
+        );
     }
     let currency = q.currency.unwrap_or_else(|| "HKD".to_owned()).to_uppercase();
     let Some((total, available, ledger, locked, holding)) = yedpay_balance(&currency, shared.minute()) else {
-        return respond(StatusCode::UNPROCESSABLE_ENTITY, r#"{"success":false,"message":"The selected currency is invalid.","status":422}"#.to_owned());
+        return respond(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"{"success":false,"message":"The selected currency is invalid.","status":422}"#.to_owned(),
+        );
     };
     let float = |d: rust_decimal::Decimal| d.to_f64().unwrap_or_default();
     let total_available = available.round_dp(2);

@@ -6,6 +6,7 @@ mod helpers;
 mod api;
 mod balances;
 mod cli;
+mod demo;
 mod deploy;
 mod openapi;
 mod ops;
