@@ -28,8 +28,8 @@ fn envelope(http: StatusCode, code: i64, msg: &str, data: Value) -> Response {
 
 /// Checks `AppId`, the signature and the timestamp window, as the platform does; returns the
 /// body's params or the documented error.
-fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Response> {
-    let denied = || envelope(StatusCode::UNAUTHORIZED, 4_004_003, "permission denied", json!({}));
+fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Box<Response>> {
+    let denied = || Box::new(envelope(StatusCode::UNAUTHORIZED, 4_004_003, "permission denied", json!({})));
     let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(body) else {
         return Err(envelope(
             StatusCode::BAD_REQUEST,
@@ -64,7 +64,7 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<Stri
 
 async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(refused) = verify(&shared, &headers, &body) {
-        return refused;
+        return *refused;
     }
     let data: Vec<Value> =
         luxtak_balances(shared.minute()).into_iter().map(|(c, a)| json!({"currency": c, "amount": a})).collect();
@@ -74,7 +74,7 @@ async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let params = match verify(&shared, &headers, &body) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     if !params.contains_key("payout_id") && !params.contains_key("custom_code") {
         return envelope(
@@ -102,7 +102,7 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
 async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let params = match verify(&shared, &headers, &body) {
         Ok(p) => p,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let id = params.get("transaction_id").and_then(Value::as_str).unwrap_or_default();
     match LUXTAK_PAYOUTS.iter().find(|p| p.payout_id == id) {
