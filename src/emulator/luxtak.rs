@@ -31,12 +31,12 @@ fn envelope(http: StatusCode, code: i64, msg: &str, data: Value) -> Response {
 fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Box<Response>> {
     let denied = || Box::new(envelope(StatusCode::UNAUTHORIZED, 4_004_003, "permission denied", json!({})));
     let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(body) else {
-        return Err(envelope(
+        return Err(Box::new(envelope(
             StatusCode::BAD_REQUEST,
             4_001_000,
             "invalid parameter",
             json!({"err": "body is not a JSON object"}),
-        ));
+        )));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("AppId") != Some(credentials::LUXTAK_APP_ID) {
@@ -52,12 +52,12 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<Stri
         .and_then(Value::as_i64)
         .is_some_and(|t| (chrono::Utc::now().timestamp() - t).abs() <= window);
     if !fresh {
-        return Err(envelope(
+        return Err(Box::new(envelope(
             StatusCode::BAD_REQUEST,
             4_001_000,
             "invalid parameter",
             json!({"err": "request has expired"}),
-        ));
+        )));
     }
     Ok(params)
 }
