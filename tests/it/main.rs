@@ -12,4 +12,5 @@ mod openapi;
 mod ops;
 mod payouts;
 mod replicas;
+mod secrets;
 mod store;
