@@ -98,15 +98,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }),
         Command::Emulate { listen, faults } => runtime()?.block_on(emulate(listen, &faults)),
         Command::Openapi { format } => {
-            let doc = crate::http::openapi();
-            let text = match format {
-                Format::Json => doc.to_pretty_json().map_err(|e| e.to_string())?,
-                Format::Yaml => doc.to_yaml().map_err(|e| e.to_string())?,
-            };
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
-            }
+            print!("{}", crate::http::openapi_text(matches!(format, Format::Yaml)));
             Ok(())
         }
     }

@@ -82,17 +82,91 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
 }
 
-/// The OpenAPI document of the routes above, as served at `/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
+/// The OpenAPI document of the routes above, as `tally openapi` prints it.
+pub fn openapi() -> serde_json::Value {
     let mut doc = api().split_for_parts().1;
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc
+    refine(doc, &[], &[])
+}
+
+/// [`openapi`] as pretty JSON or YAML, newline-terminated (what `openapi.yaml` holds).
+pub fn openapi_text(yaml: bool) -> String {
+    let doc = openapi();
+    let mut text = if yaml {
+        yaml_serde::to_string(&doc).expect("a JSON document is valid YAML")
+    } else {
+        serde_json::to_string_pretty(&doc).expect("a JSON document serializes")
+    };
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text
+}
+
+/// The document this instance serves at `/openapi.json`: `account` parameters list the
+/// configured account ids (for payouts, those that can look payouts up), so clients and
+/// contract testers know which values are valid.
+fn openapi_for(service: &Service) -> serde_json::Value {
+    let ids = |payouts_only: bool| -> Vec<String> {
+        service
+            .accounts()
+            .iter()
+            .filter(|a| !payouts_only || a.capabilities().payouts)
+            .map(|a| a.id().to_string())
+            .collect()
+    };
+    let mut doc = api().split_for_parts().1;
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    refine(doc, &ids(false), &ids(true))
+}
+
+/// Constraints shared by every route's parameters of one name, stated once here rather than
+/// in each annotation: what tally accepts, so that every request valid under the document is
+/// one tally answers without a 400.
+fn refine(doc: utoipa::openapi::OpenApi, account_ids: &[String], payout_account_ids: &[String]) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut value = serde_json::to_value(&doc).expect("an OpenAPI document serializes");
+    let account = |ids: &[String]| {
+        if ids.is_empty() {
+            json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"})
+        } else {
+            json!({"type": "string", "enum": ids})
+        }
+    };
+    let payout_account = account(payout_account_ids);
+    let constraints: [(&str, Value); 5] = [
+        ("account", account(account_ids)),
+        ("currency", json!({"type": "string", "pattern": "^[A-Za-z0-9]{2,12}$"})),
+        ("include", json!({"type": "string", "enum": ["raw"]})),
+        ("max_age", json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})),
+        (
+            "id",
+            json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"}),
+        ),
+    ];
+    let paths = value["paths"].as_object_mut().into_iter().flat_map(|paths| paths.iter_mut());
+    for (path, item) in paths {
+        let is_payouts = path.starts_with("/payouts");
+        let params = item.as_object_mut().into_iter().flat_map(|ops| ops.values_mut());
+        for param in params.flat_map(|op| op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten())
+        {
+            let Some((name, schema)) = constraints.iter().find(|(name, _)| param["name"] == *name) else { continue };
+            let schema = if is_payouts && *name == "account" { &payout_account } else { schema };
+            let target = match param["schema"]["type"].as_str() {
+                Some("array") => &mut param["schema"]["items"],
+                _ => &mut param["schema"],
+            };
+            *target = schema.clone();
+        }
+    }
+    value
 }
 
 /// The whole application router, as production serves it and tests drive it.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (routes, _) = api().split_for_parts();
-    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi());
+    let docs =
+        utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi_for(&state.service));
     let routes = routes
         .merge(docs)
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route") })

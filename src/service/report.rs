@@ -101,7 +101,7 @@ pub struct AccountLine {
     pub error: Option<AccountError>,
     /// The provider's last raw answer, only with `include=raw`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub raw: Option<serde_json::Value>,
 }
 
