@@ -91,9 +91,9 @@ impl From<PayoutView> for PayoutResponse {
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No asked account knows the id: `payout_not_found`.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Several accounts know the id and no `account` was given: `payout_ambiguous`; `accounts` lists them.", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Every lookup failed and nothing is stored: `upstream_failed`; `accounts` has each error.", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "No account found the id and at least one lookup failed with nothing stored: `upstream_failed`; `accounts` has each failed lookup's error.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "tally is overloaded: `overloaded`.", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Every lookup timed out and nothing is stored: `upstream_timeout`.", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "As 502, when every failed lookup timed out: `upstream_timeout`.", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ()),
 )]
@@ -133,7 +133,8 @@ pub async fn get_payout(
                 .iter()
                 .map(|(a, e)| json!({"account": a, "code": e.code(), "message": e.message, "upstream_status": e.upstream_status}))
                 .collect();
-            Err(ApiError::new(code, "every lookup failed and nothing is stored").with_accounts(json!(details)))
+            let detail = "no account found the payout, and a lookup failed with nothing stored: it may be there";
+            Err(ApiError::new(code, detail).with_accounts(json!(details)))
         }
     }
 }

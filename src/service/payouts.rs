@@ -53,7 +53,7 @@ pub enum PayoutAnswer {
     Found(Box<PayoutView>),
     NotFound,
     Ambiguous(Vec<AccountId>),
-    /// Every lookup failed and nothing is stored.
+    /// Nothing found, and at least one lookup failed with nothing stored for it.
     Failed(Vec<(AccountId, UpstreamError)>),
 }
 
@@ -88,18 +88,19 @@ impl Service {
         }
         let mut found = Vec::new();
         let mut failed = Vec::new();
-        let mut any_not_found = false;
         while let Some(joined) = tasks.join_next().await {
             let Ok((id, per)) = joined else { continue };
             match per {
                 Per::Found(view) => found.push(view),
-                Per::NotFound => any_not_found = true,
+                Per::NotFound => {}
                 Per::Failed(e) => failed.push((id, e)),
             }
         }
         Ok(match found.len() {
             1 => PayoutAnswer::Found(Box::new(found.remove(0))),
-            0 if failed.is_empty() || any_not_found => PayoutAnswer::NotFound,
+            // "Not found" only when every account asked could answer: one that failed may be
+            // the one that knows the payout.
+            0 if failed.is_empty() => PayoutAnswer::NotFound,
             0 => {
                 failed.sort_by(|a, b| a.0.cmp(&b.0));
                 PayoutAnswer::Failed(failed)

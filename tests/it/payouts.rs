@@ -232,6 +232,27 @@ async fn every_lookup_failing_with_nothing_stored_is_502_or_504() {
 }
 
 #[tokio::test]
+async fn not_found_elsewhere_while_one_account_fails_is_not_a_404() {
+    let down = MockServer::start().await;
+    Mock::given(method("POST")).and(path(LEANX_PAYOUT)).respond_with(ResponseTemplate::new(503)).mount(&down).await;
+    let knows_nothing = leanx_knowing("other", not_found()).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(
+        db.url(),
+        &format!("{}{}", leanx_account("down", &down), leanx_account("empty", &knows_nothing)),
+    )
+    .await;
+    let (status, body) = app.get_json("/payouts/MAYBE-THERE").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (502, Some("upstream_failed")),
+        "the failing account may know it: {body}"
+    );
+    assert_eq!(body["accounts"].as_array().unwrap().len(), 1);
+    assert_eq!(body["accounts"][0]["account"], "down");
+}
+
+#[tokio::test]
 async fn luxtak_and_yedpay_payouts_read_back_normalized() {
     let luxtak = MockServer::start().await;
     Mock::given(method("POST"))
