@@ -31,7 +31,10 @@ pub fn wrap(router: Router, server: &ServerSettings) -> Router {
     router.layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-            .layer(TraceLayer::new_for_http().make_span_with(span).on_request(()).on_response(on_response))
+            .layer(
+                // One line per request, whatever its status (a failure is logged where handled).
+                TraceLayer::new_for_http().make_span_with(span).on_request(()).on_response(on_response).on_failure(()),
+            )
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(CatchPanicLayer::custom(|_| ApiError::new(ErrorCode::Internal, "internal error").into_response()))
             .layer(middleware::from_fn(http_metrics))

@@ -113,17 +113,7 @@ impl Service {
             }
         }
         metrics::counter!("tally_cache_misses_total", "account" => label).increment(1);
-        let mut rx = self.refresh(&account);
-        let waited = tokio::time::timeout_at(deadline, async {
-            rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
-        })
-        .await;
-        // `None` would mean the fetch task vanished without an answer; report it as a timeout.
-        let outcome = waited
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")));
-        match outcome {
+        match super::await_shared(self.refresh(&account), deadline).await {
             Ok(snapshot) => {
                 let fresh_for = bound.max(account.config.freshness.ttl);
                 View {

@@ -32,6 +32,19 @@ pub use clock::{Clock, ManualClock, SystemClock};
 /// The result of one fetch, shared by every request that waited for it.
 pub type FetchOutcome = Result<Arc<AccountSnapshot>, UpstreamError>;
 
+/// Waits until `deadline` for the outcome of a shared (coalesced) upstream call. A missed
+/// deadline, like a task that vanished without an answer, reads as `upstream_timeout`.
+async fn await_shared<T: Clone>(
+    mut rx: watch::Receiver<Option<Result<T, UpstreamError>>>,
+    deadline: tokio::time::Instant,
+) -> Result<T, UpstreamError> {
+    let waited = tokio::time::timeout_at(deadline, async {
+        rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
+    })
+    .await;
+    waited.ok().flatten().unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")))
+}
+
 /// Everything tally knows about one configured account at run time.
 pub struct AccountState {
     pub config: AccountConfig,

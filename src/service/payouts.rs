@@ -129,16 +129,7 @@ impl Service {
                 return Per::Found(PayoutView { stored: stored.clone(), stale: false });
             }
         }
-        let mut rx = self.lookup(account, &query.id);
-        let waited = tokio::time::timeout_at(deadline, async {
-            rx.wait_for(|o| o.is_some()).await.ok().and_then(|o| o.clone())
-        })
-        .await;
-        let outcome = waited
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")));
-        match (outcome, stored) {
+        match (super::await_shared(self.lookup(account, &query.id), deadline).await, stored) {
             (Ok(PayoutLookup::Found(payout)), stored) => Per::Found(self.observe(account, *payout, stored).await),
             (Ok(PayoutLookup::NotFound), None) => Per::NotFound,
             // The provider no longer finds what it once reported: serve what we saw, flagged.

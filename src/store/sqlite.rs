@@ -129,6 +129,13 @@ async fn upsert_point(
 }
 
 impl SqliteStore {
+    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front (waiting up to the
+    /// busy timeout); a deferred transaction that reads first cannot be upgraded while another
+    /// writer holds the lock, and SQLite fails that at once with "database is locked".
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     async fn snapshot_from(&self, row: SqliteRow) -> Result<AccountSnapshot, StoreError> {
         let account = parse_account(row.try_get("account")?)?;
         let fetched_at: i64 = row.try_get("fetched_at")?;
@@ -173,7 +180,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for e in &snapshot.entries {
             upsert_point(&mut tx, snapshot, e).await?;
         }
@@ -251,7 +258,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let previous: Option<(String, String)> =
             sqlx::query_as("SELECT status, provider_status FROM payouts WHERE account = ?1 AND payout_id = ?2")
                 .bind(p.account.as_str())

@@ -181,7 +181,25 @@ async fn migrating_twice_is_harmless(db: &TestDb) {
     store.check_ready().await.unwrap();
 }
 
+async fn concurrent_writes_of_many_accounts_all_land(db: &TestDb) {
+    let store = migrated(db).await;
+    let writes = (0..20).map(|i| {
+        let store = std::sync::Arc::clone(&store);
+        tokio::spawn(async move {
+            let mut snap = snapshot(t0(), vec![entry("prefund", "MYR", "1.00"), entry("transaction", "MYR", "2.00")]);
+            snap.account = format!("acct-{i}").parse().unwrap();
+            store.record_balances(&snap).await
+        })
+    });
+    let writes: Vec<_> = writes.collect();
+    for w in writes {
+        w.await.unwrap().expect("a concurrent write succeeds (no `database is locked`)");
+    }
+    assert_eq!(store.all_latest_balances().await.unwrap().len(), 20);
+}
+
 both_stores!(
+    concurrent_writes_of_many_accounts_all_land,
     an_unchanged_figure_only_moves_its_confirmation_time,
     a_changed_figure_adds_a_change_point,
     latest_per_account_holds_only_the_last_fetch,
