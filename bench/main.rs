@@ -31,13 +31,28 @@ async fn main() {
     let bench = Bench { tally_bin, pg, dir: std::env::temp_dir().join(format!("tally-bench-{}", std::process::id())) };
     std::fs::create_dir_all(&bench.dir).unwrap();
     let started = Instant::now();
+    // `TALLY_BENCH_ONLY=throughput,scale` runs some rows (while profiling); default all.
+    let only = std::env::var("TALLY_BENCH_ONLY").unwrap_or_default();
+    let run = |row: &str| only.is_empty() || only.split(',').any(|r| r == row);
     let mut rows = Vec::new();
-    rows.extend(bench.fan_out().await);
-    rows.push(bench.coalescing().await);
-    rows.extend(bench.throughput().await);
-    rows.extend(bench.scale().await);
-    rows.push(bench.history().await);
-    rows.push(bench.replicas().await);
+    if run("fanout") {
+        rows.extend(bench.fan_out().await);
+    }
+    if run("coalescing") {
+        rows.push(bench.coalescing().await);
+    }
+    if run("throughput") {
+        rows.extend(bench.throughput().await);
+    }
+    if run("scale") {
+        rows.extend(bench.scale().await);
+    }
+    if run("history") {
+        rows.push(bench.history().await);
+    }
+    if run("replicas") {
+        rows.push(bench.replicas().await);
+    }
     let _ = std::fs::remove_dir_all(&bench.dir);
     let report = report(&rows, started.elapsed());
     std::fs::write(&out, &report).unwrap();
@@ -183,11 +198,16 @@ impl Bench {
     async fn coalescing(&self) -> Row {
         let emu = emulator(200).await;
         let accounts = 5;
-        let tally =
-            self.tally("coalescing", "", &self.sqlite("coalescing"), &leanx_accounts(&emu, "co", accounts)).await;
-        let calls = forced_requests(&[&tally], 1000).await;
+        let tally = self
+            .tally(
+                "coalescing",
+                "max_concurrent_requests = 2000",
+                &self.sqlite("coalescing"),
+                &leanx_accounts(&emu, "co", accounts),
+            )
+            .await;
+        forced_requests(&[&tally], 1000).await;
         let per_account = emu.calls(Provider::Leanx) as f64 / accounts as f64;
-        let _ = calls;
         Row {
             name: "Coalescing: 1000 concurrent forced requests, upstream calls per account",
             figure: format!("{per_account:.2}"),
@@ -371,20 +391,29 @@ impl Bench {
 }
 
 /// `n` concurrent `max_age=0` requests spread over the replicas; all must succeed.
-async fn forced_requests(replicas: &[&Tally], n: usize) -> usize {
+async fn forced_requests(replicas: &[&Tally], n: usize) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let (http, url) = (http.clone(), format!("{}/balances?max_age=0", replicas[i % replicas.len()].base));
-            tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().is_success()).unwrap_or(false) })
+            tokio::spawn(async move {
+                match http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default())),
+                    Err(e) => Err(format!("{e:?}")),
+                }
+            })
         })
         .collect();
     let mut ok = 0;
+    let mut first_error = None;
     for t in tasks {
-        ok += usize::from(t.await.unwrap());
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
     }
-    assert_eq!(ok, n, "every forced request succeeds");
-    ok
+    assert_eq!(ok, n, "every forced request succeeds; first failure: {first_error:?}");
 }
 
 /// Closed-loop load: `connections` workers for `duration`; requests per second and p99.

@@ -61,6 +61,7 @@ impl Application {
             api_keys: settings.auth.api_keys.clone().into(),
             metrics_require_auth: settings.metrics.require_auth,
             metrics: crate::telemetry::metrics_handle(),
+            balances_body: Default::default(),
         };
         let router = http::router(state, &settings);
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;

@@ -3,7 +3,6 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem};
@@ -51,14 +50,15 @@ pub async fn get_balances(
     if !outcome.servable {
         return Err(ApiError::new(ErrorCode::NothingToServe, "no selected account has figures to serve")
             .retry_after(outcome.retry_after.as_secs())
-            .with_accounts(serde_json::to_value(&outcome.report.accounts).unwrap_or_default()));
+            .with_accounts(serde_json::to_value(outcome.report().accounts).unwrap_or_default()));
     }
-    let etag = etag(&outcome.report);
+    let etag = outcome.tag.clone();
     let cache_control = format!("private, max-age={}", outcome.fresh_for.as_secs());
     let mut response = if if_none_match(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        axum::Json(&outcome.report).into_response()
+        let body = state.balances_body.body(&outcome);
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
     };
     let h = response.headers_mut();
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("a quoted hex digest is a valid header value"));
@@ -94,26 +94,38 @@ fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
     })
 }
 
-/// A strong tag over what the report says, leaving out what changes with every request
-/// (`generated_at`, `age_seconds`, and whether a figure came from cache or a live fetch), so
-/// an unchanged figure set answers 304.
-fn etag(report: &BalancesReport) -> String {
-    let mut value = serde_json::to_value(report).unwrap_or_default();
-    if let Some(obj) = value.as_object_mut() {
-        obj.remove("generated_at");
-        if let Some(accounts) = obj.get_mut("accounts").and_then(|a| a.as_array_mut()) {
-            for account in accounts.iter_mut().filter_map(|a| a.as_object_mut()) {
-                account.remove("source");
+/// The last `/balances` body, so that dashboards polling the same figures are answered from
+/// bytes rather than by rebuilding and re-serializing the report. Reports with one
+/// `body_key` differ only in `generated_at`, which leads the body with a fixed width and is
+/// spliced in fresh for every answer.
+#[derive(Default)]
+pub struct BodyCache(std::sync::Mutex<Option<(String, bytes::Bytes)>>);
+
+/// `{"generated_at":"` and the width of a timestamp with milliseconds.
+const HEAD: &[u8] = br#"{"generated_at":""#;
+const STAMP: usize = "2026-11-22T08:00:00.123Z".len();
+
+impl BodyCache {
+    fn body(&self, outcome: &crate::service::balances::BalancesOutcome) -> bytes::Bytes {
+        let cached = self.0.lock().expect("body cache lock is never held across a panic").clone();
+        let tail = match cached {
+            Some((key, tail)) if key == outcome.body_key => tail,
+            _ => {
+                let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
+                debug_assert!(body.starts_with(HEAD));
+                let tail = bytes::Bytes::copy_from_slice(&body[HEAD.len() + STAMP..]);
+                *self.0.lock().expect("body cache lock is never held across a panic") =
+                    Some((outcome.body_key.clone(), tail.clone()));
+                return body.into();
             }
-        }
-        if let Some(lines) = obj.get_mut("balances").and_then(|b| b.as_array_mut()) {
-            for line in lines.iter_mut().filter_map(|l| l.as_object_mut()) {
-                line.remove("age_seconds");
-            }
-        }
+        };
+        let stamp = outcome.generated_at().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut body = Vec::with_capacity(HEAD.len() + STAMP + tail.len());
+        body.extend_from_slice(HEAD);
+        body.extend_from_slice(stamp.as_bytes());
+        body.extend_from_slice(&tail);
+        body.into()
     }
-    let digest = Sha256::digest(value.to_string().as_bytes());
-    format!("\"{}\"", hex::encode(&digest[..16]))
 }
 
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {

@@ -30,6 +30,7 @@ pub struct AppState {
     pub api_keys: Arc<[ApiKey]>,
     pub metrics_require_auth: bool,
     pub metrics: PrometheusHandle,
+    pub balances_body: Arc<balances::BodyCache>,
 }
 
 #[derive(OpenApi)]

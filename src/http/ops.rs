@@ -116,8 +116,14 @@ pub async fn accounts(State(state): State<AppState>) -> axum::Json<AccountsRespo
     security(("bearer" = []), ()))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let now = state.service.now();
+    // Gauges of state, computed at scrape time rather than on every request.
     for a in state.service.accounts() {
-        metrics::gauge!("tally_circuit_state", "account" => a.id().to_string()).set(a.circuit_state(now).gauge());
+        let account = a.id().to_string();
+        metrics::gauge!("tally_circuit_state", "account" => account.clone()).set(a.circuit_state(now).gauge());
+        if let Some(latest) = a.latest() {
+            let age = (now - latest.fetched_at).to_std().unwrap_or_default();
+            metrics::gauge!("tally_figure_age_seconds", "account" => account).set(age.as_secs_f64());
+        }
     }
     let body = state.metrics.render();
     let mut response = body.into_response();

@@ -30,15 +30,25 @@ pub enum SelectionError {
     UnknownAccount(AccountId),
 }
 
-/// The report and what the HTTP layer needs to answer with it.
+/// What one `/balances` request resolved to, and what the HTTP layer needs to answer with it.
+/// The report itself is built on demand ([`report`](Self::report)): an HTTP layer that already
+/// holds the bytes of an identical answer does not need it.
 pub struct BalancesOutcome {
-    pub report: BalancesReport,
+    views: Vec<View>,
+    selection: Selection,
+    now: chrono::DateTime<chrono::Utc>,
     /// False when no selected account has anything to serve (503).
     pub servable: bool,
     /// How long until the first served figure leaves its freshness bound (`Cache-Control`).
     pub fresh_for: Duration,
     /// When to try again if nothing is servable.
     pub retry_after: Duration,
+    /// A tag of the report's content for `ETag`: the same figures, statuses and errors give
+    /// the same tag, whatever `generated_at`, ages or live-vs-cache.
+    pub tag: String,
+    /// Equal keys give reports identical but for `generated_at`: the tag, each account's
+    /// source, and the second of `now` (which fixes every `age_seconds`).
+    pub body_key: String,
 }
 
 /// One account's answer for one request.
@@ -70,14 +80,22 @@ impl Service {
     pub async fn balances(self: &Arc<Self>, selection: &Selection) -> Result<BalancesOutcome, SelectionError> {
         let selected = self.select(selection)?;
         let deadline = Instant::now() + self.request_timeout;
+        let mut views: Vec<Option<View>> = selected.iter().map(|_| None).collect();
         let mut tasks = tokio::task::JoinSet::new();
         for (i, account) in selected.iter().enumerate() {
+            // A fresh figure is served inline: only accounts that need the store or a fetch
+            // get a task (the hot path of a polling dashboard spawns nothing).
+            let bound = selection.max_age.unwrap_or(account.config.freshness.ttl);
+            if let Some(view) = self.fresh_cached(account, bound) {
+                metrics::counter!("tally_cache_hits_total", "account" => account.id().to_string()).increment(1);
+                views[i] = Some(view);
+                continue;
+            }
             let service = Arc::clone(self);
             let account = Arc::clone(account);
             let max_age = selection.max_age;
             tasks.spawn(async move { (i, service.resolve(account, max_age, deadline).await) });
         }
-        let mut views: Vec<Option<View>> = selected.iter().map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
             // resolve() does not panic; a JoinError would mean the runtime is shutting down.
             if let Ok((i, view)) = joined {
@@ -85,7 +103,7 @@ impl Service {
             }
         }
         let views: Vec<View> = views.into_iter().flatten().collect();
-        Ok(self.report(views, selection))
+        Ok(self.outcome(views, selection))
     }
 
     /// Serves the account from cache when fresh enough, else refreshes it (joining a fetch in
@@ -104,7 +122,7 @@ impl Service {
         }
         // Another replica sharing the store may hold a newer figure than this process.
         if self.store.backend() == Backend::Postgres
-            && let Ok(Some(stored)) = self.store.latest_balances(account.id()).await
+            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
         {
             account.offer(Arc::new(stored));
             if let Some(view) = self.fresh_cached(&account, bound) {
@@ -146,7 +164,7 @@ impl Service {
     async fn stale(&self, account: Arc<AccountState>, error: UpstreamError) -> View {
         let mut snapshot = account.latest();
         if snapshot.is_none()
-            && let Ok(Some(stored)) = self.store.latest_balances(account.id()).await
+            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
         {
             let stored = Arc::new(stored);
             account.offer(Arc::clone(&stored));
@@ -165,14 +183,35 @@ impl Service {
         View { account, status, source, snapshot, error, fresh_for: Duration::ZERO }
     }
 
-    fn report(&self, views: Vec<View>, selection: &Selection) -> BalancesOutcome {
+    fn outcome(&self, views: Vec<View>, selection: &Selection) -> BalancesOutcome {
         let now = self.clock.now();
+        let servable = views.is_empty() || views.iter().any(|v| v.snapshot.is_some());
+        let fresh_for = views.iter().map(|v| v.fresh_for).min().unwrap_or_default();
+        let retry_after = views
+            .iter()
+            .filter_map(|v| v.account.circuit.lock().ok().and_then(|c| c.allow(now).err()))
+            .map(|at| age(at, now))
+            .min()
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_secs(1));
+        let tag = content_tag(&views, selection);
+        let sources: String = views.iter().map(|v| if v.source == Some(Source::Live) { 'l' } else { 'c' }).collect();
+        let body_key = format!("{tag}{sources}{}", now.timestamp());
+        BalancesOutcome { views, selection: selection.clone(), now, servable, fresh_for, retry_after, tag, body_key }
+    }
+}
+
+impl BalancesOutcome {
+    pub fn generated_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.now
+    }
+
+    pub fn report(&self) -> BalancesReport {
+        let (now, selection) = (self.now, &self.selection);
         let mut balances = Vec::new();
-        let mut accounts = Vec::with_capacity(views.len());
-        for view in &views {
+        let mut accounts = Vec::with_capacity(self.views.len());
+        for view in &self.views {
             if let Some(snapshot) = &view.snapshot {
-                metrics::gauge!("tally_figure_age_seconds", "account" => view.account.id().to_string())
-                    .set(age(now, snapshot.fetched_at).as_secs_f64());
                 let wanted = |c: &Currency| selection.currencies.is_empty() || selection.currencies.contains(c);
                 balances.extend(snapshot.entries.iter().filter(|e| wanted(&e.currency)).map(|e| BalanceLine {
                     account: view.account.id().clone(),
@@ -199,26 +238,38 @@ impl Service {
                 raw: if selection.include_raw { view.snapshot.as_ref().and_then(|s| s.raw.clone()) } else { None },
             });
         }
-        let servable = views.is_empty() || views.iter().any(|v| v.snapshot.is_some());
-        let fresh_for = views.iter().map(|v| v.fresh_for).min().unwrap_or_default();
-        let retry_after = views
-            .iter()
-            .filter_map(|v| v.account.circuit.lock().ok().and_then(|c| c.allow(now).err()))
-            .map(|at| age(at, now))
-            .min()
-            .unwrap_or(Duration::from_secs(5))
-            .max(Duration::from_secs(1));
-        BalancesOutcome {
-            report: BalancesReport {
-                generated_at: now,
-                complete: views.iter().all(|v| v.status == AccountStatus::Fresh),
-                totals: totals(&balances),
-                balances,
-                accounts,
-            },
-            servable,
-            fresh_for,
-            retry_after,
+        BalancesReport {
+            generated_at: now,
+            complete: self.views.iter().all(|v| v.status == AccountStatus::Fresh),
+            totals: totals(&balances),
+            balances,
+            accounts,
         }
     }
+}
+
+/// What the report's content is a function of: each account's served snapshot (an account's
+/// snapshot is identified by its fetch time), status and error, and the selection's currency
+/// and raw filters. Hashing these is far cheaper than re-serializing the report.
+fn content_tag(views: &[View], selection: &Selection) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for v in views {
+        h.update(v.account.id().as_str());
+        h.update([v.status as u8]);
+        if let Some(s) = &v.snapshot {
+            h.update(s.fetched_at.timestamp_micros().to_le_bytes());
+        }
+        if let Some(e) = &v.error {
+            h.update(e.code.as_bytes());
+            h.update(e.message.as_bytes());
+        }
+        h.update([0xff]);
+    }
+    for c in &selection.currencies {
+        h.update(c.as_str());
+        h.update([0xfe]);
+    }
+    h.update([u8::from(selection.include_raw)]);
+    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
 }

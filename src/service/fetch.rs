@@ -132,14 +132,18 @@ impl Service {
     ) -> Coordinated {
         // What the store held before asking for the lease: a result landing any time after
         // this, even before the wait starts, is the holder's.
-        let (Ok(before_snapshot), Ok(before_failure)) =
-            (self.store.latest_balances(account.id()).await, self.store.last_failure(account.id()).await)
-        else {
+        let (Ok(before_snapshot), Ok(before_failure)) = (
+            self.guarded(self.store.latest_balances(account.id())).await,
+            self.guarded(self.store.last_failure(account.id())).await,
+        ) else {
             return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
         let before_failure = before_failure.map(|f| f.failed_at);
-        let mut leased = match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
+        let mut leased = match self
+            .guarded(self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)))
+            .await
+        {
             Ok(leased) => leased,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
@@ -244,17 +248,9 @@ impl Service {
     /// Persists a successful fetch. A store outage is logged and reported by `/readyz`, but
     /// never keeps a live figure from being served.
     async fn persist(&self, snapshot: &AccountSnapshot) {
-        // A store already known to be down gets one short try, so it does not add its
-        // connection timeout to every live answer.
-        let bound =
-            if self.store_health.last_error().is_some() { Duration::from_millis(500) } else { Duration::from_secs(5) };
-        let result = tokio::time::timeout(bound, self.store.record_balances(snapshot))
-            .await
-            .unwrap_or_else(|_| Err(crate::store::StoreError::Unavailable("the store did not answer in time".into())));
-        if let Err(e) = &result {
+        if let Err(e) = self.guarded(self.store.record_balances(snapshot)).await {
             tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot");
         }
-        self.store_health.record(&result);
     }
 }
 

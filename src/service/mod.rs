@@ -103,10 +103,10 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
-    fn record(&self, result: &Result<(), crate::store::StoreError>) {
+    fn record<T>(&self, result: &Result<T, crate::store::StoreError>) {
         let mut last = self.last_error.lock().expect("store health lock is never held across a panic");
         match result {
-            Ok(()) => *last = None,
+            Ok(_) => *last = None,
             Err(e) => *last = Some(e.to_string()),
         }
     }
@@ -174,6 +174,22 @@ impl Service {
 
     pub fn store_health(&self) -> &StoreHealth {
         &self.store_health
+    }
+
+    /// A store call on a request's path. A store already known to be failing gets a short
+    /// bound, so an outage does not add its connection timeout to every answer; each result
+    /// updates what is known.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, crate::store::StoreError> {
+        let bound =
+            if self.store_health.last_error().is_some() { Duration::from_millis(300) } else { Duration::from_secs(5) };
+        let result = tokio::time::timeout(bound, call)
+            .await
+            .unwrap_or_else(|_| Err(crate::store::StoreError::Unavailable("the store did not answer in time".into())));
+        self.store_health.record(&result);
+        result
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -255,7 +271,7 @@ impl Service {
     /// on another replica: then a background refresh would only repeat its call.
     async fn refreshed_recently(&self, account: &AccountState, within: Duration) -> bool {
         if self.store.backend() == Backend::Postgres
-            && let Ok(Some(stored)) = self.store.latest_balances(account.id()).await
+            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
         {
             account.offer(Arc::new(stored));
         }

@@ -114,7 +114,7 @@ impl Service {
     }
 
     async fn payout_on(self: &Arc<Self>, account: &Arc<AccountState>, query: &PayoutQuery, deadline: Instant) -> Per {
-        let stored = match self.store.find_payout(account.id(), &query.id).await {
+        let stored = match self.guarded(self.store.find_payout(account.id(), &query.id)).await {
             Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not read a stored payout");
@@ -153,7 +153,7 @@ impl Service {
         }
         let fresh =
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
-        if let Err(e) = self.store.save_payout(&fresh, "lookup").await {
+        if let Err(e) = self.guarded(self.store.save_payout(&fresh, "lookup")).await {
             tracing::error!(account = %account.id(), error = %e, "could not store a payout observation");
         }
         PayoutView { stored: fresh, stale: false }

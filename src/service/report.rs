@@ -15,7 +15,8 @@ pub type Amount = Option<Decimal>;
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct BalancesReport {
-    /// When this report was assembled.
+    /// When this report was assembled (always with milliseconds).
+    #[serde(serialize_with = "millis")]
     pub generated_at: DateTime<Utc>,
     /// True when every selected account is `fresh`.
     pub complete: bool,
@@ -117,6 +118,11 @@ pub struct AccountError {
     pub upstream_status: Option<u16>,
     /// When the failure happened.
     pub at: DateTime<Utc>,
+}
+
+/// RFC 3339 with exactly three fractional digits, so the field has a fixed width.
+fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
 /// Per-currency totals, sorted by currency. A figure's total is the sum over the entries that

@@ -359,3 +359,24 @@ async fn accounts_lists_settings_and_health_without_secrets() {
     assert_eq!(a["circuit"], "closed");
     assert!(!body.to_string().contains("tok"), "no credential in /accounts: {body}");
 }
+
+#[tokio::test]
+async fn a_repeated_answer_carries_its_own_generated_at_and_ages() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"1h\"")).await;
+    let (_, first) = app.get_json("/balances").await;
+    assert_eq!(first["generated_at"], "2026-11-22T08:00:00.000Z");
+    app.advance(Duration::from_millis(400));
+    let (_, second) = app.get_json("/balances").await;
+    assert_eq!(second["generated_at"], "2026-11-22T08:00:00.400Z", "served from cached bytes, stamped now");
+    assert_eq!(second["accounts"][0]["source"], "cache");
+    app.advance(Duration::from_millis(400));
+    let (_, third) = app.get_json("/balances").await;
+    assert_eq!(third["generated_at"], "2026-11-22T08:00:00.800Z");
+    assert_eq!(third["balances"], second["balances"]);
+    app.advance(Duration::from_secs(2));
+    let (_, later) = app.get_json("/balances").await;
+    assert_eq!(later["generated_at"], "2026-11-22T08:00:02.800Z");
+    assert_eq!(later["balances"][0]["age_seconds"], 2, "a new second recomputes the ages");
+}

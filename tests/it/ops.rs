@@ -118,6 +118,7 @@ async fn metrics_show_upstream_calls_http_requests_and_cache_use() {
         r#"tally_cache_misses_total{account="metrics-probe"} 1"#,
         r#"tally_http_requests_total{route="/balances",status="503"}"#,
         r#"tally_circuit_state{account="metrics-probe"} 0"#,
+        "tally_http_request_duration_seconds_count",
         "tally_upstream_latency_seconds_bucket",
         "tally_http_request_duration_seconds_bucket",
     ] {
