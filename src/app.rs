@@ -53,6 +53,8 @@ impl Application {
         if let Err(e) = store.migrate().await {
             tracing::error!(error = %e, "could not migrate the store; serving live figures only until it is back");
         }
+        // The recorder first: the service registers its per-account counters with it.
+        let metrics = crate::telemetry::metrics_handle();
         let service =
             Service::new(&settings, Arc::clone(&store), clock, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES));
         service.warm_up().await;
@@ -60,7 +62,7 @@ impl Application {
             service: Arc::clone(&service),
             api_keys: settings.auth.api_keys.clone().into(),
             metrics_require_auth: settings.metrics.require_auth,
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
             balances_body: Default::default(),
         };
         let router = http::router(state, &settings);

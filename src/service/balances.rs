@@ -87,7 +87,7 @@ impl Service {
             // get a task (the hot path of a polling dashboard spawns nothing).
             let bound = selection.max_age.unwrap_or(account.config.freshness.ttl);
             if let Some(view) = self.fresh_cached(account, bound) {
-                metrics::counter!("tally_cache_hits_total", "account" => account.id().to_string()).increment(1);
+                account.cache_hits.increment(1);
                 views[i] = Some(view);
                 continue;
             }
@@ -115,9 +115,8 @@ impl Service {
         deadline: Instant,
     ) -> View {
         let bound = max_age.unwrap_or(account.config.freshness.ttl);
-        let label = account.id().to_string();
         if let Some(view) = self.fresh_cached(&account, bound) {
-            metrics::counter!("tally_cache_hits_total", "account" => label).increment(1);
+            account.cache_hits.increment(1);
             return view;
         }
         // Another replica sharing the store may hold a newer figure than this process.
@@ -126,11 +125,11 @@ impl Service {
         {
             account.offer(Arc::new(stored));
             if let Some(view) = self.fresh_cached(&account, bound) {
-                metrics::counter!("tally_cache_hits_total", "account" => label).increment(1);
+                account.cache_hits.increment(1);
                 return view;
             }
         }
-        metrics::counter!("tally_cache_misses_total", "account" => label).increment(1);
+        account.cache_misses.increment(1);
         match super::await_shared(self.refresh(&account), deadline).await {
             Ok(snapshot) => {
                 let fresh_for = bound.max(account.config.freshness.ttl);

@@ -53,6 +53,9 @@ pub struct AccountState {
     inflight: Mutex<Option<watch::Receiver<Option<FetchOutcome>>>>,
     circuit: Mutex<circuit::Circuit>,
     health: Mutex<Health>,
+    /// Registered once: a cache hit on the hot path is one atomic add.
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
 }
 
 /// What `/accounts` reports about an account's recent fetches.
@@ -136,7 +139,10 @@ impl Service {
             .accounts
             .iter()
             .map(|config| {
+                let label = config.id.to_string();
                 Arc::new(AccountState {
+                    cache_hits: metrics::counter!("tally_cache_hits_total", "account" => label.clone()),
+                    cache_misses: metrics::counter!("tally_cache_misses_total", "account" => label),
                     client: crate::providers::client_for(config, http),
                     latest: RwLock::new(None),
                     inflight: Mutex::new(None),
