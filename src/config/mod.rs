@@ -173,10 +173,13 @@ pub fn load(path: Option<&Path>) -> Result<(Settings, Source), ConfigError> {
     let mut builder = config::Config::builder();
     let source = match path {
         Some(p) => {
-            if !p.exists() {
-                return Err(ConfigError::new("--config", format!("file {} does not exist", p.display())));
-            }
-            builder = builder.add_source(config::File::from(p).format(config::FileFormat::Toml));
+            let key = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ConfigError::new("--config", format!("file {key} does not exist")),
+                _ => ConfigError::new(&key, format!("cannot read the file: {e}")),
+            })?;
+            check_syntax(&key, &text)?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
             Source::File(p.to_owned())
         }
         None => Source::BuiltInDefaults,
@@ -192,13 +195,28 @@ pub fn load(path: Option<&Path>) -> Result<(Settings, Source), ConfigError> {
 
 /// Parses settings from TOML text alone (no environment layer): for tests and the demo.
 pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+    check_syntax("(config)", text)?;
     let cfg = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Toml))
         .build()
         .map_err(|e| ConfigError::new("(config)", e.to_string()))?;
-    let raw: RawConfig = serde_path_to_error::deserialize(cfg)
-        .map_err(|e| ConfigError::new(e.path().to_string(), e.into_inner().to_string()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(cfg).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::new(if key == "." { "(config)".to_owned() } else { key }, e.into_inner().to_string())
+    })?;
     validate::validate(raw)
+}
+
+/// Rejects a file that is not TOML, saying where and why in one line. The parser's own message
+/// quotes the offending source line, which may hold a secret (an unterminated
+/// `auth_token = "…`), so only its position and its short description are kept.
+fn check_syntax(key: &str, text: &str) -> Result<(), ConfigError> {
+    let Err(e) = toml::de::DeTable::parse(text) else { return Ok(()) };
+    let at = e.span().map_or(0, |span| span.start.min(text.len()));
+    let before = &text[..text.floor_char_boundary(at)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Err(ConfigError::new(key, format!("TOML syntax error at line {line}, column {column}: {}", e.message().trim())))
 }
 
 fn environment() -> config::Environment {

@@ -100,8 +100,8 @@ fn error_of(toml: &str) -> ConfigError {
 fn each_bad_config_names_its_key() {
     let leanx = "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\n";
     let cases: &[(&str, &str, &str)] = &[
-        ("[server]\nlistn = \"x\"", "server", "unknown field `listn`"),
-        ("[sever]\nlisten = \"x\"", "", "unknown field `sever`"),
+        ("[server]\nlistn = \"x\"", "server.listn", "unknown field `listn`"),
+        ("[sever]\nlisten = \"x\"", "sever", "unknown field `sever`"),
         ("[server]\nlisten = \"localhost\"", "server.listen", "not an address"),
         ("[server]\nrequest_timeout = \"10 parsecs\"", "server.request_timeout", "not a duration"),
         (
@@ -143,7 +143,7 @@ fn each_bad_config_names_its_key() {
         ),
         (
             "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_tokn = \"t\"",
-            "accounts[0]",
+            "accounts[0].auth_tokn",
             "unknown field `auth_tokn`",
         ),
         (
@@ -158,7 +158,7 @@ fn each_bad_config_names_its_key() {
     for (toml, key, problem) in cases {
         let e = error_of(toml);
         let text = e.to_string();
-        assert!(e.key.starts_with(key), "for {toml:?}: key {:?} should start with {key:?} ({text})", e.key);
+        assert_eq!(e.key, *key, "for {toml:?}: {text}");
         assert!(text.contains(problem), "for {toml:?}: {text:?} should mention {problem:?}");
     }
 }
@@ -172,6 +172,47 @@ fn errors_never_echo_secret_values() {
     assert!(!text.contains("SUPERSECRET") && !text.contains("ALSOSECRET"), "{text}");
     let e = error_of("[store]\nurl = \"mysql://user:hunter2@db/x\"");
     assert!(!e.to_string().contains("hunter2"), "{e}");
+}
+
+#[test]
+fn syntax_errors_name_the_position_in_one_line_and_never_echo_the_source() {
+    let cases = [
+        // An unterminated string: the parser's own message would quote the whole line.
+        ("[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"LP-SECRET-1", "line 4, column"),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"LP-SECRET-1\"\nauth_token = \"LP-SECRET-2\"",
+            "line 5, column 1: duplicate key",
+        ),
+        ("[store]\nurl = 'postgres://u:LP-SECRET-3@db/x\n", "line 2, column"),
+    ];
+    for (toml, position) in cases {
+        let e = error_of(toml);
+        let text = e.to_string();
+        assert_eq!(e.key, "(config)");
+        assert!(text.contains(&format!("TOML syntax error at {position}")), "{text}");
+        assert!(!text.contains("LP-SECRET") && !text.contains('\n'), "one line, no source: {text}");
+    }
+}
+
+#[test]
+fn env_and_file_references_resolve_through_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "from-a-file\n").unwrap();
+    // HOME is set wherever tests run; a secret may come from any variable.
+    let toml = format!(
+        "[[accounts]]\nid = \"i\"\nprovider = \"ibanera\"\nusername = \"env:HOME\"\npassword = \"file:{}\"\ntotp_secret = \"JBSWY3DPEHPK3PXP\"",
+        password.display()
+    );
+    match &from_toml(&toml).unwrap().accounts[0].provider {
+        ProviderConfig::Ibanera { username, password, .. } => {
+            assert_eq!(username.expose_secret(), std::env::var("HOME").unwrap());
+            assert_eq!(password.expose_secret(), "from-a-file", "one trailing newline is dropped");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let missing = error_of(&toml.replace(&password.display().to_string(), "/surely/not/here"));
+    assert_eq!(missing.key, "accounts[0].password");
 }
 
 #[test]
