@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -12,13 +13,15 @@ use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::providers::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp};
 use crate::service::{Clock, Service, SystemClock};
-use crate::store::{self, Store};
+use crate::store::{self, MigrationGate, Store};
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     service: Arc<Service>,
     store: Arc<dyn Store>,
+    migrations: Arc<MigrationGate>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
     settings: Settings,
 }
 
@@ -31,8 +34,25 @@ pub enum StartError {
          or set auth.allow_anonymous = true to serve anonymously on a non-loopback address"
     )]
     AnonymousNonLoopback(SocketAddr),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
+    /// The store cannot even be opened: its URL is unusable (never echoed: it may hold a password).
+    #[error("config key `store.url`: {0}")]
+    StoreUrl(String),
+}
+
+/// What valid settings may still not run with, checked before anything starts: by `serve`,
+/// and by `check-config` so that it accepts exactly what `serve` accepts. Opens the store
+/// without connecting (connections are made lazily).
+pub fn preflight(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    let addr = settings.server.listen;
+    if settings.auth.api_keys.is_empty() && !settings.auth.allow_anonymous && !addr.ip().is_loopback() {
+        return Err(StartError::AnonymousNonLoopback(addr));
+    }
+    store::open(&settings.store).map_err(|e| {
+        StartError::StoreUrl(match e {
+            store::StoreError::Unavailable(why) => why,
+            other => other.to_string(),
+        })
+    })
 }
 
 impl Application {
@@ -43,14 +63,11 @@ impl Application {
 
     /// Builds with an injected clock (tests move time without sleeping).
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
-        let addr = settings.server.listen;
-        if settings.auth.api_keys.is_empty() && !settings.auth.allow_anonymous && !addr.ip().is_loopback() {
-            return Err(StartError::AnonymousNonLoopback(addr));
-        }
-        let store = store::open(&settings.store)?;
-        // A store that is down at start is not fatal: live figures are still served, and
-        // /readyz reports it until the store is back and migrated.
-        if let Err(e) = store.migrate().await {
+        let store = preflight(&settings)?;
+        // A store that is down at start is not fatal: live figures are still served, /readyz
+        // reports it, and the migrations are applied once it is back.
+        let migrations = Arc::new(MigrationGate::new(Arc::clone(&store)));
+        if let Err(e) = migrations.ensure().await {
             tracing::error!(error = %e, "could not migrate the store; serving live figures only until it is back");
         }
         // The recorder first: the service registers its per-account counters with it.
@@ -58,16 +75,11 @@ impl Application {
         let service =
             Service::new(&settings, Arc::clone(&store), clock, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES));
         service.warm_up().await;
-        let state = AppState {
-            service: Arc::clone(&service),
-            api_keys: settings.auth.api_keys.clone().into(),
-            metrics_require_auth: settings.metrics.require_auth,
-            metrics,
-            balances_body: Default::default(),
-        };
+        let state = AppState::new(Arc::clone(&service), Arc::clone(&migrations), &settings, metrics.clone());
         let router = http::router(state, &settings);
+        let addr = settings.server.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        Ok(Self { listener, router, service, store, settings })
+        Ok(Self { listener, router, service, store, migrations, metrics, settings })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -81,7 +93,11 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish
     /// within `server.shutdown_timeout`, and closes the store's pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let background = self.service.spawn_background_refresh();
+        let mut background = self.service.spawn_background_refresh();
+        background.push(tokio::spawn(keep_metrics_bounded(self.metrics.clone())));
+        if !self.migrations.is_done() {
+            background.push(tokio::spawn(migrate_when_back(Arc::clone(&self.migrations))));
+        }
         let grace = self.settings.server.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -107,9 +123,38 @@ impl Application {
         for task in background {
             task.abort();
         }
-        self.store.close().await;
+        // Closing waits for connections in use; a fetch still writing must not hold the exit.
+        if tokio::time::timeout(STORE_CLOSE_TIMEOUT, self.store.close()).await.is_err() {
+            tracing::warn!("the store's connections did not close in time; exiting anyway");
+        }
         tracing::info!("stopped");
         result
+    }
+}
+
+/// How long shutdown waits for the store's pool to close.
+const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Prometheus recorder keeps histogram samples until they are folded into its buckets: at
+/// each scrape, or by this upkeep. Without it an instance nobody scrapes grows without bound.
+async fn keep_metrics_bounded(handle: metrics_exporter_prometheus::PrometheusHandle) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// Retries the migrations of a store that was down at start until they succeed.
+async fn migrate_when_back(migrations: Arc<MigrationGate>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !migrations.is_done() {
+        every.tick().await;
+        if let Err(e) = migrations.ensure().await {
+            tracing::debug!(error = %e, "the store is still not migrated");
+        }
     }
 }
 

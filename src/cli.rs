@@ -78,6 +78,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Migrate => runtime()?.block_on(migrate(load(cli.config)?)),
         Command::CheckConfig => {
             let settings = load(cli.config)?;
+            // What serve would refuse before binding, refused here too (no connection is made).
+            runtime()?.block_on(async { crate::app::preflight(&settings).map(drop) }).map_err(|e| e.to_string())?;
             println!("config ok: {} account(s), store {}", settings.accounts.len(), store_kind(&settings));
             Ok(())
         }

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::error::{ApiError, ErrorCode, Problem};
+use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use crate::domain::{AccountId, Currency, Provider};
 use crate::service::balances::{Selection, SelectionError};
@@ -50,7 +50,14 @@ pub async fn get_balances(
     if !outcome.servable {
         return Err(ApiError::new(ErrorCode::NothingToServe, "no selected account has figures to serve")
             .retry_after(outcome.retry_after.as_secs())
-            .with_accounts(serde_json::to_value(outcome.report().accounts).unwrap_or_default()));
+            .with_accounts(
+                outcome
+                    .report()
+                    .accounts
+                    .into_iter()
+                    .map(|a| ProblemAccount { account: a.account, provider: a.provider, error: a.error })
+                    .collect(),
+            ));
     }
     let etag = outcome.tag.clone();
     let cache_control = format!("private, max-age={}", outcome.fresh_for.as_secs());

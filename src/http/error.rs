@@ -8,6 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::{AccountId, Provider};
+use crate::service::report::AccountError;
+
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Every stable error code of the API.
@@ -134,13 +137,25 @@ pub struct Problem {
     pub status: u16,
     #[schema(example = "no account knows payout `X`")]
     pub detail: String,
-    /// A stable snake_case code: see the API description for the list.
+    /// A stable snake_case code; messages may change, codes may not. The document lists every
+    /// code (this schema's enum) and each response says which of them it carries.
     #[schema(example = "payout_not_found")]
     pub code: &'static str,
-    /// Per-account details, for `payout_ambiguous` and upstream failures.
+    /// The accounts behind the problem: those that know an ambiguous payout
+    /// (`payout_ambiguous`), each failed lookup with its error (`upstream_failed`,
+    /// `upstream_timeout`), or each selected account with nothing to serve (`nothing_to_serve`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub accounts: Option<serde_json::Value>,
+    pub accounts: Option<Vec<ProblemAccount>>,
+}
+
+/// An account named by a problem, and why it could not answer when it could not.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ProblemAccount {
+    #[schema(value_type = String, example = "leanx-main")]
+    pub account: AccountId,
+    pub provider: Provider,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<AccountError>,
 }
 
 #[derive(Debug)]
@@ -148,7 +163,7 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub detail: String,
     pub retry_after_secs: Option<u64>,
-    pub accounts: Option<serde_json::Value>,
+    pub accounts: Option<Vec<ProblemAccount>>,
 }
 
 impl ApiError {
@@ -161,7 +176,7 @@ impl ApiError {
         self
     }
 
-    pub fn with_accounts(mut self, accounts: serde_json::Value) -> Self {
+    pub fn with_accounts(mut self, accounts: Vec<ProblemAccount>) -> Self {
         self.accounts = Some(accounts);
         self
     }

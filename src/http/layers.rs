@@ -60,7 +60,7 @@ fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: 
 /// request gets 503 with `Retry-After` at once. Probes are never shed, so an orchestrator does
 /// not restart a replica for being busy.
 async fn shed_load(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
-    if super::auth::OPEN_PATHS.contains(&request.uri().path()) {
+    if super::auth::PROBES.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     match permits.try_acquire() {

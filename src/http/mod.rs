@@ -19,9 +19,10 @@ use utoipa_axum::routes;
 
 use crate::config::{ApiKey, Settings};
 use crate::service::Service;
+use crate::store::MigrationGate;
 
 pub use auth::digest_hex;
-pub use error::{ApiError, ErrorCode};
+pub use error::{ApiError, ErrorCode, PROBLEM_JSON};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -31,6 +32,28 @@ pub struct AppState {
     pub metrics_require_auth: bool,
     pub metrics: PrometheusHandle,
     pub balances_body: Arc<balances::BodyCache>,
+    pub openapi: Arc<OpenApiDocs>,
+    pub migrations: Arc<MigrationGate>,
+}
+
+impl AppState {
+    pub fn new(
+        service: Arc<Service>,
+        migrations: Arc<MigrationGate>,
+        settings: &Settings,
+        metrics: PrometheusHandle,
+    ) -> Self {
+        let auth_required = !settings.auth.api_keys.is_empty();
+        Self {
+            openapi: Arc::new(OpenApiDocs::new(&service, auth_required)),
+            service,
+            api_keys: settings.auth.api_keys.clone().into(),
+            metrics_require_auth: settings.metrics.require_auth,
+            metrics,
+            balances_body: Arc::default(),
+            migrations,
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -83,11 +106,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::metrics))
 }
 
-/// The OpenAPI document of the routes above, as `tally openapi` prints it.
+/// The OpenAPI document of the routes above, as `tally openapi` prints it: valid for any
+/// instance (account ids as a pattern; the API key optional, as it is when none is configured).
 pub fn openapi() -> serde_json::Value {
-    let mut doc = api().split_for_parts().1;
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    refine(doc, &[], &[])
+    document(&Instance::default())
 }
 
 /// [`openapi`] as pretty JSON or YAML, newline-terminated (what `openapi.yaml` holds).
@@ -104,29 +126,68 @@ pub fn openapi_text(yaml: bool) -> String {
     text
 }
 
-/// The document this instance serves at `/openapi.json`: `account` parameters list the
-/// configured account ids (for payouts, those that can look payouts up), so clients and
-/// contract testers know which values are valid.
-fn openapi_for(service: &Service) -> serde_json::Value {
-    let ids = |payouts_only: bool| -> Vec<String> {
-        service
-            .accounts()
-            .iter()
-            .filter(|a| !payouts_only || a.capabilities().payouts)
-            .map(|a| a.id().to_string())
-            .collect()
-    };
+/// What one running instance adds to the generic document: its account ids as enums (so
+/// clients and contract testers know the valid values) and whether the API key is required.
+#[derive(Default)]
+struct Instance {
+    account_ids: Vec<String>,
+    payout_account_ids: Vec<String>,
+    auth_required: bool,
+}
+
+impl Instance {
+    fn of(service: &Service, auth_required: bool) -> Self {
+        let ids = |payouts_only: bool| -> Vec<String> {
+            let accounts = service.accounts().iter();
+            accounts.filter(|a| !payouts_only || a.capabilities().payouts).map(|a| a.id().to_string()).collect()
+        };
+        Self { account_ids: ids(false), payout_account_ids: ids(true), auth_required }
+    }
+}
+
+/// The documents `GET /openapi.json` serves. The page at `/docs` loads it without a key, so
+/// it is open; only callers allowed to read the data (or every caller, when no key is
+/// configured) see this instance's account ids.
+pub struct OpenApiDocs {
+    generic: bytes::Bytes,
+    instance: bytes::Bytes,
+}
+
+impl OpenApiDocs {
+    fn new(service: &Service, auth_required: bool) -> Self {
+        let bytes =
+            |doc: serde_json::Value| bytes::Bytes::from(serde_json::to_vec(&doc).expect("a document serializes"));
+        let generic = Instance { auth_required, ..Instance::default() };
+        Self { generic: bytes(document(&generic)), instance: bytes(document(&Instance::of(service, auth_required))) }
+    }
+}
+
+async fn openapi_json(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    caller: Option<axum::Extension<auth::Authenticated>>,
+) -> impl axum::response::IntoResponse {
+    let trusted = state.api_keys.is_empty() || caller.is_some();
+    let body = if trusted { state.openapi.instance.clone() } else { state.openapi.generic.clone() };
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The generated document refined with what annotations cannot say once for every route.
+fn document(instance: &Instance) -> serde_json::Value {
     let mut doc = api().split_for_parts().1;
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    refine(doc, &ids(false), &ids(true))
+    let mut value = serde_json::to_value(&doc).expect("an OpenAPI document serializes");
+    constrain_parameters(&mut value, instance);
+    add_shared_responses(&mut value, instance);
+    value["components"]["schemas"]["Problem"]["properties"]["code"]["enum"] =
+        ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    value
 }
 
 /// Constraints shared by every route's parameters of one name, stated once here rather than
 /// in each annotation: what tally accepts, so that every request valid under the document is
 /// one tally answers without a 400.
-fn refine(doc: utoipa::openapi::OpenApi, account_ids: &[String], payout_account_ids: &[String]) -> serde_json::Value {
+fn constrain_parameters(value: &mut serde_json::Value, instance: &Instance) {
     use serde_json::{Value, json};
-    let mut value = serde_json::to_value(&doc).expect("an OpenAPI document serializes");
     let account = |ids: &[String]| {
         if ids.is_empty() {
             json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"})
@@ -134,16 +195,13 @@ fn refine(doc: utoipa::openapi::OpenApi, account_ids: &[String], payout_account_
             json!({"type": "string", "enum": ids})
         }
     };
-    let payout_account = account(payout_account_ids);
+    let payout_account = account(&instance.payout_account_ids);
     let constraints: [(&str, Value); 5] = [
-        ("account", account(account_ids)),
+        ("account", account(&instance.account_ids)),
         ("currency", json!({"type": "string", "pattern": "^[A-Za-z0-9]{2,12}$"})),
         ("include", json!({"type": "string", "enum": ["raw"]})),
         ("max_age", json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})),
-        (
-            "id",
-            json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"}),
-        ),
+        ("id", json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": payouts::id_pattern()})),
     ];
     let paths = value["paths"].as_object_mut().into_iter().flat_map(|paths| paths.iter_mut());
     for (path, item) in paths {
@@ -160,15 +218,44 @@ fn refine(doc: utoipa::openapi::OpenApi, account_ids: &[String], payout_account_
             *target = schema.clone();
         }
     }
-    value
+}
+
+/// Answers the middleware stack can give on any route (the deadline backstop, the body limit,
+/// a caught panic), described once under `components/responses`, and the security each
+/// operation has on this instance.
+fn add_shared_responses(value: &mut serde_json::Value, instance: &Instance) {
+    use serde_json::{Value, json};
+    let shared = [
+        ("408", "RequestTimeout", ErrorCode::RequestTimeout, "The request outlived the server's backstop timeout"),
+        ("413", "PayloadTooLarge", ErrorCode::PayloadTooLarge, "The request body is larger than the server accepts"),
+        ("500", "InternalError", ErrorCode::Internal, "An unexpected failure inside tally (logged; no details here)"),
+    ];
+    for (_, name, code, description) in &shared {
+        value["components"]["responses"][*name] = json!({
+            "description": format!("{description}: `{}`.", code.as_str()),
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        });
+    }
+    let operations = value["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
+    for op in operations.flat_map(|item| item.as_object_mut().into_iter().flat_map(|ops| ops.values_mut())) {
+        if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+            for (status, name, ..) in &shared {
+                responses.entry(*status).or_insert_with(|| json!({"$ref": format!("#/components/responses/{name}")}));
+            }
+        }
+        // Annotated as `bearer` or none: with keys configured, the key is required.
+        if instance.auth_required && op.get("security").is_some() {
+            op["security"] = json!([{"bearer": []}]);
+        }
+    }
 }
 
 /// The whole application router, as production serves it and tests drive it.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (routes, _) = api().split_for_parts();
-    let docs =
-        utoipa_swagger_ui::SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi_for(&state.service));
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
     let routes = routes
+        .route("/openapi.json", axum::routing::get(openapi_json))
         .merge(docs)
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route") })
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));

@@ -37,7 +37,12 @@ pub async fn healthz() -> axum::Json<Health> {
         (status = 503, description = "The store is unreachable or not migrated: `not_ready`.", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
-    match tokio::time::timeout(Duration::from_secs(3), state.service.store().check_ready()).await {
+    // A store that was down at start is migrated as soon as it answers again.
+    let ready = async {
+        state.migrations.ensure().await?;
+        state.service.store().check_ready().await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), ready).await {
         Ok(Ok(())) => Ok(axum::Json(Health { status: "ready" })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");

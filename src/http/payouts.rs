@@ -3,15 +3,15 @@
 use axum::extract::{Path, RawQuery, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::{ApiError, ErrorCode, Problem};
+use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
 use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutQueryError, PayoutView};
+use crate::service::report::AccountError;
 
 /// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
 const MAX_ID_CHARS: usize = 128;
@@ -125,27 +125,95 @@ pub async fn get_payout(
             ErrorCode::PayoutAmbiguous,
             format!("several accounts know payout `{id}`; ask one with `account`"),
         )
-        .with_accounts(json!(accounts))),
+        .with_accounts(accounts.into_iter().map(|a| problem_account(&state, a, None)).collect())),
         PayoutAnswer::Failed(errors) => {
             let all_timeouts = errors.iter().all(|(_, e)| e.kind == UpstreamErrorKind::Timeout);
             let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };
-            let details: Vec<_> = errors
-                .iter()
-                .map(|(a, e)| json!({"account": a, "code": e.code(), "message": e.message, "upstream_status": e.upstream_status}))
+            let at = state.service.now();
+            let accounts = errors
+                .into_iter()
+                .map(|(a, e)| {
+                    let error = AccountError {
+                        code: e.code().to_owned(),
+                        message: e.message,
+                        upstream_status: e.upstream_status,
+                        at,
+                    };
+                    problem_account(&state, a, Some(error))
+                })
                 .collect();
             let detail = "no account found the payout, and a lookup failed with nothing stored: it may be there";
-            Err(ApiError::new(code, detail).with_accounts(json!(details)))
+            Err(ApiError::new(code, detail).with_accounts(accounts))
         }
     }
 }
 
+fn problem_account(state: &AppState, account: AccountId, error: Option<AccountError>) -> ProblemAccount {
+    // The service only names configured accounts.
+    let provider = state.service.account(&account).expect("a configured account").provider();
+    ProblemAccount { account, provider, error }
+}
+
 fn validate_id(id: &str) -> Result<(), ApiError> {
     let chars = id.chars().count();
-    if chars == 0 || chars > MAX_ID_CHARS || id.chars().any(char::is_control) {
+    if chars == 0 || chars > MAX_ID_CHARS || id.chars().any(forbidden) {
         return Err(ApiError::new(
             ErrorCode::InvalidPayoutId,
             format!("a payout id is 1 to {MAX_ID_CHARS} printable characters"),
         ));
     }
     Ok(())
+}
+
+/// What a payout id may not hold: control characters, and invisible format characters (soft
+/// hyphen, zero-width spaces and joiners, bidirectional controls, the byte-order mark) that
+/// make two different ids look alike in a log or a support ticket. One table serves the check
+/// and the OpenAPI `pattern`, so the two cannot disagree.
+const FORBIDDEN: [(char, char); 10] = [
+    ('\u{0}', '\u{1f}'),
+    ('\u{7f}', '\u{9f}'),
+    ('\u{ad}', '\u{ad}'),
+    ('\u{61c}', '\u{61c}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{2028}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+];
+
+fn forbidden(c: char) -> bool {
+    FORBIDDEN.iter().any(|&(from, to)| (from..=to).contains(&c))
+}
+
+/// The OpenAPI `pattern` of a payout id: none of [`FORBIDDEN`].
+pub(super) fn id_pattern() -> String {
+    let escape = |c: char| format!("\\u{:04x}", u32::from(c));
+    let range =
+        |&(from, to): &(char, char)| if from == to { escape(from) } else { format!("{}-{}", escape(from), escape(to)) };
+    let ranges: String = FORBIDDEN.iter().map(range).collect();
+    format!("^[^{ranges}]+$")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_printable_and_bounded() {
+        for ok in ["PAYOUT-A9D5:174307-LEANX", "a/b c", "€ü中", &"x".repeat(128)] {
+            assert!(validate_id(ok).is_ok(), "{ok:?} is a valid id");
+        }
+        for bad in ["", "a\nb", "a\u{7f}", "pay\u{200b}out", "\u{202e}tuoyap", "\u{feff}id", &"x".repeat(129)] {
+            assert!(validate_id(bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    #[test]
+    fn the_documented_pattern_accepts_exactly_what_the_check_accepts() {
+        let pattern = regex::Regex::new(&id_pattern()).unwrap();
+        for c in (0..=0x3000u32).chain(0xfe00..=0xffff).filter_map(char::from_u32) {
+            assert_eq!(pattern.is_match(&c.to_string()), !forbidden(c), "U+{:04X}", u32::from(c));
+        }
+    }
 }

@@ -7,6 +7,8 @@
 //! moves. The latest fetch of an account is the set of rows confirmed at its `fetched_at`.
 
 mod migrations;
+
+pub use migrations::MigrationGate;
 pub mod postgres;
 pub mod sqlite;
 

@@ -13,4 +13,5 @@ mod ops;
 mod payouts;
 mod replicas;
 mod secrets;
+mod serve;
 mod store;

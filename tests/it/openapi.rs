@@ -34,11 +34,17 @@ fn every_route_documents_its_errors_as_problem_json() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             for (status, response) in op["responses"].as_object().unwrap() {
+                // Responses shared by every route are described once and referenced.
+                let response = match response["$ref"].as_str() {
+                    Some(r) => &doc["components"]["responses"][r.trim_start_matches("#/components/responses/")],
+                    None => response,
+                };
                 if status.starts_with('4') || status.starts_with('5') {
                     assert!(
                         response["content"]["application/problem+json"].is_object(),
                         "{method} {path} {status} must document a problem+json body"
                     );
+                    assert!(!response["description"].as_str().unwrap_or_default().is_empty());
                 }
             }
         }

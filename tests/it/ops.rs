@@ -125,3 +125,107 @@ async fn metrics_show_upstream_calls_http_requests_and_cache_use() {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
 }
+
+fn leanx(id: &str, upstream: &MockServer) -> String {
+    format!(
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\nmax_retries = 0\n",
+        upstream.uri()
+    )
+}
+
+#[tokio::test]
+async fn the_api_description_and_its_page_are_open_but_only_callers_see_the_account_ids() {
+    let upstream = MockServer::start().await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &keyed(&leanx("leanx-secretive", &upstream))).await;
+    assert_eq!(app.get("/docs/").await.status(), 200, "the page loads without a key");
+    let (status, public) = app.get_json("/openapi.json").await;
+    assert_eq!(status, 200, "the page loads the description without a key");
+    let text = public.to_string();
+    assert!(!text.contains("leanx-secretive"), "an anonymous caller does not learn the account ids");
+    assert_eq!(public["paths"]["/balances"]["get"]["security"], serde_json::json!([{"bearer": []}]), "required");
+
+    let r = app.http.get(format!("{}/openapi.json", app.base)).bearer_auth(KEY).send().await.unwrap();
+    let keyed: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let account =
+        keyed["paths"]["/balances"]["get"]["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "account");
+    assert_eq!(account.unwrap()["schema"]["items"]["enum"], serde_json::json!(["leanx-secretive"]));
+}
+
+#[tokio::test]
+async fn answers_are_gzipped_on_request_and_big_bodies_are_refused() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let r = app.http.get(format!("{}/openapi.json", app.base)).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let plain = app.get("/openapi.json").await;
+    assert!(plain.headers().get("content-encoding").is_none(), "identity unless asked");
+
+    let r = app.http.get(format!("{}/balances", app.base)).body(vec![b'x'; 70 * 1024]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn a_store_that_was_missing_at_start_is_migrated_once_it_exists() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let TestDb::Postgres { admin_url, name, .. } = &db else { unreachable!("a PostgreSQL test database") };
+    // A database that does not exist yet: tally starts (serving live figures only) and is not
+    // ready until the database is there and migrated.
+    let later = name.replace("tally_test_", "tally_later_");
+    let app = TestApp::spawn(&db.url().replace(name.as_str(), &later), "").await;
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_ready")));
+
+    let admin = |sql: String| async move {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(admin_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.unwrap();
+    };
+    admin(format!("CREATE DATABASE {later}")).await;
+    let (status, body) = app.get_json("/readyz").await;
+    app.stop().await;
+    admin(format!("DROP DATABASE {later} WITH (FORCE)")).await;
+    assert_eq!(status, 200, "ready without a restart: {body}");
+}
+
+#[tokio::test]
+async fn metrics_count_cache_hits_coalesced_waiters_and_figure_ages() {
+    let upstream = MockServer::start().await;
+    let body = r#"{"response_code":2000,"description":"SUCCESS","data":{"transaction_balance":{"value":1.50},"prefund_balance":2.25}}"#;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/merchant/overall-balance"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(body, "application/json").set_delay(Duration::from_millis(500)),
+        )
+        .mount(&upstream)
+        .await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &leanx("metrics-cache", &upstream)).await;
+    // Two forced requests: the second arrives while the first one's fetch is in flight.
+    let http = app.http.clone();
+    let url = format!("{}/balances?max_age=0", app.base);
+    let first = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while upstream.received_requests().await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first fetch reaches the upstream");
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(app.get("/balances").await.status(), 200, "a cache hit");
+    app.advance(Duration::from_secs(7));
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        r#"tally_coalesced_waiters_total{account="metrics-cache"} 1"#,
+        r#"tally_cache_hits_total{account="metrics-cache"} 1"#,
+        r#"tally_figure_age_seconds{account="metrics-cache"} 7"#,
+        r#"tally_upstream_calls_total{provider="leanx",account="metrics-cache",operation="balances",outcome="success"} 1"#,
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+}

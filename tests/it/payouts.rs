@@ -168,7 +168,10 @@ async fn unknown_ids_are_404_and_ids_known_twice_are_409() {
     assert_eq!((status, body["code"].as_str()), (404, Some("payout_not_found")));
     let (status, body) = app.get_json("/payouts/DUP").await;
     assert_eq!((status, body["code"].as_str()), (409, Some("payout_ambiguous")));
-    assert_eq!(body["accounts"], serde_json::json!(["a-one", "a-two"]));
+    assert_eq!(
+        body["accounts"],
+        serde_json::json!([{"account": "a-one", "provider": "leanx"}, {"account": "a-two", "provider": "leanx"}])
+    );
     let (status, body) = app.get_json("/payouts/DUP?account=a-two").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("pending")));
 }
@@ -225,7 +228,9 @@ async fn every_lookup_failing_with_nothing_stored_is_502_or_504() {
         TestApp::spawn(db.url(), &format!("{}{}", leanx_account("down", &down), leanx_account("slow", &slow))).await;
     let (status, body) = app.get_json("/payouts/X1").await;
     assert_eq!((status, body["code"].as_str()), (502, Some("upstream_failed")));
-    let codes: Vec<&str> = body["accounts"].as_array().unwrap().iter().map(|a| a["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> =
+        body["accounts"].as_array().unwrap().iter().map(|a| a["error"]["code"].as_str().unwrap()).collect();
+    assert_eq!(body["accounts"][0]["error"]["upstream_status"], 503, "{body}");
     assert_eq!(codes, ["upstream_unavailable", "upstream_timeout"]);
     let (status, body) = app.get_json("/payouts/X1?account=slow").await;
     assert_eq!((status, body["code"].as_str()), (504, Some("upstream_timeout")));

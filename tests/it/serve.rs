@@ -1,0 +1,176 @@
+//! `tally serve` as a process: where it finds its config, what it logs, and how it stops.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// A `tally serve` process on an ephemeral port, logging JSON lines, killed on drop.
+struct Served {
+    child: Child,
+    base: String,
+    /// Every log line after the one announcing the address, as it arrives.
+    lines: mpsc::Receiver<serde_json::Value>,
+    /// The log lines up to and including that one.
+    start_lines: Vec<serde_json::Value>,
+}
+
+impl Served {
+    /// Starts tally in `dir` with `args`; the listen address is overridden to port 0 through
+    /// the environment, so the config file (if any) is still what is being tested.
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        // The tests' own HTTP client needs rustls' provider, as tally's does.
+        tally::install_crypto_provider();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(args)
+            .current_dir(dir)
+            .env_remove("TALLY_CONFIG")
+            .env("TALLY__SERVER__LISTEN", "127.0.0.1:0")
+            .env("TALLY_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the tally binary runs");
+        let (tx, lines) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let json: serde_json::Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+                if tx.send(json).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut start_lines = Vec::new();
+        let addr = loop {
+            let line = lines.recv_timeout(Duration::from_secs(20)).expect("tally logs until it listens");
+            start_lines.push(line.clone());
+            if line["message"] == "tally is listening" {
+                break line["addr"].as_str().expect("the address is a field").to_owned();
+            }
+        };
+        Self { child, base: format!("http://{addr}"), lines, start_lines }
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit on its own, after a signal.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        // A thread owns the blocking wait; a finished placeholder takes the child's place here.
+        let mut child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("tally did not exit within 10 s of SIGTERM")
+        });
+        status.unwrap()
+    }
+
+    fn later_lines(&self) -> Vec<serde_json::Value> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn with_no_config_tally_serves_defaults_creates_tally_db_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = Served::start(dir.path(), &["serve"]);
+    let r = reqwest::get(format!("{}/healthz", served.base)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(dir.path().join("tally.db").exists(), "the default SQLite store is ./tally.db");
+    let warnings: Vec<_> = served.start_lines.iter().filter(|l| l["level"] == "WARN").collect();
+    assert_eq!(warnings.len(), 1, "one warning line: {warnings:?}");
+    assert!(warnings[0]["message"].as_str().unwrap().contains("using built-in defaults"), "{warnings:?}");
+    served.terminate();
+    assert!(served.wait_exit().success(), "SIGTERM is a clean stop");
+}
+
+#[tokio::test]
+async fn tally_toml_in_the_working_directory_is_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tally.toml"), "[store]\nurl = \"sqlite://from-tally-toml.db\"\n").unwrap();
+    let served = Served::start(dir.path(), &[]);
+    assert_eq!(reqwest::get(format!("{}/readyz", served.base)).await.unwrap().status(), 200);
+    assert!(dir.path().join("from-tally-toml.db").exists());
+    assert!(served.start_lines.iter().any(|l| l["message"] == "loaded config" && l["path"] == "tally.toml"));
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
+    let upstream = MockServer::start().await;
+    let body = r#"{"response_code":2000,"description":"SUCCESS","data":{"transaction_balance":{"value":1.50},"prefund_balance":2.25}}"#;
+    Mock::given(method("POST"))
+        .and(path("/api/v1/merchant/overall-balance"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(body, "application/json").set_delay(Duration::from_secs(1)),
+        )
+        .mount(&upstream)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[accounts]]\nid = \"slow\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\n",
+        upstream.uri()
+    );
+    std::fs::write(dir.path().join("tally.toml"), config).unwrap();
+    let mut served = Served::start(dir.path(), &["serve", "--config", "tally.toml"]);
+    let in_flight = tokio::spawn(reqwest::get(format!("{}/balances", served.base)));
+    let reached = tokio::time::timeout(Duration::from_secs(5), async {
+        while upstream.received_requests().await.unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    });
+    reached.await.expect("the request reaches the upstream");
+    served.terminate();
+    let answer = in_flight.await.unwrap().expect("the request in flight is answered");
+    let status = answer.status();
+    let body: serde_json::Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["balances"][1]["available"], "2.25");
+    assert!(served.wait_exit().success());
+    let messages: Vec<_> = served.later_lines().iter().map(|l| l["message"].to_string()).collect();
+    assert!(messages.iter().any(|m| m.contains("shutting down")), "{messages:?}");
+    assert!(messages.last().is_some_and(|m| m.contains("stopped")), "the pool is closed last: {messages:?}");
+}
+
+#[test]
+fn check_config_refuses_what_serve_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlisten = \"0.0.0.0:8080\"\n", "refusing to listen on 0.0.0.0:8080 without API keys"),
+        ("[store]\nurl = \"postgres://tally:pw@db:notaport/tally\"\n", "config key `store.url`: "),
+    ];
+    for (toml, expected) in cases {
+        let path = dir.path().join("tally.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tally"))
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .env_remove("TALLY_CONFIG")
+            .env("RUST_LOG", "off")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml}");
+        assert!(err.contains(expected), "{toml}: {err}");
+        assert!(!err.contains("pw@"), "the URL is never echoed: {err}");
+    }
+}
