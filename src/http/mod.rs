@@ -43,9 +43,9 @@ impl AppState {
         settings: &Settings,
         metrics: PrometheusHandle,
     ) -> Self {
-        let auth_required = !settings.auth.api_keys.is_empty();
+        let auth = AuthPolicy { keys: !settings.auth.api_keys.is_empty(), metrics: settings.metrics.require_auth };
         Self {
-            openapi: Arc::new(OpenApiDocs::new(&service, auth_required)),
+            openapi: Arc::new(OpenApiDocs::new(&service, auth)),
             service,
             api_keys: settings.auth.api_keys.clone().into(),
             metrics_require_auth: settings.metrics.require_auth,
@@ -132,16 +132,31 @@ pub fn openapi_text(yaml: bool) -> String {
 struct Instance {
     account_ids: Vec<String>,
     payout_account_ids: Vec<String>,
-    auth_required: bool,
+    auth: AuthPolicy,
+}
+
+/// Which operations need the API key on an instance.
+#[derive(Clone, Copy, Default)]
+struct AuthPolicy {
+    /// Keys are configured: the data routes need one.
+    keys: bool,
+    /// `/metrics` needs one too (`metrics.require_auth`).
+    metrics: bool,
+}
+
+impl AuthPolicy {
+    fn required(self, path: &str) -> bool {
+        self.keys && (path != "/metrics" || self.metrics)
+    }
 }
 
 impl Instance {
-    fn of(service: &Service, auth_required: bool) -> Self {
+    fn of(service: &Service, auth: AuthPolicy) -> Self {
         let ids = |payouts_only: bool| -> Vec<String> {
             let accounts = service.accounts().iter();
             accounts.filter(|a| !payouts_only || a.capabilities().payouts).map(|a| a.id().to_string()).collect()
         };
-        Self { account_ids: ids(false), payout_account_ids: ids(true), auth_required }
+        Self { account_ids: ids(false), payout_account_ids: ids(true), auth }
     }
 }
 
@@ -154,11 +169,11 @@ pub struct OpenApiDocs {
 }
 
 impl OpenApiDocs {
-    fn new(service: &Service, auth_required: bool) -> Self {
+    fn new(service: &Service, auth: AuthPolicy) -> Self {
         let bytes =
             |doc: serde_json::Value| bytes::Bytes::from(serde_json::to_vec(&doc).expect("a document serializes"));
-        let generic = Instance { auth_required, ..Instance::default() };
-        Self { generic: bytes(document(&generic)), instance: bytes(document(&Instance::of(service, auth_required))) }
+        let generic = Instance { auth, ..Instance::default() };
+        Self { generic: bytes(document(&generic)), instance: bytes(document(&Instance::of(service, auth))) }
     }
 }
 
@@ -236,16 +251,19 @@ fn add_shared_responses(value: &mut serde_json::Value, instance: &Instance) {
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         });
     }
-    let operations = value["paths"].as_object_mut().into_iter().flat_map(|paths| paths.values_mut());
-    for op in operations.flat_map(|item| item.as_object_mut().into_iter().flat_map(|ops| ops.values_mut())) {
-        if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
-            for (status, name, ..) in &shared {
-                responses.entry(*status).or_insert_with(|| json!({"$ref": format!("#/components/responses/{name}")}));
+    let paths = value["paths"].as_object_mut().into_iter().flat_map(|paths| paths.iter_mut());
+    for (path, item) in paths {
+        for op in item.as_object_mut().into_iter().flat_map(|ops| ops.values_mut()) {
+            if let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                for (status, name, ..) in &shared {
+                    let reference = json!({"$ref": format!("#/components/responses/{name}")});
+                    responses.entry(*status).or_insert(reference);
+                }
             }
-        }
-        // Annotated as `bearer` or none: with keys configured, the key is required.
-        if instance.auth_required && op.get("security").is_some() {
-            op["security"] = json!([{"bearer": []}]);
+            // Annotated as `bearer` or none: where this instance requires the key, it is required.
+            if instance.auth.required(path) && op.get("security").is_some() {
+                op["security"] = json!([{"bearer": []}]);
+            }
         }
     }
 }

@@ -81,7 +81,7 @@ impl From<PayoutView> for PayoutResponse {
     path = "/payouts/{id}",
     tag = "payouts",
     params(
-        ("id" = String, Path, description = "The provider's payout id or the merchant's reference, percent-encoded (LeanX ids contain `:`). Printable, at most 128 characters."),
+        ("id" = String, Path, description = "The provider's payout id or the merchant's reference, percent-encoded (LeanX ids contain `:`). Printable, at most 128 characters.", example = "PAYOUT-A9D5:174307-LEANX"),
         ("account" = Option<String>, Query, description = "Look only in this account."),
         ("max_age" = Option<u32>, Query, description = "Accept a stored non-final payout at most this many seconds old (default 10); 0 forces a lookup even for a final payout.", minimum = 0),
     ),

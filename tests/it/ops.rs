@@ -144,6 +144,11 @@ async fn the_api_description_and_its_page_are_open_but_only_callers_see_the_acco
     let text = public.to_string();
     assert!(!text.contains("leanx-secretive"), "an anonymous caller does not learn the account ids");
     assert_eq!(public["paths"]["/balances"]["get"]["security"], serde_json::json!([{"bearer": []}]), "required");
+    assert_eq!(
+        public["paths"]["/metrics"]["get"]["security"],
+        serde_json::json!([{"bearer": []}, {}]),
+        "/metrics stays open unless metrics.require_auth"
+    );
 
     let r = app.http.get(format!("{}/openapi.json", app.base)).bearer_auth(KEY).send().await.unwrap();
     let keyed: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
