@@ -74,10 +74,14 @@ fn the_compose_file_matches_the_config_contract() {
 }
 
 #[test]
-fn the_example_config_is_valid_given_its_environment() {
+fn the_example_config_is_valid_given_its_environment_and_a_key_of_ones_own() {
     // The example references env:NAME secrets; check its shape with literal stand-ins.
     let text = read("tally.example.toml").replace("\"env:", "\"stand-in-for-");
     let text = text.replace("stand-in-for-IBANERA_TOTP_SECRET", "JBSWY3DPEHPK3PXP");
+    // It ships no working key: its placeholder stops start-up, naming the key to fill in.
+    let e = tally::config::from_toml(&text).expect_err("the placeholder digest is refused");
+    assert_eq!(e.key, "auth.api_keys[0].sha256");
+    let text = text.replace("<digest from tally hash-key>", &tally::http::digest_hex("an operator's own key"));
     let settings = tally::config::from_toml(&text).unwrap_or_else(|e| panic!("tally.example.toml: {e}"));
     assert_eq!(settings.accounts.len(), 4);
 }
