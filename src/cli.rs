@@ -38,6 +38,9 @@ enum Command {
         /// Keep the store in this SQLite file instead of a temporary one.
         #[arg(long, value_name = "PATH")]
         store: Option<PathBuf>,
+        /// Inject faults into the emulators, as `tally emulate --fault`.
+        #[arg(long = "fault", value_name = "PROVIDER=SPEC")]
+        faults: Vec<String>,
     },
     /// Run only the provider emulators (base URLs http://ADDR/{leanx,luxtak,ibanera,yedpay}).
     Emulate {
@@ -93,8 +96,8 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", crate::http::digest_hex(key));
             Ok(())
         }
-        Command::Demo { listen, store } => runtime()?.block_on(async move {
-            let demo = crate::demo::Demo::build(listen, store).await?;
+        Command::Demo { listen, store, faults } => runtime()?.block_on(async move {
+            let demo = crate::demo::Demo::build_with(listen, store, emulator_options(&faults)?).await?;
             println!("{}", demo.banner());
             demo.run_until(shutdown_signal()).await
         }),
@@ -144,15 +147,22 @@ async fn migrate(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
-async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), String> {
-    use crate::emulator::{Emulator, EmulatorOptions, Faults, credentials as c};
-    let mut options = EmulatorOptions::default();
+/// The emulators' options from `--fault PROVIDER=SPEC` flags.
+fn emulator_options(faults: &[String]) -> Result<crate::emulator::EmulatorOptions, String> {
+    let mut options = crate::emulator::EmulatorOptions::default();
     for spec in faults {
         let (provider, spec) =
             spec.split_once('=').ok_or_else(|| format!("--fault `{spec}`: expected PROVIDER=SPEC"))?;
         let provider: crate::domain::Provider = provider.parse().map_err(|e| format!("--fault: {e}"))?;
-        options.faults.insert(provider, spec.parse::<Faults>().map_err(|e| format!("--fault {provider}: {e}"))?);
+        let faults = spec.parse::<crate::emulator::Faults>().map_err(|e| format!("--fault {provider}: {e}"))?;
+        options.faults.insert(provider, faults);
     }
+    Ok(options)
+}
+
+async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), String> {
+    use crate::emulator::{Emulator, credentials as c};
+    let options = emulator_options(faults)?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let emulator = Emulator::start(listener, options).await.map_err(|e| e.to_string())?;

@@ -14,16 +14,36 @@ use crate::emulator::{Emulator, EmulatorOptions};
 pub struct Demo {
     app: Application,
     emulator: Emulator,
-    /// The temporary directory holding the store, removed at the end (none with `--store`).
-    scratch: Option<PathBuf>,
+    /// The temporary directory holding the store (none with `--store`), removed when the demo
+    /// ends or fails to start.
+    _scratch: Option<Scratch>,
     store: PathBuf,
+    exposed: bool,
+}
+
+/// A directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Demo {
     pub async fn build(listen: SocketAddr, store: Option<PathBuf>) -> Result<Self, String> {
+        Self::build_with(listen, store, EmulatorOptions::default()).await
+    }
+
+    /// Like [`build`](Self::build), with the emulators' options (faults).
+    pub async fn build_with(
+        listen: SocketAddr,
+        store: Option<PathBuf>,
+        options: EmulatorOptions,
+    ) -> Result<Self, String> {
         let emulator = Emulator::start(
             TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot start the emulators: {e}"))?,
-            EmulatorOptions::default(),
+            options,
         )
         .await
         .map_err(|e| format!("cannot start the emulators: {e}"))?;
@@ -36,17 +56,19 @@ impl Demo {
                     rand::random::<u32>()
                 ));
                 std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                (dir.join("tally.db"), Some(dir))
+                (dir.join("tally.db"), Some(Scratch(dir)))
             }
         };
+        // The demo serves emulated data only, so it may listen beyond loopback without keys.
+        let exposed = !listen.ip().is_loopback();
         let toml = format!(
-            "[server]\nlisten = \"{listen}\"\n\n[store]\nurl = \"sqlite://{}\"\n\n{}",
+            "[server]\nlisten = \"{listen}\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[auth]\nallow_anonymous = {exposed}\n\n{}",
             store.display(),
             emulator.demo_accounts_toml()
         );
         let settings = crate::config::from_toml(&toml).map_err(|e| e.to_string())?;
         let app = Application::build(settings).await.map_err(|e| e.to_string())?;
-        Ok(Self { app, emulator, scratch, store })
+        Ok(Self { app, emulator, _scratch: scratch, store, exposed })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -72,18 +94,17 @@ impl Demo {
              \x20 curl -s {url}/accounts\n\
              \x20 open {url}/docs\n\n\
              faults: curl -X PUT -d '{{\"fail_next\":3}}' http://{emu}/_control/faults/leanx\n\
-             Ctrl-C stops everything.",
+             {exposed}Ctrl-C stops everything.",
             emu = self.emulator.addr(),
             store = self.store.display(),
+            exposed =
+                if self.exposed { "note: listening beyond loopback without API keys (demo data only)\n" } else { "" },
         )
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
         let result = self.app.run_until(shutdown).await.map_err(|e| format!("server error: {e}"));
         self.emulator.shutdown().await;
-        if let Some(dir) = self.scratch {
-            let _ = std::fs::remove_dir_all(dir);
-        }
         result
     }
 }

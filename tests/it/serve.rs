@@ -174,3 +174,49 @@ fn check_config_refuses_what_serve_would_refuse() {
         assert!(!err.contains("pw@"), "the URL is never echoed: {err}");
     }
 }
+
+#[tokio::test]
+async fn the_demo_command_takes_faults_and_removes_its_scratch_store_on_sigterm() {
+    tally::install_crypto_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--fault", "yedpay=malformed"])
+        .env("TMPDIR", tmp.path())
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut banner = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let first = banner.next().expect("a banner");
+    let url = first.split("the API on ").nth(1).and_then(|s| s.split(',').next()).expect("the API URL").to_owned();
+    let store = banner.find_map(|l| l.strip_prefix("store: ").map(str::to_owned)).expect("the store path");
+    assert!(store.starts_with(tmp.path().to_str().unwrap()), "a scratch store under TMPDIR: {store}");
+
+    let r = reqwest::get(format!("{url}/balances")).await.unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let accounts = body["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 5, "{body}");
+    for a in accounts {
+        let expected = if a["account"] == "yedpay-hk" { "failed" } else { "fresh" };
+        assert_eq!(a["status"], expected, "{a}");
+    }
+    let yedpay = accounts.iter().find(|a| a["account"] == "yedpay-hk").unwrap();
+    assert_eq!(yedpay["error"]["code"], "upstream_invalid_response", "the --fault flag reached the emulator");
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = rx.recv_timeout(Duration::from_secs(10)).expect("the demo stops on SIGTERM").unwrap();
+    assert!(status.success());
+    assert!(!Path::new(&store).parent().unwrap().exists(), "the scratch directory is removed");
+}
+
+#[tokio::test]
+async fn the_demo_may_listen_beyond_loopback_and_says_so() {
+    let demo = tally::demo::Demo::build("0.0.0.0:0".parse().unwrap(), None).await.expect("emulated data only");
+    assert!(demo.banner().contains("beyond loopback without API keys (demo data only)"));
+    demo.run_until(async {}).await.unwrap();
+}
