@@ -37,15 +37,16 @@ fn bad_accounts(emu: &Emulator) -> String {
     )
 }
 
-/// A store URL carrying a password: PostgreSQL (trust auth ignores it) when available.
-async fn store_url(db: &Option<TestDb>) -> String {
+/// A store URL carrying a password: PostgreSQL (trust auth ignores it) when available, else a
+/// fresh SQLite file in the test's own directory.
+fn store_url(db: &Option<TestDb>, dir: &std::path::Path) -> String {
     match db {
         Some(db) => {
             let mut url = url::Url::parse(db.url()).unwrap();
             url.set_password(Some(STORE_PASSWORD)).unwrap();
             url.to_string()
         }
-        None => format!("sqlite://{}/probe.db", std::env::temp_dir().display()),
+        None => format!("sqlite://{}", dir.join("probe.db").display()),
     }
 }
 
@@ -62,7 +63,7 @@ async fn no_secret_reaches_logs_or_responses_at_trace_level() {
         "[server]\nlisten = \"127.0.0.1:{port}\"\nrequest_timeout = \"2s\"\n[store]\nurl = \"{}\"\n\
          [defaults]\ntimeout = \"400ms\"\nmax_retries = 0\ncircuit_failure_threshold = 100\n\
          [auth]\napi_keys = [{{ name = \"secret-probe\", sha256 = \"{}\" }}]\n{}{}",
-        store_url(&db).await,
+        store_url(&db, dir.path()),
         tally::http::digest_hex(API_KEY),
         emu.demo_accounts_toml(),
         bad_accounts(&emu)
@@ -131,6 +132,7 @@ async fn no_secret_reaches_logs_or_responses_at_trace_level() {
         token_uuid,
         c::LUXTAK_APP_KEY,
         c::LUXTAK_APP_ID,
+        c::IBANERA_USERNAME,
         c::IBANERA_PASSWORD,
         c::IBANERA_TOTP_SECRET,
         c::YEDPAY_ACCESS_TOKEN,
