@@ -11,7 +11,9 @@
 //! - [`store`]: the only place with SQL, SQLite and PostgreSQL behind one interface.
 //!
 //! Beside them: [`domain`] (money, balances, payouts, ids), [`config`] (the validated config
-//! file), [`telemetry`] (logs and metrics), and [`cli`] (the `tally` command).
+//! file), [`telemetry`] (logs and metrics), [`app`] (the composition root: store, service and
+//! router from settings, serving until shutdown), [`cli`] (the `tally` command), and
+//! [`emulator`] with [`demo`] (faithful fakes of the four providers, and `tally demo` on them).
 
 pub mod app;
 pub mod cli;
