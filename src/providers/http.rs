@@ -7,6 +7,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 
 use super::UpstreamError;
+use crate::domain::RawJson;
 
 /// Default cap on an upstream answer: balances and payout lookups are a few KiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
@@ -85,9 +86,11 @@ impl UpstreamResponse {
         })
     }
 
-    /// The body as generic JSON, for `include=raw`.
-    pub fn raw_json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    /// The body as exact JSON (numbers as sent), for `include=raw`.
+    pub fn raw_json(&self) -> Result<RawJson, UpstreamError> {
+        RawJson::from_slice(&self.body).map_err(|e| {
+            UpstreamError::invalid_response(format!("the provider's answer is not JSON: {e}")).with_status(self.status)
+        })
     }
 }
 

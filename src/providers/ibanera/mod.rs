@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{AccountConfig, ProviderConfig};
-use crate::domain::{BalanceFetch, PayoutLookup};
+use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
 use transformers::{IbaneraBalance, IbaneraEnvelope, IbaneraLogin};
 
@@ -194,14 +194,14 @@ impl ProviderClient for IbaneraClient {
             for balance in envelope.details.as_deref().unwrap_or_default() {
                 entries.push(transformers::balance_entry(balance)?);
             }
-            pages.push(response.raw_json());
+            pages.push(response.raw_json()?);
             let last = envelope.number_of_pages.unwrap_or(0).min(MAX_PAGES);
             if number >= last {
                 break;
             }
             number += 1;
         }
-        Ok(BalanceFetch { entries, raw: serde_json::Value::Array(pages) })
+        Ok(BalanceFetch { entries, raw: RawJson::Array(pages) })
     }
 
     async fn lookup_payout(&self, _id: &str) -> Result<PayoutLookup, UpstreamError> {

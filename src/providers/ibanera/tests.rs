@@ -106,6 +106,12 @@ async fn logs_in_with_a_totp_and_pages_through_exact_balances() {
     );
     assert!(fetch.entries.iter().all(|e| e.reserved.is_none()));
     assert_eq!(fetch.raw.as_array().unwrap().len(), 2, "both pages, never the login answer");
+    // The raw pages keep the numbers as sent (f64 would write …94, 1500.0 and 0.0).
+    assert_eq!(fetch.raw[1]["details"][0]["totalBalance"].as_number(), Some("90071992547409.93"));
+    assert_eq!(fetch.raw[1]["details"][0]["pendingBalance"].as_number(), Some("0.00"));
+    assert_eq!(fetch.raw[0]["details"][0]["totalBalance"].as_number(), Some("1500.00"));
+    let text = fetch.raw.to_string();
+    assert!(text.contains(r#""availableBalance":90071992547409.93,"pendingBalance":0.00,"#), "{text}");
     assert!(!fetch.raw.to_string().contains(TOKEN));
 }
 

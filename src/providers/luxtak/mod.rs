@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::config::{AccountConfig, ProviderConfig};
-use crate::domain::{BalanceFetch, PayoutLookup};
+use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
 use transformers::{LuxtakBalance, LuxtakEnvelope, LuxtakPayoutDetail, LuxtakPayoutStatus, NOT_FOUND_CODES};
 
@@ -30,7 +30,7 @@ pub struct LuxtakClient {
 /// A Luxtak answer: the envelope, its raw JSON, and the HTTP status.
 struct Answer {
     envelope: LuxtakEnvelope,
-    raw: Value,
+    raw: RawJson,
     status: u16,
     retry_after: Option<std::time::Duration>,
 }
@@ -78,7 +78,7 @@ impl LuxtakClient {
                 return Err(e);
             }
         };
-        Ok(Answer { raw: response.raw_json(), envelope, status: response.status, retry_after: response.retry_after })
+        Ok(Answer { raw: response.raw_json()?, envelope, status: response.status, retry_after: response.retry_after })
     }
 
     /// A successful answer's `data`, or the classified error.

@@ -56,7 +56,8 @@ async fn one_bearer_request_per_currency_maps_the_documented_figures() {
     assert_eq!(show(&fetch.entries[0]), ["17.47", "0.00", "0.00", "17.4781"], "total keeps its 4 decimals");
     assert_eq!(fetch.entries[1].currency.as_str(), "USD");
     assert_eq!(show(&fetch.entries[1]), ["1000.00", "150.25", "50.25", "1200.5000"], "reserved = locked + holding");
-    assert_eq!(fetch.raw["HKD"]["data"]["total_balance"], "17.4781");
+    assert_eq!(fetch.raw["HKD"]["data"]["total_balance"].as_str(), Some("17.4781"));
+    assert_eq!(fetch.raw["USD"]["data"]["total_balance_float"].as_number(), Some("1200.5"));
 }
 
 #[tokio::test]
