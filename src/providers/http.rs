@@ -78,12 +78,9 @@ impl UpstreamResponse {
     }
 
     /// Parses the body as the documented JSON; anything else (an HTML error page, a truncated
-    /// body) is `upstream_invalid_response`.
+    /// body) is classified by [`UpstreamError::from_undocumented_body`].
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, UpstreamError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            UpstreamError::invalid_response(format!("the provider's answer is not the documented JSON: {e}"))
-                .with_status(self.status)
-        })
+        serde_json::from_slice(&self.body).map_err(|e| UpstreamError::from_undocumented_body(self.status, &e))
     }
 
     /// The body as exact JSON (numbers as sent), for `include=raw`.

@@ -122,13 +122,8 @@ impl IbaneraClient {
             .timeout(self.timeout);
         let response = self.http.send(request).await?;
         response.check_status()?;
-        let envelope: IbaneraEnvelope<IbaneraLogin> = match response.json() {
-            Ok(envelope) => envelope,
-            Err(_) if matches!(response.status, 401 | 403) => {
-                return Err(UpstreamError::auth_failed("Ibanera refused the login").with_status(response.status));
-            }
-            Err(e) => return Err(e),
-        };
+        // A 401/403 without the documented envelope is an auth failure (the shared rule).
+        let envelope: IbaneraEnvelope<IbaneraLogin> = response.json()?;
         match envelope.details {
             Some(login) if envelope.is_success() => {
                 Ok((SecretString::from(login.access_token), Duration::from_secs(login.expires_in)))

@@ -205,3 +205,25 @@ async fn payout_lookup_is_reported_unsupported_without_a_call() {
     assert!(c.lookup_payout("42").await.is_err());
     assert!(server.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(LOGIN_PATH))
+        .respond_with(ResponseTemplate::new(401).set_body_raw("Unauthorized", "text/plain"))
+        .mount(&server)
+        .await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(401)), "a refused login");
+
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(3600)).await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .respond_with(ResponseTemplate::new(403).set_body_raw("<html>Forbidden</html>", "text/html"))
+        .mount(&server)
+        .await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)), "a refused data call");
+}

@@ -281,3 +281,24 @@ async fn a_refusal_without_data_is_not_found_but_a_bad_token_is_not() {
     let e = client(&server, "").lookup_payout("nope").await.unwrap_err();
     assert_eq!(e.kind, UpstreamErrorKind::AuthFailed);
 }
+
+#[tokio::test]
+async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
+    let refusals = || {
+        [
+            ResponseTemplate::new(401).set_body_raw("<html><body>401 Unauthorized</body></html>", "text/html"),
+            ResponseTemplate::new(403),
+        ]
+    };
+    for response in refusals() {
+        let e = balance_error(response).await;
+        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "{e}");
+        assert!(matches!(e.upstream_status, Some(401 | 403)));
+    }
+    for response in refusals() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST")).and(path(PAYOUT_PATH)).respond_with(response).mount(&server).await;
+        let e = client(&server, "").lookup_payout("x").await.unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "a refusal is not a not-found: {e}");
+    }
+}
