@@ -173,21 +173,27 @@ async fn a_failed_login_is_not_retried_during_the_cooldown() {
 
 #[tokio::test]
 async fn transient_failures_and_bad_bodies_are_classified() {
-    for (response, kind) in [
-        (ResponseTemplate::new(429).insert_header("retry-after", "7"), UpstreamErrorKind::RateLimited),
-        (ResponseTemplate::new(503), UpstreamErrorKind::Unavailable),
-        (ResponseTemplate::new(200).set_body_raw("<html>down</html>", "text/html"), UpstreamErrorKind::InvalidResponse),
+    let seconds = |s| Some(Duration::from_secs(s));
+    for (response, kind, retry_after) in [
+        (ResponseTemplate::new(429).insert_header("retry-after", "7"), UpstreamErrorKind::RateLimited, seconds(7)),
+        (ResponseTemplate::new(503).insert_header("retry-after", "3"), UpstreamErrorKind::Unavailable, seconds(3)),
+        (
+            ResponseTemplate::new(200).set_body_raw("<html>down</html>", "text/html"),
+            UpstreamErrorKind::InvalidResponse,
+            None,
+        ),
         (
             ResponseTemplate::new(200).set_body_raw(r#"{"id":0,"details":[{"id":1,"as"#, "application/json"),
             UpstreamErrorKind::InvalidResponse,
+            None,
         ),
-        (page(PAGE_2, 1, 1).set_delay(Duration::from_secs(2)), UpstreamErrorKind::Timeout),
+        (page(PAGE_2, 1, 1).set_delay(Duration::from_secs(2)), UpstreamErrorKind::Timeout, None),
     ] {
         let server = MockServer::start().await;
         mount_login(&server, login_ok(3600)).await;
         Mock::given(method("GET")).and(path(BALANCES_PATH)).respond_with(response).mount(&server).await;
         let e = client(&server).fetch_balances().await.unwrap_err();
-        assert_eq!(e.kind, kind);
+        assert_eq!((e.kind, e.retry_after), (kind, retry_after));
     }
     let server = MockServer::start().await;
     mount_login(&server, ResponseTemplate::new(503)).await;

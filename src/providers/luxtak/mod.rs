@@ -87,7 +87,7 @@ impl LuxtakClient {
             // A 429 or 5xx is transient whatever the code; other statuses go by Luxtak's code.
             let error = UpstreamError::from_status(answer.status, answer.retry_after)
                 .map(|e| e.with_provider_code(answer.envelope.code.to_string()))
-                .unwrap_or_else(|| answer.envelope.error(answer.status));
+                .unwrap_or_else(|| answer.envelope.error(answer.status, answer.retry_after));
             return Err(error);
         }
         serde_json::from_value(answer.envelope.data.clone())

@@ -97,8 +97,23 @@ async fn documented_errors_are_classified_with_their_codes() {
     .await;
     assert_eq!(e.kind, UpstreamErrorKind::Rejected);
     assert!(e.message.contains("clock"), "points at clock skew: {}", e.message);
-    let e = balance_error(json_response(200, r#"{"code":4004029,"msg":"too many requests","data":{}}"#)).await;
-    assert_eq!(e.kind, UpstreamErrorKind::RateLimited);
+    for code in [4_004_001, 4_004_002] {
+        let body = format!(r#"{{"code":{code},"msg":"invalid token","time":1642074682,"data":{{}}}}"#);
+        let e = balance_error(json_response(401, &body)).await;
+        assert_eq!((e.kind, e.provider_code), (UpstreamErrorKind::AuthFailed, Some(code.to_string())));
+    }
+    let too_many = r#"{"code":4004029,"msg":"too many requests","data":{}}"#;
+    let e = balance_error(json_response(429, too_many).insert_header("retry-after", "11")).await;
+    assert_eq!(
+        (e.kind, e.upstream_status, e.retry_after, e.provider_code.as_deref()),
+        (UpstreamErrorKind::RateLimited, Some(429), Some(Duration::from_secs(11)), Some("4004029"))
+    );
+    // The code alone is the rate limit, and its Retry-After is kept, whatever the HTTP status.
+    let e = balance_error(json_response(200, too_many).insert_header("retry-after", "12")).await;
+    assert_eq!(
+        (e.kind, e.upstream_status, e.retry_after),
+        (UpstreamErrorKind::RateLimited, Some(200), Some(Duration::from_secs(12)))
+    );
     let e = balance_error(json_response(400, r#"{"code":4001003,"msg":"invalid field","data":{}}"#)).await;
     assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Rejected, Some("4001003")));
 }

@@ -1,6 +1,8 @@
 //! Luxtak wire types (PROVIDERS.md §2) and their conversion into the domain model. Amounts are
 //! strings; times are unix seconds.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -70,8 +72,10 @@ impl LuxtakEnvelope {
         }
     }
 
-    /// Classifies a non-success envelope by Luxtak's API codes (PROVIDERS.md §2.6).
-    pub fn error(&self, http_status: u16) -> UpstreamError {
+    /// Classifies a non-success envelope by Luxtak's API codes (PROVIDERS.md §2.6). The
+    /// answer's `Retry-After` is kept whatever the HTTP status: 4004029 is the rate limit even
+    /// when it does not ride on a 429.
+    pub fn error(&self, http_status: u16, retry_after: Option<Duration>) -> UpstreamError {
         let reason = self.reason();
         let error = match self.code {
             4_004_001..=4_004_003 | 4_004_100 | 4_004_101 | 4_004_103 => {
@@ -83,7 +87,7 @@ impl LuxtakEnvelope {
             )),
             _ => UpstreamError::rejected(format!("Luxtak answered {}: {reason}", self.code)),
         };
-        error.with_status(http_status).with_provider_code(self.code.to_string())
+        error.with_status(http_status).with_retry_after(retry_after).with_provider_code(self.code.to_string())
     }
 }
 
