@@ -25,7 +25,8 @@ const LOGIN_PATH: &str = "/api/v1/public/auth/login";
 const BALANCES_PATH: &str = "/api/v1/customer/accounts/balances";
 /// No new login this long after a failed one: the provider locks accounts for 10 minutes.
 pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(600);
-/// A bound on paging.
+/// A bound on paging. An account with more pages fails rather than report part of its wallets
+/// as if they were all (raise `page_size` instead).
 const MAX_PAGES: u32 = 100;
 
 pub struct IbaneraClient {
@@ -190,7 +191,15 @@ impl ProviderClient for IbaneraClient {
                 entries.push(transformers::balance_entry(balance)?);
             }
             pages.push(response.raw_json()?);
-            let last = envelope.number_of_pages.unwrap_or(0).min(MAX_PAGES);
+            let last = envelope.number_of_pages.unwrap_or(0);
+            if last > MAX_PAGES {
+                return Err(UpstreamError::invalid_response(format!(
+                    "Ibanera reports {last} pages of balances, more than the {MAX_PAGES} tally reads; \
+                     raise this account's page_size ({})",
+                    self.page_size
+                ))
+                .with_status(response.status));
+            }
             if number >= last {
                 break;
             }

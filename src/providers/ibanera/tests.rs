@@ -233,3 +233,19 @@ async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
     let e = client(&server).fetch_balances().await.unwrap_err();
     assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)), "a refused data call");
 }
+
+#[tokio::test]
+async fn more_pages_than_tally_reads_is_an_error_not_a_partial_success() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(3600)).await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .respond_with(page(PAGE_1, 1, MAX_PAGES + 1))
+        .mount(&server)
+        .await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    assert!(e.message.contains("101 pages") && e.message.contains("page_size"), "{}", e.message);
+    let pages = server.received_requests().await.unwrap().iter().filter(|r| r.url.path() == BALANCES_PATH).count();
+    assert_eq!(pages, 1, "known from the first page");
+}

@@ -116,8 +116,16 @@ impl ProviderClient for YedpayClient {
             if let Some(settlement) = found {
                 return Ok(PayoutLookup::Found(Box::new(transformers::payout(settlement, self.utc_offset)?)));
             }
-            if page >= total_pages || page >= MAX_PAGES {
+            if page >= total_pages {
                 return Ok(PayoutLookup::NotFound);
+            }
+            if page >= MAX_PAGES {
+                // Not found in what was searched is not "unknown": the rest was never read.
+                return Err(UpstreamError::invalid_response(format!(
+                    "Yedpay lists {total_pages} pages of settlements; the first {MAX_PAGES} ({} settlements) \
+                     do not hold `{id}` and the rest were not searched",
+                    MAX_PAGES * PAGE_SIZE
+                )));
             }
             page += 1;
         }

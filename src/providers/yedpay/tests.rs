@@ -155,3 +155,23 @@ async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
     let e = balance_error(ResponseTemplate::new(403)).await;
     assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)));
 }
+
+#[tokio::test]
+async fn a_settlement_beyond_the_page_cap_is_an_error_not_a_not_found() {
+    let server = MockServer::start().await;
+    // Every page says there are more than tally searches, and none holds the id.
+    Mock::given(method("GET"))
+        .and(path("/v1/settlements"))
+        .respond_with(json(200, &page(&[settlement("S1", "T1", "settled")], 1, MAX_PAGES + 10)))
+        .mount(&server)
+        .await;
+    let e = client(&server, r#"["HKD"]"#).lookup_payout("S9").await.unwrap_err();
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    assert!(e.message.contains("not searched"), "{}", e.message);
+    assert_eq!(server.received_requests().await.unwrap().len(), MAX_PAGES as usize);
+    // Within the searched pages it is still found.
+    let PayoutLookup::Found(p) = client(&server, r#"["HKD"]"#).lookup_payout("T1").await.unwrap() else {
+        panic!("found on the first page")
+    };
+    assert_eq!(p.id, "S1");
+}
