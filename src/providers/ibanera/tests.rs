@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use wiremock::matchers::{method, path, query_param};
@@ -132,18 +133,117 @@ async fn the_token_is_reused_until_it_expires_then_exactly_one_new_login() {
 }
 
 #[tokio::test]
-async fn a_refused_token_leads_to_one_new_login_and_one_retry() {
+async fn a_refused_cached_token_leads_to_one_new_login_and_one_retry() {
     let server = MockServer::start().await;
     mount_login(&server, login_ok(3600)).await;
+    mount_pages(&server).await;
+    let c = client(&server);
+    c.fetch_balances().await.unwrap();
+    // The provider drops the token before its announced expiry.
     Mock::given(method("GET"))
         .and(path(BALANCES_PATH))
         .respond_with(ResponseTemplate::new(401))
         .up_to_n_times(1)
+        .with_priority(1)
         .mount(&server)
         .await;
-    mount_pages(&server).await;
-    client(&server).fetch_balances().await.unwrap();
+    c.fetch_balances().await.unwrap();
     assert_eq!(logins(&server).await, 2);
+}
+
+/// A fixed time in the middle of a TOTP step.
+const NOW: i64 = 1_700_000_015;
+
+fn at(server: &MockServer, unix: i64) -> (IbaneraClient, Arc<crate::service::ManualClock>) {
+    let clock = Arc::new(crate::service::ManualClock::new(chrono::DateTime::from_timestamp(unix, 0).unwrap()));
+    let mut c = client(server);
+    c.clock = clock.clone();
+    (c, clock)
+}
+
+fn code(step: u64) -> String {
+    totp::code_for_step(&totp::generator(&SecretString::from(SECRET)).unwrap(), step)
+}
+
+/// A request carrying the code of one TOTP step, in the `otp` header or the login body.
+struct OtpOf(u64);
+
+impl Match for OtpOf {
+    fn matches(&self, request: &Request) -> bool {
+        let header = request.headers.get("otp").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = serde_json::from_slice::<serde_json::Value>(&request.body).ok();
+        let login = body.as_ref().and_then(|b| b["otp"].as_str()).map(str::to_owned);
+        header.or(login) == Some(code(self.0))
+    }
+}
+
+async fn data_call_otps(server: &MockServer) -> Vec<String> {
+    let requests = server.received_requests().await.unwrap();
+    let calls = requests.iter().filter(|r| r.url.path() == BALANCES_PATH);
+    calls.map(|r| r.headers.get("otp").unwrap().to_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_call_refused_right_after_a_login_is_retried_with_the_next_steps_code_and_no_new_login() {
+    let server = MockServer::start().await;
+    let step = totp::step_at(NOW as u64);
+    Mock::given(method("POST"))
+        .and(path(LOGIN_PATH))
+        .and(OtpOf(step))
+        .respond_with(login_ok(3600))
+        .mount(&server)
+        .await;
+    // A server that refuses a code used twice: the login's code is refused on the data call.
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(step))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(step + 1))
+        .respond_with(page(PAGE_2, 1, 1))
+        .mount(&server)
+        .await;
+    let (c, _) = at(&server, NOW);
+    let fetch = c.fetch_balances().await.unwrap();
+    assert_eq!(fetch.entries.len(), 1);
+    assert_eq!(logins(&server).await, 1, "a second login would reuse the refused code");
+    assert_eq!(data_call_otps(&server).await, [code(step), code(step + 1)]);
+}
+
+#[tokio::test]
+async fn after_a_new_login_for_a_refused_cached_token_the_retry_uses_the_next_steps_code() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(LOGIN_PATH)).respond_with(login_ok(3600)).mount(&server).await;
+    let first = totp::step_at(NOW as u64);
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(first))
+        .respond_with(page(PAGE_2, 1, 1))
+        .mount(&server)
+        .await;
+    let (c, clock) = at(&server, NOW);
+    c.fetch_balances().await.unwrap();
+    clock.advance(Duration::from_secs(600));
+    let later = first + 20;
+    // The cached token is refused; the new login takes the current step's code.
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(later))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(later + 1))
+        .respond_with(page(PAGE_2, 1, 1))
+        .mount(&server)
+        .await;
+    c.fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 2);
+    assert_eq!(data_call_otps(&server).await, [code(first), code(later), code(later + 1)]);
 }
 
 #[tokio::test]
