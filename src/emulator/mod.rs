@@ -254,7 +254,7 @@ async fn inject_faults(
         return (StatusCode::SERVICE_UNAVAILABLE, "<html><body>503 Service Unavailable</body></html>").into_response();
     }
     if let Some(secs) = faults.rate_limit {
-        let mut r = json(StatusCode::TOO_MANY_REQUESTS, r#"{"message":"Too Many Requests"}"#.to_owned());
+        let mut r = too_many_requests(provider);
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
@@ -270,6 +270,16 @@ async fn inject_faults(
         return Response::from_parts(parts, axum::body::Body::from(cut));
     }
     response
+}
+
+/// A rate-limit refusal in the provider's own shape, as a client would meet it.
+fn too_many_requests(provider: Provider) -> Response {
+    match provider {
+        Provider::Leanx => leanx::too_many_requests(),
+        Provider::Luxtak => luxtak::too_many_requests(),
+        Provider::Ibanera => ibanera::too_many_requests(),
+        Provider::Yedpay => yedpay::too_many_requests(),
+    }
 }
 
 async fn put_faults(
