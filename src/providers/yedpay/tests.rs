@@ -175,3 +175,36 @@ async fn a_settlement_beyond_the_page_cap_is_an_error_not_a_not_found() {
     };
     assert_eq!(p.id, "S1");
 }
+
+/// A Yedpay fake whose balance answers wait until two requests are in flight at once: asked one
+/// after the other, the first would never be answered and the fetch would fail.
+async fn rendezvous_server() -> std::net::SocketAddr {
+    use axum::extract::Query;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let handler = move |Query(q): Query<std::collections::HashMap<String, String>>| {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            let body = if q.get("currency").map(String::as_str) == Some("USD") { USD } else { HKD };
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+        }
+    };
+    let app = axum::Router::new().route("/v1/balance/{company_id}", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn the_currencies_are_asked_concurrently() {
+    let addr = rendezvous_server().await;
+    // A generous timeout: only a sequential client ever reaches it.
+    let fields = format!(
+        "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = [\"HKD\", \"USD\"]\ntimeout = \"5s\""
+    );
+    let c = YedpayClient::new(&account("yedpay", &format!("http://{addr}"), &fields), http());
+    let fetch = c.fetch_balances().await.expect("both calls were in flight together");
+    let currencies: Vec<&str> = fetch.entries.iter().map(|e| e.currency.as_str()).collect();
+    assert_eq!(currencies, ["HKD", "USD"]);
+}
