@@ -114,6 +114,7 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::UpstreamErrorKind;
 
     fn at(unix: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(unix)
@@ -152,6 +153,48 @@ mod tests {
         // The date has whole seconds, and a little time passed since it was written.
         let wait = e.retry_after.expect("the date is read");
         assert!(wait > Duration::from_secs(110) && wait <= Duration::from_secs(120), "{wait:?}");
+    }
+
+    const MIB: usize = 1024 * 1024;
+
+    async fn fetch(url: String) -> Result<UpstreamResponse, UpstreamError> {
+        let http = UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES);
+        http.send(http.client().get(url)).await
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_an_invalid_response_and_one_at_it_is_read() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::path};
+        let server = MockServer::start().await;
+        for (route, len) in [("/over", DEFAULT_MAX_RESPONSE_BYTES + 1), ("/at", DEFAULT_MAX_RESPONSE_BYTES)] {
+            Mock::given(path(route))
+                .respond_with(ResponseTemplate::new(200).set_body_raw(vec![b' '; len], "application/json"))
+                .mount(&server)
+                .await;
+        }
+        let e = fetch(format!("{}/over", server.uri())).await.unwrap_err();
+        assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::InvalidResponse, Some(200)));
+        assert!(e.message.contains("larger than 2097152 bytes"), "{}", e.message);
+        assert_eq!(fetch(format!("{}/at", server.uri())).await.unwrap().body.len(), DEFAULT_MAX_RESPONSE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_without_a_length_is_cut_off_at_the_cap() {
+        // Three 1 MiB chunks, sent chunked: the size is only known by reading.
+        let stream = || {
+            let chunks = (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; MIB])));
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+        };
+        let app = axum::Router::new().route("/stream", axum::routing::get(move || async move { stream() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/stream", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        crate::install_crypto_provider();
+        let plain = reqwest::Client::new().get(&url).send().await.unwrap();
+        assert_eq!(plain.content_length(), None, "no Content-Length to reject it by");
+        let e = fetch(url).await.unwrap_err();
+        assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::InvalidResponse, Some(200)));
     }
 
     #[test]
