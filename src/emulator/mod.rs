@@ -7,7 +7,7 @@
 //! Control routes: `PUT /_control/faults/{provider}` (JSON [`Faults`]), `GET /_control/calls`,
 //! `POST /_control/ibanera/expire-tokens`.
 
-mod data;
+pub mod data;
 mod faults;
 mod ibanera;
 mod leanx;
@@ -124,6 +124,18 @@ impl Emulator {
 
     pub fn set_faults(&self, provider: Provider, faults: Faults) {
         self.shared.faults.lock().expect("emulator lock is never held across a panic").insert(provider, faults);
+    }
+
+    /// Minutes since start: the demo balances are [`data`]'s figures at this minute.
+    pub fn minute(&self) -> u64 {
+        self.shared.minute()
+    }
+
+    /// Reads [`minute`](Self::minute) without borrowing the emulator (`tally demo` moves it into
+    /// its server task), so a test can tell which minute's figures it was served.
+    pub fn minute_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.minute()
     }
 
     /// API calls received by one provider's emulator (control routes excluded).
