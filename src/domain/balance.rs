@@ -1,6 +1,6 @@
 use rust_decimal::Decimal;
 
-use super::Currency;
+use super::{Currency, RawJson};
 
 /// One `(wallet, currency)` figure set of one account, as the provider reported it.
 /// A figure the provider does not report is `None`, never an invented zero.
@@ -53,5 +53,5 @@ impl BalanceEntry {
 #[derive(Clone, Debug)]
 pub struct BalanceFetch {
     pub entries: Vec<BalanceEntry>,
-    pub raw: serde_json::Value,
+    pub raw: RawJson,
 }

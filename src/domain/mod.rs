@@ -8,9 +8,11 @@ mod balance;
 mod money;
 mod payout;
 mod provider;
+mod raw_json;
 
 pub use account::{AccountId, InvalidAccountId};
 pub use balance::{BalanceEntry, BalanceFetch};
 pub use money::{Currency, InvalidCurrency, de_decimal_number, de_opt_decimal_number, parse_decimal};
 pub use payout::{Payout, PayoutFailure, PayoutLookup, PayoutStatus};
 pub use provider::{Provider, UnknownProvider};
+pub use raw_json::{InvalidRawJson, JsonNumber, RawJson};

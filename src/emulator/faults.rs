@@ -16,8 +16,9 @@ pub struct Faults {
     #[serde(with = "humantime_serde_compat")]
     pub jitter: Duration,
     /// Share of calls (0 to 1) answered with HTTP 500. A probability, not money: f64 is right.
+    #[serde(deserialize_with = "de_probability")]
     pub error_rate: f64,
-    /// Answer 429 with this `Retry-After` (seconds).
+    /// Answer 429, in the provider's own rate-limit shape, with this `Retry-After` (seconds).
     pub rate_limit: Option<u64>,
     /// Never answer.
     pub hang: bool,
@@ -39,9 +40,7 @@ impl FromStr for Faults {
             match key {
                 "latency" => f.latency = humantime::parse_duration(value).map_err(|_| bad())?,
                 "jitter" => f.jitter = humantime::parse_duration(value).map_err(|_| bad())?,
-                "error_rate" => {
-                    f.error_rate = value.parse().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(bad)?;
-                }
+                "error_rate" => f.error_rate = probability(value.parse().map_err(|_| bad())?)?,
                 "rate_limit" => f.rate_limit = Some(value.parse().map_err(|_| bad())?),
                 "hang" => f.hang = true,
                 "malformed" => f.malformed = true,
@@ -55,6 +54,20 @@ impl FromStr for Faults {
         }
         Ok(f)
     }
+}
+
+/// `error_rate` is a share of calls: the flag and the control endpoint refuse anything else
+/// rather than act on it (a rate of 2 would fail every call, -1 none, silently).
+fn probability(rate: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("error_rate must be between 0 and 1 (a share of calls), not {rate}"))
+    }
+}
+
+fn de_probability<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    probability(f64::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// Durations as strings like `"100ms"` in the control endpoint's JSON.

@@ -32,6 +32,12 @@ fn refused(status: StatusCode, code: &str) -> Response {
     )
 }
 
+/// Ibanera documents no rate limit (PROVIDERS.md §3.6): its common error envelope over HTTP 429,
+/// with an assumed message code.
+pub fn too_many_requests() -> Response {
+    refused(StatusCode::TOO_MANY_REQUESTS, "Too_Many_Requests")
+}
+
 /// The current TOTP step ±1, as servers allow for clock skew.
 fn otp_ok(code: &str) -> bool {
     let generator =

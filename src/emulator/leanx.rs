@@ -28,6 +28,11 @@ fn invalid_token() -> Response {
     json(StatusCode::UNAUTHORIZED, r#"{"response_code":4001,"description":"INVALID_TOKEN","app_version":"/api/v1","data":null,"breakdown_errors":"INVALID_TOKEN","token":""}"#.to_owned())
 }
 
+/// LeanX documents no rate limit (PROVIDERS.md §1.6); this envelope, over HTTP 429, is assumed.
+pub fn too_many_requests() -> Response {
+    json(StatusCode::TOO_MANY_REQUESTS, r#"{"response_code":4290,"description":"TOO_MANY_REQUESTS","app_version":"/api/v1","data":null,"breakdown_errors":"TOO_MANY_REQUESTS","token":""}"#.to_owned())
+}
+
 async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let Some(token) = token(&headers) else { return invalid_token() };
     let (transaction, prefund) = leanx_pools(token, shared.minute()).expect("known tokens have pools");

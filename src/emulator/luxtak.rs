@@ -26,10 +26,24 @@ fn envelope(http: StatusCode, code: i64, msg: &str, data: Value) -> Response {
     respond(http, json!({"code": code, "msg": msg, "time": time, "data": data}).to_string())
 }
 
+/// The documented rate-limit answer (PROVIDERS.md §2.6: 4004029 over HTTP 429).
+pub fn too_many_requests() -> Response {
+    envelope(StatusCode::TOO_MANY_REQUESTS, 4_004_029, "too many requests", json!({}))
+}
+
 /// Checks `AppId`, the signature and the timestamp window, as the platform does; returns the
-/// body's params or the documented error.
+/// body's params or the documented error: 4004100 / 4004101 for a missing `AppId` /
+/// `Authorization`, 4004003 for a wrong one (PROVIDERS.md §2.6).
 fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Box<Response>> {
-    let denied = || Box::new(envelope(StatusCode::UNAUTHORIZED, 4_004_003, "permission denied", json!({})));
+    let refused = |code, msg| Box::new(envelope(StatusCode::UNAUTHORIZED, code, msg, json!({})));
+    let denied = || refused(4_004_003, "permission denied");
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    if header("AppId").is_none() {
+        return Err(refused(4_004_100, "MerchantId or AppId is required"));
+    }
+    if header("Authorization").is_none() {
+        return Err(refused(4_004_101, "Authorization is required"));
+    }
     let Ok(Value::Object(params)) = serde_json::from_slice::<Value>(body) else {
         return Err(Box::new(envelope(
             StatusCode::BAD_REQUEST,
@@ -38,7 +52,6 @@ fn verify(shared: &Shared, headers: &HeaderMap, body: &Bytes) -> Result<Map<Stri
             json!({"err": "body is not a JSON object"}),
         )));
     };
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("AppId") != Some(credentials::LUXTAK_APP_ID) {
         return Err(denied());
     }

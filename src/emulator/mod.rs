@@ -7,7 +7,7 @@
 //! Control routes: `PUT /_control/faults/{provider}` (JSON [`Faults`]), `GET /_control/calls`,
 //! `POST /_control/ibanera/expire-tokens`.
 
-mod data;
+pub mod data;
 mod faults;
 mod ibanera;
 mod leanx;
@@ -124,6 +124,18 @@ impl Emulator {
 
     pub fn set_faults(&self, provider: Provider, faults: Faults) {
         self.shared.faults.lock().expect("emulator lock is never held across a panic").insert(provider, faults);
+    }
+
+    /// Minutes since start: the demo balances are [`data`]'s figures at this minute.
+    pub fn minute(&self) -> u64 {
+        self.shared.minute()
+    }
+
+    /// Reads [`minute`](Self::minute) without borrowing the emulator (`tally demo` moves it into
+    /// its server task), so a test can tell which minute's figures it was served.
+    pub fn minute_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || shared.minute()
     }
 
     /// API calls received by one provider's emulator (control routes excluded).
@@ -254,7 +266,7 @@ async fn inject_faults(
         return (StatusCode::SERVICE_UNAVAILABLE, "<html><body>503 Service Unavailable</body></html>").into_response();
     }
     if let Some(secs) = faults.rate_limit {
-        let mut r = json(StatusCode::TOO_MANY_REQUESTS, r#"{"message":"Too Many Requests"}"#.to_owned());
+        let mut r = too_many_requests(provider);
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
@@ -270,6 +282,16 @@ async fn inject_faults(
         return Response::from_parts(parts, axum::body::Body::from(cut));
     }
     response
+}
+
+/// A rate-limit refusal in the provider's own shape, as a client would meet it.
+fn too_many_requests(provider: Provider) -> Response {
+    match provider {
+        Provider::Leanx => leanx::too_many_requests(),
+        Provider::Luxtak => luxtak::too_many_requests(),
+        Provider::Ibanera => ibanera::too_many_requests(),
+        Provider::Yedpay => yedpay::too_many_requests(),
+    }
 }
 
 async fn put_faults(

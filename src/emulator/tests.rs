@@ -146,22 +146,222 @@ async fn wrong_credentials_get_each_providers_documented_refusal() {
     // The documented bodies themselves.
     let http = reqwest::Client::new();
     let r = http
+        .post(format!("{}/api/v1/merchant/overall-balance", emu.base_url(Provider::Leanx)))
+        .header("auth-token", "wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(r).await,
+        (
+            401,
+            json!({"response_code": 4001, "description": "INVALID_TOKEN", "app_version": "/api/v1", "data": null,
+                   "breakdown_errors": "INVALID_TOKEN", "token": ""})
+        ),
+        "the FAQ's INVALID_TOKEN in LeanX's envelope"
+    );
+    let r = http
         .post(format!("{}/api/balance", emu.base_url(Provider::Luxtak)))
+        .header("AppId", credentials::LUXTAK_APP_ID)
+        .header("Authorization", "0".repeat(64))
         .body("{\"timestamp\":1}")
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
-    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    let (status, body) = answer(r).await;
+    assert_eq!(status, 401);
     assert_eq!((body["code"].as_i64(), body["msg"].as_str()), (Some(4_004_003), Some("permission denied")));
+    let r = http
+        .post(format!("{}/api/v1/public/auth/login", emu.base_url(Provider::Ibanera)))
+        .body(json!({"username": credentials::IBANERA_USERNAME, "password": "wrong", "otp": current_otp()}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(r).await,
+        (
+            400,
+            json!({"id": 0, "details": null, "status": "0",
+                   "errors": [{"fieldName": "", "messageCode": "Username_Or_Password_Incorrect"}]})
+        ),
+        "a documented login messageCode in the common envelope"
+    );
     let r = http
         .get(format!("{}/v1/balance/JwoMPpKy", emu.base_url(Provider::Yedpay)))
         .bearer_auth("nope")
         .send()
         .await
         .unwrap();
-    let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
-    assert_eq!(body, json!({"success": false, "message": "Unauthenticated.", "status": 500}));
+    assert_eq!(answer(r).await.1, json!({"success": false, "message": "Unauthenticated.", "status": 500}));
+}
+
+/// Status and JSON body of an emulator's answer.
+async fn answer(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let bytes = r.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes))))
+}
+
+fn ibanera_totp() -> totp_rs::Totp {
+    crate::providers::ibanera::totp::generator(&credentials::IBANERA_TOTP_SECRET.to_owned().into()).unwrap()
+}
+
+fn current_otp() -> String {
+    crate::providers::ibanera::totp::code_at(&ibanera_totp(), chrono::Utc::now().timestamp() as u64)
+}
+
+#[tokio::test]
+async fn an_ibanera_data_call_with_a_bad_otp_is_refused_even_with_a_live_token() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    let base = emu.base_url(Provider::Ibanera);
+    let login = json!({"username": credentials::IBANERA_USERNAME, "password": credentials::IBANERA_PASSWORD,
+                       "otp": current_otp()});
+    let r = http.post(format!("{base}/api/v1/public/auth/login")).body(login.to_string()).send().await.unwrap();
+    let (status, body) = answer(r).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["details"]["accessToken"].as_str().unwrap().to_owned();
+    // A code valid in no step the server accepts (now ±1).
+    let now = chrono::Utc::now().timestamp() as u64;
+    let valid: Vec<String> = [now - 30, now, now + 30, now + 60]
+        .iter()
+        .map(|t| crate::providers::ibanera::totp::code_at(&ibanera_totp(), *t))
+        .collect();
+    let bad = (0..1_000_000).map(|n| format!("{n:06}")).find(|c| !valid.contains(c)).unwrap();
+    let balances = format!("{base}/api/v1/customer/accounts/balances");
+    for otp in [Some(bad.as_str()), None] {
+        let mut request = http.get(&balances).bearer_auth(&token);
+        if let Some(otp) = otp {
+            request = request.header("otp", otp);
+        }
+        let (status, body) = answer(request.send().await.unwrap()).await;
+        assert_eq!((status, &body["status"], &body["details"]), (400, &json!("0"), &Value::Null), "otp {otp:?}");
+        assert_eq!(body["errors"][0]["messageCode"], "Invalid_Otp");
+    }
+    let r = http.get(&balances).bearer_auth(&token).header("otp", current_otp()).send().await.unwrap();
+    assert_eq!(answer(r).await.0, 200, "the same token with a valid code is served");
+}
+
+#[tokio::test]
+async fn luxtak_requests_without_app_id_or_authorization_get_the_documented_codes() {
+    let emu = emulator().await;
+    let url = format!("{}/api/balance", emu.base_url(Provider::Luxtak));
+    let http = reqwest::Client::new();
+    let params: serde_json::Map<String, Value> =
+        serde_json::from_value(json!({"timestamp": chrono::Utc::now().timestamp()})).unwrap();
+    let signature = crate::providers::luxtak::sign(&params, credentials::LUXTAK_APP_KEY);
+    let body = Value::Object(params).to_string();
+    let r = http.post(&url).header("Authorization", &signature).body(body.clone()).send().await.unwrap();
+    let (status, answer_body) = answer(r).await;
+    assert_eq!(
+        (status, answer_body["code"].as_i64(), answer_body["msg"].as_str()),
+        (401, Some(4_004_100), Some("MerchantId or AppId is required"))
+    );
+    let r = http.post(&url).header("AppId", credentials::LUXTAK_APP_ID).body(body.clone()).send().await.unwrap();
+    let (status, answer_body) = answer(r).await;
+    assert_eq!(
+        (status, answer_body["code"].as_i64(), answer_body["msg"].as_str()),
+        (401, Some(4_004_101), Some("Authorization is required"))
+    );
+    let r = http
+        .post(&url)
+        .header("AppId", credentials::LUXTAK_APP_ID)
+        .header("Authorization", &signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(r).await.0, 200, "both present and right");
+}
+
+#[tokio::test]
+async fn an_injected_rate_limit_answers_in_each_providers_own_shape() {
+    let emu = emulator().await;
+    let accounts = demo_accounts(&emu);
+    let http = reqwest::Client::new();
+    let cases = [
+        (
+            0,
+            Provider::Leanx,
+            http.post(format!("{}/api/v1/merchant/overall-balance", emu.base_url(Provider::Leanx))),
+            json!({"response_code": 4290, "description": "TOO_MANY_REQUESTS", "app_version": "/api/v1", "data": null,
+                   "breakdown_errors": "TOO_MANY_REQUESTS", "token": ""}),
+        ),
+        (
+            2,
+            Provider::Luxtak,
+            http.post(format!("{}/api/balance", emu.base_url(Provider::Luxtak))),
+            json!({"code": 4_004_029, "msg": "too many requests", "data": {}}),
+        ),
+        (
+            3,
+            Provider::Ibanera,
+            http.post(format!("{}/api/v1/public/auth/login", emu.base_url(Provider::Ibanera))),
+            json!({"id": 0, "details": null, "status": "0",
+                   "errors": [{"fieldName": "", "messageCode": "Too_Many_Requests"}]}),
+        ),
+        (
+            4,
+            Provider::Yedpay,
+            http.get(format!("{}/v1/settlements", emu.base_url(Provider::Yedpay))),
+            json!({"success": false, "message": "Too Many Attempts.", "status": 429}),
+        ),
+    ];
+    for (account, provider, request, expected) in cases {
+        emu.set_faults(provider, Faults { rate_limit: Some(9), ..Faults::default() });
+        let r = request.send().await.unwrap();
+        assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("9"), "{provider}");
+        let (status, mut body) = answer(r).await;
+        if provider == Provider::Luxtak {
+            assert!(body["time"].is_i64(), "Luxtak's envelope has a time");
+            body.as_object_mut().unwrap().remove("time");
+        }
+        assert_eq!((status, body), (429, expected), "{provider}");
+        // And tally's client reads it as the rate limit it is.
+        let e = client(&accounts[account]).fetch_balances().await.unwrap_err();
+        assert_eq!(
+            (e.kind, e.retry_after),
+            (UpstreamErrorKind::RateLimited, Some(Duration::from_secs(9))),
+            "{provider}"
+        );
+    }
+}
+
+#[test]
+fn luxtak_payout_times_agree_with_the_dates_in_their_ids() {
+    for p in &data::LUXTAK_PAYOUTS {
+        // `TS` + the UTC creation time as YYYYMMDDhhmmss + a sequence (PROVIDERS.md §2.7).
+        let encoded = chrono::NaiveDateTime::parse_from_str(&p.payout_id[2..16], "%Y%m%d%H%M%S").unwrap().and_utc();
+        assert_eq!(encoded.timestamp(), p.create_time, "{}", p.payout_id);
+        assert!(p.update_time >= p.create_time, "{}", p.payout_id);
+    }
+}
+
+#[tokio::test]
+async fn an_error_rate_outside_0_to_1_is_refused_by_the_control_endpoint_and_the_flag() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    for rate in ["1.5", "-0.1", "2"] {
+        let r = http
+            .put(format!("http://{}/_control/faults/leanx", emu.addr()))
+            .body(format!(r#"{{"error_rate":{rate}}}"#))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{rate}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("error_rate must be between 0 and 1"), "{rate}: {text}");
+        let flag = format!("error_rate={rate}").parse::<Faults>().unwrap_err();
+        assert!(flag.contains("error_rate must be between 0 and 1"), "{rate}: {flag}");
+    }
+    assert!(client(&demo_accounts(&emu)[0]).fetch_balances().await.is_ok(), "no refused fault was applied");
+    let r = http
+        .put(format!("http://{}/_control/faults/leanx", emu.addr()))
+        .body(r#"{"error_rate":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "the bounds themselves are valid");
 }
 
 #[tokio::test]

@@ -23,6 +23,16 @@ fn unauthenticated() -> Response {
     respond(StatusCode::UNAUTHORIZED, r#"{"success":false,"message":"Unauthenticated.","status":500}"#.to_owned())
 }
 
+/// Yedpay documents no rate limit (PROVIDERS.md §4.6). Its error messages are Laravel's
+/// (`Unauthenticated.`, `This action is unauthorized.`), so its throttle's is assumed, in the
+/// documented error shape.
+pub fn too_many_requests() -> Response {
+    respond(
+        StatusCode::TOO_MANY_REQUESTS,
+        r#"{"success":false,"message":"Too Many Attempts.","status":429}"#.to_owned(),
+    )
+}
+
 fn authorized(headers: &HeaderMap) -> bool {
     headers.get("authorization").and_then(|v| v.to_str().ok())
         == Some(&format!("Bearer {}", credentials::YEDPAY_ACCESS_TOKEN))

@@ -158,6 +158,22 @@ impl UpstreamError {
     }
 }
 
+impl UpstreamError {
+    /// Classifies an answer whose body is not the documented JSON. Its status still says
+    /// something: a 401 or 403 is a refusal of tally's credentials whatever the body (gateways
+    /// and proxies refuse with an HTML page or an empty body, which must not read as a broken
+    /// provider and be retried); anything else is `upstream_invalid_response`.
+    pub fn from_undocumented_body(status: u16, parse_error: &dyn fmt::Display) -> Self {
+        let error = match status {
+            401 | 403 => Self::auth_failed(format!(
+                "the provider refused tally's credentials (HTTP {status}, without its documented JSON body)"
+            )),
+            _ => Self::invalid_response(format!("the provider's answer is not the documented JSON: {parse_error}")),
+        };
+        error.with_status(status)
+    }
+}
+
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code(), self.message)?;
@@ -182,6 +198,19 @@ mod tests {
         assert_eq!(UpstreamError::from_status(503, None).unwrap().code(), "upstream_unavailable");
         assert!(UpstreamError::from_status(401, None).is_none());
         assert!(UpstreamError::from_status(200, None).is_none());
+    }
+
+    #[test]
+    fn an_undocumented_body_is_an_auth_failure_only_under_401_and_403() {
+        for status in [401, 403] {
+            let e = UpstreamError::from_undocumented_body(status, &"expected value at line 1");
+            assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(status)));
+        }
+        for status in [200, 400, 404] {
+            let e = UpstreamError::from_undocumented_body(status, &"expected value at line 1");
+            assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::InvalidResponse, Some(status)));
+            assert!(e.message.contains("expected value at line 1"));
+        }
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The one HTTP client every provider shares: created once, pooled, with a connect timeout,
 //! a `tally/<version>` user agent and a cap on how much of an answer it reads.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::de::DeserializeOwned;
 
 use super::UpstreamError;
+use crate::domain::RawJson;
 
 /// Default cap on an upstream answer: balances and payout lookups are a few KiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
@@ -77,17 +78,16 @@ impl UpstreamResponse {
     }
 
     /// Parses the body as the documented JSON; anything else (an HTML error page, a truncated
-    /// body) is `upstream_invalid_response`.
+    /// body) is classified by [`UpstreamError::from_undocumented_body`].
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, UpstreamError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            UpstreamError::invalid_response(format!("the provider's answer is not the documented JSON: {e}"))
-                .with_status(self.status)
-        })
+        serde_json::from_slice(&self.body).map_err(|e| UpstreamError::from_undocumented_body(self.status, &e))
     }
 
-    /// The body as generic JSON, for `include=raw`.
-    pub fn raw_json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    /// The body as exact JSON (numbers as sent), for `include=raw`.
+    pub fn raw_json(&self) -> Result<RawJson, UpstreamError> {
+        RawJson::from_slice(&self.body).map_err(|e| {
+            UpstreamError::invalid_response(format!("the provider's answer is not JSON: {e}")).with_status(self.status)
+        })
     }
 }
 
@@ -95,7 +95,113 @@ fn too_large(cap: usize) -> UpstreamError {
     UpstreamError::invalid_response(format!("the provider's answer is larger than {cap} bytes"))
 }
 
-/// `Retry-After` in its delay-seconds form. The HTTP-date form is rare in APIs and is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok().map(Duration::from_secs)
+    parse_retry_after(headers.get(RETRY_AFTER)?.to_str().ok()?, SystemTime::now())
+}
+
+/// `Retry-After` in either form of RFC 9110 §10.2.3: delay-seconds (`120`) or an HTTP-date
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`, and the obsolete RFC 850 and asctime forms), read against
+/// `now`. A date already past means "now" (zero); anything unreadable is ignored.
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::UpstreamErrorKind;
+
+    fn at(unix: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(unix)
+    }
+
+    /// 1994-11-06T08:49:37Z, the RFC's example date.
+    const EXAMPLE: u64 = 784_111_777;
+
+    #[test]
+    fn retry_after_reads_delay_seconds() {
+        assert_eq!(parse_retry_after("120", at(0)), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 7 ", at(0)), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn retry_after_reads_every_http_date_form_against_now() {
+        let now = at(EXAMPLE - 30);
+        for date in ["Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(parse_retry_after(date, now), Some(Duration::from_secs(30)), "{date}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_429_with_an_http_date_carries_the_delay_until_then() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::any};
+        let server = MockServer::start().await;
+        let then = SystemTime::now() + Duration::from_secs(120);
+        Mock::given(any())
+            .respond_with(ResponseTemplate::new(429).insert_header("retry-after", httpdate::fmt_http_date(then)))
+            .mount(&server)
+            .await;
+        let http = UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES);
+        let response = http.send(http.client().get(server.uri())).await.unwrap();
+        let e = response.check_status().unwrap_err();
+        assert_eq!(e.code(), "upstream_rate_limited");
+        // The date has whole seconds, and a little time passed since it was written.
+        let wait = e.retry_after.expect("the date is read");
+        assert!(wait > Duration::from_secs(110) && wait <= Duration::from_secs(120), "{wait:?}");
+    }
+
+    const MIB: usize = 1024 * 1024;
+
+    async fn fetch(url: String) -> Result<UpstreamResponse, UpstreamError> {
+        let http = UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES);
+        http.send(http.client().get(url)).await
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_an_invalid_response_and_one_at_it_is_read() {
+        use wiremock::{Mock, MockServer, ResponseTemplate, matchers::path};
+        let server = MockServer::start().await;
+        for (route, len) in [("/over", DEFAULT_MAX_RESPONSE_BYTES + 1), ("/at", DEFAULT_MAX_RESPONSE_BYTES)] {
+            Mock::given(path(route))
+                .respond_with(ResponseTemplate::new(200).set_body_raw(vec![b' '; len], "application/json"))
+                .mount(&server)
+                .await;
+        }
+        let e = fetch(format!("{}/over", server.uri())).await.unwrap_err();
+        assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::InvalidResponse, Some(200)));
+        assert!(e.message.contains("larger than 2097152 bytes"), "{}", e.message);
+        assert_eq!(fetch(format!("{}/at", server.uri())).await.unwrap().body.len(), DEFAULT_MAX_RESPONSE_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_answer_without_a_length_is_cut_off_at_the_cap() {
+        // Three 1 MiB chunks, sent chunked: the size is only known by reading.
+        let stream = || {
+            let chunks = (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; MIB])));
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+        };
+        let app = axum::Router::new().route("/stream", axum::routing::get(move || async move { stream() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/stream", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        crate::install_crypto_provider();
+        let plain = reqwest::Client::new().get(&url).send().await.unwrap();
+        assert_eq!(plain.content_length(), None, "no Content-Length to reject it by");
+        let e = fetch(url).await.unwrap_err();
+        assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::InvalidResponse, Some(200)));
+    }
+
+    #[test]
+    fn a_past_date_means_now_and_garbage_is_ignored() {
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", at(EXAMPLE + 60)), Some(Duration::ZERO));
+        for bad in ["soon", "-5", "1.5", "", "Sun, 32 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(parse_retry_after(bad, at(0)), None, "{bad:?}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::{AccountId, Currency, Provider};
+use crate::domain::{AccountId, Currency, Provider, RawJson};
 
 /// A decimal amount as a JSON string, keeping the provider's scale.
 pub type Amount = Option<Decimal>;
@@ -102,8 +102,10 @@ pub struct AccountLine {
     pub error: Option<AccountError>,
     /// The provider's last raw answer, only with `include=raw`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    // Any JSON, as RawJson's own schema says; named as `serde_json::Value` because utoipa
+    // renders that without a `oneOf` null wrapper, keeping the published document unchanged.
     #[schema(value_type = Option<serde_json::Value>)]
-    pub raw: Option<serde_json::Value>,
+    pub raw: Option<RawJson>,
 }
 
 /// Why an account's figure is not fresh.

@@ -20,7 +20,7 @@ use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 
 use crate::config::StoreSettings;
-use crate::domain::{AccountId, BalanceEntry, Currency, Payout, PayoutStatus, Provider};
+use crate::domain::{AccountId, BalanceEntry, Currency, Payout, PayoutStatus, Provider, RawJson};
 
 /// A store failure. Messages come from the database driver and never hold the store URL.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub struct AccountSnapshot {
     pub provider: Provider,
     pub fetched_at: DateTime<Utc>,
     pub entries: Vec<BalanceEntry>,
-    pub raw: Option<serde_json::Value>,
+    pub raw: Option<RawJson>,
 }
 
 /// Filters of `GET /balances/history`.
@@ -225,8 +225,9 @@ fn parse_status(text: &str) -> Result<PayoutStatus, StoreError> {
     PayoutStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown payout status `{text}`")))
 }
 
-fn parse_raw(text: Option<String>) -> Option<serde_json::Value> {
-    text.and_then(|t| serde_json::from_str(&t).ok())
+/// The stored payload, read back exactly as it was written (numbers as the provider sent them).
+fn parse_raw(text: Option<String>) -> Option<RawJson> {
+    text.and_then(|t| RawJson::parse(&t).ok())
 }
 
 fn decimal_text(d: &Option<Decimal>) -> Option<String> {

@@ -250,10 +250,36 @@ async fn unchanged_figures_add_no_history_rows(db: &TestDb) {
     assert_eq!(wallet_only["points"][0]["available"], "393.63");
 }
 
+/// `include=raw` is the provider's payload digit for digit, live and after a store round trip
+/// (a restart serves it from the store): never re-encoded through f64 (`…94`, `13.0`).
+async fn include_raw_keeps_the_providers_digits_through_the_store(db: &TestDb) {
+    let server = leanx(ok("90071992547409.93", "13.00")).await;
+    let config = account("leanx-main", &server, "ttl = \"1h\"");
+    let exact = [r#""prefund_balance":90071992547409.93,"#, r#""value":13.00,"#];
+    let raw_text = |app: &TestApp| {
+        let url = format!("{}/balances?include=raw", app.base);
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+
+    let app = TestApp::spawn(db.url(), &config).await;
+    let live = raw_text(&app).await;
+    assert!(exact.iter().all(|e| live.contains(e)), "live: {live}");
+    app.stop().await;
+
+    let app = TestApp::spawn(db.url(), &config).await;
+    let stored = raw_text(&app).await;
+    let body: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(account_line(&body, "leanx-main")["source"], "cache");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "the second answer came from the store");
+    assert!(exact.iter().all(|e| stored.contains(e)), "from the store: {stored}");
+}
+
 both_stores!(
     concurrent_requests_share_one_upstream_call,
     a_failed_refresh_serves_the_stored_figure_as_stale,
     unchanged_figures_add_no_history_rows,
+    include_raw_keeps_the_providers_digits_through_the_store,
 );
 
 #[tokio::test]

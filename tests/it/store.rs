@@ -1,7 +1,7 @@
 //! The store contract, run against SQLite and PostgreSQL alike.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tally::domain::{BalanceEntry, Payout, PayoutFailure, PayoutStatus, Provider, parse_decimal};
+use tally::domain::{BalanceEntry, Payout, PayoutFailure, PayoutStatus, Provider, RawJson, parse_decimal};
 use tally::store::{AccountSnapshot, HistoryQuery, StoredPayout};
 
 use crate::both_stores;
@@ -19,13 +19,16 @@ fn entry(wallet: &str, currency: &str, available: &str) -> BalanceEntry {
     }
 }
 
+/// A provider payload with numbers f64 would change (`…94`, `0.0`).
+const RAW: &str = r#"{"response_code":2000,"data":{"prefund_balance":90071992547409.93,"fee":0.00}}"#;
+
 fn snapshot(at: DateTime<Utc>, entries: Vec<BalanceEntry>) -> AccountSnapshot {
     AccountSnapshot {
         account: "leanx-main".parse().unwrap(),
         provider: Provider::Leanx,
         fetched_at: at,
         entries,
-        raw: Some(serde_json::json!({"response_code": 2000})),
+        raw: Some(RawJson::parse(RAW).unwrap()),
     }
 }
 
@@ -53,7 +56,7 @@ async fn an_unchanged_figure_only_moves_its_confirmation_time(db: &TestDb) {
     let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(latest.fetched_at, later);
     assert_eq!(latest.entries.len(), 2);
-    assert_eq!(latest.raw, Some(serde_json::json!({"response_code": 2000})));
+    assert_eq!(latest.raw.unwrap().to_string(), RAW, "the payload reads back digit for digit");
 }
 
 async fn a_changed_figure_adds_a_change_point(db: &TestDb) {

@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use wiremock::matchers::{method, path, query_param};
@@ -106,6 +107,12 @@ async fn logs_in_with_a_totp_and_pages_through_exact_balances() {
     );
     assert!(fetch.entries.iter().all(|e| e.reserved.is_none()));
     assert_eq!(fetch.raw.as_array().unwrap().len(), 2, "both pages, never the login answer");
+    // The raw pages keep the numbers as sent (f64 would write …94, 1500.0 and 0.0).
+    assert_eq!(fetch.raw[1]["details"][0]["totalBalance"].as_number(), Some("90071992547409.93"));
+    assert_eq!(fetch.raw[1]["details"][0]["pendingBalance"].as_number(), Some("0.00"));
+    assert_eq!(fetch.raw[0]["details"][0]["totalBalance"].as_number(), Some("1500.00"));
+    let text = fetch.raw.to_string();
+    assert!(text.contains(r#""availableBalance":90071992547409.93,"pendingBalance":0.00,"#), "{text}");
     assert!(!fetch.raw.to_string().contains(TOKEN));
 }
 
@@ -126,18 +133,117 @@ async fn the_token_is_reused_until_it_expires_then_exactly_one_new_login() {
 }
 
 #[tokio::test]
-async fn a_refused_token_leads_to_one_new_login_and_one_retry() {
+async fn a_refused_cached_token_leads_to_one_new_login_and_one_retry() {
     let server = MockServer::start().await;
     mount_login(&server, login_ok(3600)).await;
+    mount_pages(&server).await;
+    let c = client(&server);
+    c.fetch_balances().await.unwrap();
+    // The provider drops the token before its announced expiry.
     Mock::given(method("GET"))
         .and(path(BALANCES_PATH))
         .respond_with(ResponseTemplate::new(401))
         .up_to_n_times(1)
+        .with_priority(1)
         .mount(&server)
         .await;
-    mount_pages(&server).await;
-    client(&server).fetch_balances().await.unwrap();
+    c.fetch_balances().await.unwrap();
     assert_eq!(logins(&server).await, 2);
+}
+
+/// A fixed time in the middle of a TOTP step.
+const NOW: i64 = 1_700_000_015;
+
+fn at(server: &MockServer, unix: i64) -> (IbaneraClient, Arc<crate::service::ManualClock>) {
+    let clock = Arc::new(crate::service::ManualClock::new(chrono::DateTime::from_timestamp(unix, 0).unwrap()));
+    let mut c = client(server);
+    c.clock = clock.clone();
+    (c, clock)
+}
+
+fn code(step: u64) -> String {
+    totp::code_for_step(&totp::generator(&SecretString::from(SECRET)).unwrap(), step)
+}
+
+/// A request carrying the code of one TOTP step, in the `otp` header or the login body.
+struct OtpOf(u64);
+
+impl Match for OtpOf {
+    fn matches(&self, request: &Request) -> bool {
+        let header = request.headers.get("otp").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = serde_json::from_slice::<serde_json::Value>(&request.body).ok();
+        let login = body.as_ref().and_then(|b| b["otp"].as_str()).map(str::to_owned);
+        header.or(login) == Some(code(self.0))
+    }
+}
+
+async fn data_call_otps(server: &MockServer) -> Vec<String> {
+    let requests = server.received_requests().await.unwrap();
+    let calls = requests.iter().filter(|r| r.url.path() == BALANCES_PATH);
+    calls.map(|r| r.headers.get("otp").unwrap().to_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_call_refused_right_after_a_login_is_retried_with_the_next_steps_code_and_no_new_login() {
+    let server = MockServer::start().await;
+    let step = totp::step_at(NOW as u64);
+    Mock::given(method("POST"))
+        .and(path(LOGIN_PATH))
+        .and(OtpOf(step))
+        .respond_with(login_ok(3600))
+        .mount(&server)
+        .await;
+    // A server that refuses a code used twice: the login's code is refused on the data call.
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(step))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(step + 1))
+        .respond_with(page(PAGE_2, 1, 1))
+        .mount(&server)
+        .await;
+    let (c, _) = at(&server, NOW);
+    let fetch = c.fetch_balances().await.unwrap();
+    assert_eq!(fetch.entries.len(), 1);
+    assert_eq!(logins(&server).await, 1, "a second login would reuse the refused code");
+    assert_eq!(data_call_otps(&server).await, [code(step), code(step + 1)]);
+}
+
+#[tokio::test]
+async fn after_a_new_login_for_a_refused_cached_token_the_retry_uses_the_next_steps_code() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(LOGIN_PATH)).respond_with(login_ok(3600)).mount(&server).await;
+    let first = totp::step_at(NOW as u64);
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(first))
+        .respond_with(page(PAGE_2, 1, 1))
+        .mount(&server)
+        .await;
+    let (c, clock) = at(&server, NOW);
+    c.fetch_balances().await.unwrap();
+    clock.advance(Duration::from_secs(600));
+    let later = first + 20;
+    // The cached token is refused; the new login takes the current step's code.
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(later))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .and(OtpOf(later + 1))
+        .respond_with(page(PAGE_2, 1, 1))
+        .mount(&server)
+        .await;
+    c.fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 2);
+    assert_eq!(data_call_otps(&server).await, [code(first), code(later), code(later + 1)]);
 }
 
 #[tokio::test]
@@ -167,21 +273,27 @@ async fn a_failed_login_is_not_retried_during_the_cooldown() {
 
 #[tokio::test]
 async fn transient_failures_and_bad_bodies_are_classified() {
-    for (response, kind) in [
-        (ResponseTemplate::new(429).insert_header("retry-after", "7"), UpstreamErrorKind::RateLimited),
-        (ResponseTemplate::new(503), UpstreamErrorKind::Unavailable),
-        (ResponseTemplate::new(200).set_body_raw("<html>down</html>", "text/html"), UpstreamErrorKind::InvalidResponse),
+    let seconds = |s| Some(Duration::from_secs(s));
+    for (response, kind, retry_after) in [
+        (ResponseTemplate::new(429).insert_header("retry-after", "7"), UpstreamErrorKind::RateLimited, seconds(7)),
+        (ResponseTemplate::new(503).insert_header("retry-after", "3"), UpstreamErrorKind::Unavailable, seconds(3)),
+        (
+            ResponseTemplate::new(200).set_body_raw("<html>down</html>", "text/html"),
+            UpstreamErrorKind::InvalidResponse,
+            None,
+        ),
         (
             ResponseTemplate::new(200).set_body_raw(r#"{"id":0,"details":[{"id":1,"as"#, "application/json"),
             UpstreamErrorKind::InvalidResponse,
+            None,
         ),
-        (page(PAGE_2, 1, 1).set_delay(Duration::from_secs(2)), UpstreamErrorKind::Timeout),
+        (page(PAGE_2, 1, 1).set_delay(Duration::from_secs(2)), UpstreamErrorKind::Timeout, None),
     ] {
         let server = MockServer::start().await;
         mount_login(&server, login_ok(3600)).await;
         Mock::given(method("GET")).and(path(BALANCES_PATH)).respond_with(response).mount(&server).await;
         let e = client(&server).fetch_balances().await.unwrap_err();
-        assert_eq!(e.kind, kind);
+        assert_eq!((e.kind, e.retry_after), (kind, retry_after));
     }
     let server = MockServer::start().await;
     mount_login(&server, ResponseTemplate::new(503)).await;
@@ -198,4 +310,42 @@ async fn payout_lookup_is_reported_unsupported_without_a_call() {
     assert!(!c.capabilities().payouts);
     assert!(c.lookup_payout("42").await.is_err());
     assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(LOGIN_PATH))
+        .respond_with(ResponseTemplate::new(401).set_body_raw("Unauthorized", "text/plain"))
+        .mount(&server)
+        .await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(401)), "a refused login");
+
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(3600)).await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .respond_with(ResponseTemplate::new(403).set_body_raw("<html>Forbidden</html>", "text/html"))
+        .mount(&server)
+        .await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)), "a refused data call");
+}
+
+#[tokio::test]
+async fn more_pages_than_tally_reads_is_an_error_not_a_partial_success() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(3600)).await;
+    Mock::given(method("GET"))
+        .and(path(BALANCES_PATH))
+        .respond_with(page(PAGE_1, 1, MAX_PAGES + 1))
+        .mount(&server)
+        .await;
+    let e = client(&server).fetch_balances().await.unwrap_err();
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    assert!(e.message.contains("101 pages") && e.message.contains("page_size"), "{}", e.message);
+    let pages = server.received_requests().await.unwrap().iter().filter(|r| r.url.path() == BALANCES_PATH).count();
+    assert_eq!(pages, 1, "known from the first page");
 }

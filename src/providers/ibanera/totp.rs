@@ -21,9 +21,22 @@ pub fn generator(secret: &SecretString) -> Result<Totp, String> {
         .build_noncompliant())
 }
 
+/// The length of one TOTP step.
+pub const STEP_SECONDS: u64 = 30;
+
 /// The code for a given unix time.
 pub fn code_at(totp: &Totp, unix_seconds: u64) -> String {
     totp.generate(unix_seconds).to_string()
+}
+
+/// The step (the counter of RFC 6238) a unix time falls in.
+pub fn step_at(unix_seconds: u64) -> u64 {
+    unix_seconds / STEP_SECONDS
+}
+
+/// The code of one step.
+pub fn code_for_step(totp: &Totp, step: u64) -> String {
+    code_at(totp, step * STEP_SECONDS)
 }
 
 /// Config validation: the secret must decode.
@@ -45,6 +58,15 @@ mod tests {
         assert_eq!(code_at(&totp, 1_111_111_109), "081804");
         assert_eq!(code_at(&totp, 1_234_567_890), "005924");
         assert_eq!(code_at(&totp, 2_000_000_000), "279037");
+    }
+
+    #[test]
+    fn a_step_is_thirty_seconds_and_its_code_is_the_code_of_its_start() {
+        let totp = generator(&SecretString::from("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")).unwrap();
+        assert_eq!((step_at(59), step_at(60), step_at(89)), (1, 2, 2));
+        assert_eq!(code_for_step(&totp, step_at(59)), "287082");
+        assert_eq!(code_for_step(&totp, 2), code_at(&totp, 89));
+        assert_ne!(code_for_step(&totp, 2), code_for_step(&totp, 3));
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl ProviderClient for LeanxClient {
             envelope.data.ok_or_else(|| UpstreamError::invalid_response("a LeanX balance answer without data"))?;
         Ok(BalanceFetch {
             entries: transformers::balance_entries(&data, &self.currency),
-            raw: transformers::redacted(response.raw_json()),
+            raw: transformers::redacted(response.raw_json()?),
         })
     }
 

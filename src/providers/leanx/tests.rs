@@ -94,18 +94,35 @@ async fn the_documented_balance_maps_both_pools_to_exact_decimals() {
         ]
     );
     assert!(fetch.entries.iter().all(|e| e.pending.is_none() && e.reserved.is_none() && !e.blocked));
-    assert_eq!(fetch.raw["data"]["transaction_balance"]["api_key"], "[redacted]", "the key UUID is part of the token");
-    assert_eq!(fetch.raw["token"], "[redacted]");
+    assert_eq!(
+        fetch.raw["data"]["transaction_balance"]["api_key"].as_str(),
+        Some("[redacted]"),
+        "the key UUID is part of the token"
+    );
+    assert_eq!(fetch.raw["token"].as_str(), Some("[redacted]"));
 }
 
 #[tokio::test]
 async fn a_number_f64_cannot_hold_comes_out_unchanged_in_the_account_currency() {
     let server = MockServer::start().await;
-    let body = BALANCE_EXAMPLE.replace("393.63", "90071992547409.93");
+    let body = BALANCE_EXAMPLE
+        .replace("393.63", "90071992547409.93")
+        .replace("26.05", "13.00")
+        .replace("\"total_transaction_as_of_today\": 0", "\"total_transaction_as_of_today\": 0.00");
     Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(json(&body)).mount(&server).await;
     let fetch = client(&server, "currency = \"USD\"").fetch_balances().await.unwrap();
     assert_eq!(fetch.entries[1].available.unwrap().to_string(), "90071992547409.93");
+    assert_eq!(fetch.entries[0].available.unwrap().to_string(), "13.00");
     assert_eq!(fetch.entries[1].currency.as_str(), "USD");
+    // The raw payload (include=raw, and what the store keeps) is exact too: f64 would write
+    // 90071992547409.94, 13.0 and 0.0.
+    let data = &fetch.raw["data"];
+    assert_eq!(data["prefund_balance"].as_number(), Some("90071992547409.93"));
+    assert_eq!(data["transaction_balance"]["value"].as_number(), Some("13.00"));
+    assert_eq!(data["total_transaction_as_of_today"].as_number(), Some("0.00"));
+    let text = fetch.raw.to_string();
+    assert!(text.contains(r#""prefund_balance":90071992547409.93,"#), "{text}");
+    assert!(text.contains(r#""value":13.00,"#) && text.contains(r#""total_transaction_as_of_today":0.00}"#), "{text}");
 }
 
 #[tokio::test]
@@ -263,4 +280,25 @@ async fn a_refusal_without_data_is_not_found_but_a_bad_token_is_not() {
         .await;
     let e = client(&server, "").lookup_payout("nope").await.unwrap_err();
     assert_eq!(e.kind, UpstreamErrorKind::AuthFailed);
+}
+
+#[tokio::test]
+async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
+    let refusals = || {
+        [
+            ResponseTemplate::new(401).set_body_raw("<html><body>401 Unauthorized</body></html>", "text/html"),
+            ResponseTemplate::new(403),
+        ]
+    };
+    for response in refusals() {
+        let e = balance_error(response).await;
+        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "{e}");
+        assert!(matches!(e.upstream_status, Some(401 | 403)));
+    }
+    for response in refusals() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST")).and(path(PAYOUT_PATH)).respond_with(response).mount(&server).await;
+        let e = client(&server, "").lookup_payout("x").await.unwrap_err();
+        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "a refusal is not a not-found: {e}");
+    }
 }

@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 
 use crate::domain::{
-    BalanceEntry, Currency, Payout, PayoutFailure, PayoutStatus, de_decimal_number, de_opt_decimal_number,
+    BalanceEntry, Currency, Payout, PayoutFailure, PayoutStatus, RawJson, de_decimal_number, de_opt_decimal_number,
 };
 use crate::providers::UpstreamError;
 
@@ -131,19 +131,19 @@ pub fn naive_local(text: &str, offset: FixedOffset) -> Option<DateTime<Utc>> {
 }
 
 /// The raw payload for `include=raw`, without the API key UUID (part of the auth token).
-pub fn redacted(mut raw: serde_json::Value) -> serde_json::Value {
-    fn walk(v: &mut serde_json::Value) {
+pub fn redacted(mut raw: RawJson) -> RawJson {
+    fn walk(v: &mut RawJson) {
         match v {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map.iter_mut() {
+            RawJson::Object(entries) => {
+                for (k, v) in entries.iter_mut() {
                     if k == "token" || k == "api_key" {
-                        *v = serde_json::Value::String("[redacted]".into());
+                        *v = RawJson::String("[redacted]".into());
                     } else {
                         walk(v);
                     }
                 }
             }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            RawJson::Array(items) => items.iter_mut().for_each(walk),
             _ => {}
         }
     }

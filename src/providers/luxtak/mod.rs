@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::config::{AccountConfig, ProviderConfig};
-use crate::domain::{BalanceFetch, PayoutLookup};
+use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
-use transformers::{LuxtakBalance, LuxtakEnvelope, LuxtakPayoutDetail, LuxtakPayoutStatus, NOT_FOUND_CODES};
+use transformers::{LuxtakBalance, LuxtakEnvelope, LuxtakPayoutDetail, LuxtakPayoutStatus};
 
 pub use signature::sign;
 
@@ -30,7 +30,7 @@ pub struct LuxtakClient {
 /// A Luxtak answer: the envelope, its raw JSON, and the HTTP status.
 struct Answer {
     envelope: LuxtakEnvelope,
-    raw: Value,
+    raw: RawJson,
     status: u16,
     retry_after: Option<std::time::Duration>,
 }
@@ -78,7 +78,7 @@ impl LuxtakClient {
                 return Err(e);
             }
         };
-        Ok(Answer { raw: response.raw_json(), envelope, status: response.status, retry_after: response.retry_after })
+        Ok(Answer { raw: response.raw_json()?, envelope, status: response.status, retry_after: response.retry_after })
     }
 
     /// A successful answer's `data`, or the classified error.
@@ -87,19 +87,26 @@ impl LuxtakClient {
             // A 429 or 5xx is transient whatever the code; other statuses go by Luxtak's code.
             let error = UpstreamError::from_status(answer.status, answer.retry_after)
                 .map(|e| e.with_provider_code(answer.envelope.code.to_string()))
-                .unwrap_or_else(|| answer.envelope.error(answer.status));
+                .unwrap_or_else(|| answer.envelope.error(answer.status, answer.retry_after));
             return Err(error);
         }
         serde_json::from_value(answer.envelope.data.clone())
             .map_err(|e| UpstreamError::invalid_response(format!("Luxtak data is not the documented JSON: {e}")))
     }
 
-    /// `/api/payout/status` by one key; `None` when Luxtak does not know the payout.
-    async fn status_by(&self, key: &str, id: &str) -> Result<Option<LuxtakPayoutStatus>, UpstreamError> {
+    /// `/api/payout/status` by one key; `None` when the answer is a refusal that `is_miss` reads
+    /// as "no payout under this key". A 429 or 5xx is never a miss.
+    async fn status_by(
+        &self,
+        key: &str,
+        id: &str,
+        is_miss: fn(&LuxtakEnvelope) -> bool,
+    ) -> Result<Option<LuxtakPayoutStatus>, UpstreamError> {
         let mut params = Map::new();
         params.insert(key.into(), json!(id));
         let answer = self.call("/api/payout/status", params).await?;
-        if NOT_FOUND_CODES.contains(&answer.envelope.code) {
+        let transient = UpstreamError::from_status(answer.status, None).is_some();
+        if !answer.envelope.is_success() && !transient && is_miss(&answer.envelope) {
             return Ok(None);
         }
         let status: LuxtakPayoutStatus = Self::data(&answer)?;
@@ -119,12 +126,15 @@ impl ProviderClient for LuxtakClient {
         Ok(BalanceFetch { entries: transformers::balance_entries(items)?, raw: answer.raw })
     }
 
-    /// The same id may be Luxtak's `payout_id` or the merchant's `custom_code`; both are tried.
-    /// Amounts and times come from `/api/payout/detail`, best effort.
+    /// The same id may be Luxtak's `payout_id` or the merchant's `custom_code`: it is tried as
+    /// `payout_id`, then as `custom_code` when Luxtak says it is none of its payout ids (see
+    /// [`LuxtakEnvelope::is_not_a_payout_id`]). Only a not-found answer to the second is "not
+    /// found"; any other refusal stays an error. Amounts and times come from
+    /// `/api/payout/detail`, best effort.
     async fn lookup_payout(&self, id: &str) -> Result<PayoutLookup, UpstreamError> {
-        let status = match self.status_by("payout_id", id).await? {
+        let status = match self.status_by("payout_id", id, LuxtakEnvelope::is_not_a_payout_id).await? {
             Some(status) => status,
-            None => match self.status_by("custom_code", id).await? {
+            None => match self.status_by("custom_code", id, LuxtakEnvelope::is_not_found).await? {
                 Some(status) => status,
                 None => return Ok(PayoutLookup::NotFound),
             },

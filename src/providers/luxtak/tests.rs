@@ -97,8 +97,23 @@ async fn documented_errors_are_classified_with_their_codes() {
     .await;
     assert_eq!(e.kind, UpstreamErrorKind::Rejected);
     assert!(e.message.contains("clock"), "points at clock skew: {}", e.message);
-    let e = balance_error(json_response(200, r#"{"code":4004029,"msg":"too many requests","data":{}}"#)).await;
-    assert_eq!(e.kind, UpstreamErrorKind::RateLimited);
+    for code in [4_004_001, 4_004_002] {
+        let body = format!(r#"{{"code":{code},"msg":"invalid token","time":1642074682,"data":{{}}}}"#);
+        let e = balance_error(json_response(401, &body)).await;
+        assert_eq!((e.kind, e.provider_code), (UpstreamErrorKind::AuthFailed, Some(code.to_string())));
+    }
+    let too_many = r#"{"code":4004029,"msg":"too many requests","data":{}}"#;
+    let e = balance_error(json_response(429, too_many).insert_header("retry-after", "11")).await;
+    assert_eq!(
+        (e.kind, e.upstream_status, e.retry_after, e.provider_code.as_deref()),
+        (UpstreamErrorKind::RateLimited, Some(429), Some(Duration::from_secs(11)), Some("4004029"))
+    );
+    // The code alone is the rate limit, and its Retry-After is kept, whatever the HTTP status.
+    let e = balance_error(json_response(200, too_many).insert_header("retry-after", "12")).await;
+    assert_eq!(
+        (e.kind, e.upstream_status, e.retry_after),
+        (UpstreamErrorKind::RateLimited, Some(200), Some(Duration::from_secs(12)))
+    );
     let e = balance_error(json_response(400, r#"{"code":4001003,"msg":"invalid field","data":{}}"#)).await;
     assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Rejected, Some("4001003")));
 }
@@ -202,4 +217,87 @@ async fn every_documented_status_maps() {
     ] {
         assert_eq!(transformers::status(provider_status), (status, is_final), "{provider_status}");
     }
+}
+
+#[tokio::test]
+async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
+    let e = balance_error(ResponseTemplate::new(401).set_body_raw("<html>Unauthorized</html>", "text/html")).await;
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(401)));
+    let e = balance_error(ResponseTemplate::new(403)).await;
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)));
+}
+
+/// Mounts one answer to a status lookup by `payout_id` and another by `custom_code`.
+async fn status_server(by_payout_id: ResponseTemplate, by_custom_code: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    for (key, response) in [("payout_id", by_payout_id), ("custom_code", by_custom_code)] {
+        Mock::given(method("POST"))
+            .and(path("/api/payout/status"))
+            .and(BodyField(key, "order-77"))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .and(path("/api/payout/detail"))
+        .respond_with(json_response(200, DETAIL))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn status_calls(server: &MockServer) -> usize {
+    server.received_requests().await.unwrap().iter().filter(|r| r.url.path() == "/api/payout/status").count()
+}
+
+#[tokio::test]
+async fn a_custom_code_refused_as_a_malformed_payout_id_is_tried_as_custom_code() {
+    for refusal in [
+        r#"{"code":4001000,"msg":"invalid parameter","data":{"err":"payout_id is invalid"}}"#,
+        r#"{"code":4001003,"msg":"invalid field","data":{}}"#,
+        r#"{"code":4001021,"msg":"order not existed","data":{}}"#,
+    ] {
+        let server = status_server(json_response(400, refusal), json_response(200, &status_body("PAID"))).await;
+        let found = client(&server).lookup_payout("order-77").await.unwrap();
+        let PayoutLookup::Found(p) = found else { panic!("found by custom_code after {refusal}") };
+        assert_eq!(p.reference.as_deref(), Some("order-77"));
+        assert_eq!(status_calls(&server).await, 2);
+    }
+}
+
+#[tokio::test]
+async fn auth_rate_limit_and_clock_refusals_of_the_payout_id_are_errors_without_a_second_lookup() {
+    let found = || json_response(200, &status_body("PAID"));
+    for (refusal, kind) in [
+        (json_response(401, r#"{"code":4004003,"msg":"permission denied","data":{}}"#), UpstreamErrorKind::AuthFailed),
+        (json_response(401, r#"{"code":4004001,"msg":"invalid token","data":{}}"#), UpstreamErrorKind::AuthFailed),
+        (json_response(429, r#"{"code":4004029,"msg":"too many requests","data":{}}"#), UpstreamErrorKind::RateLimited),
+        (
+            json_response(400, r#"{"code":4001000,"msg":"invalid parameter","data":{"err":"request has expired"}}"#),
+            UpstreamErrorKind::Rejected,
+        ),
+        (json_response(400, r#"{"code":4001011,"msg":"request has expired","data":{}}"#), UpstreamErrorKind::Rejected),
+        (json_response(503, r#"{"code":4004004,"msg":"not found","data":{}}"#), UpstreamErrorKind::Unavailable),
+    ] {
+        let server = status_server(refusal, found()).await;
+        let e = client(&server).lookup_payout("order-77").await.unwrap_err();
+        assert_eq!(e.kind, kind, "{e}");
+        assert_eq!(status_calls(&server).await, 1, "{e}: not read as an unknown payout_id");
+    }
+}
+
+#[tokio::test]
+async fn only_a_not_found_custom_code_is_not_found() {
+    let not_a_payout_id = || json_response(404, r#"{"code":4004004,"msg":"not found","data":{}}"#);
+    let server =
+        status_server(not_a_payout_id(), json_response(400, r#"{"code":4001021,"msg":"order not existed","data":{}}"#))
+            .await;
+    assert!(matches!(client(&server).lookup_payout("order-77").await.unwrap(), PayoutLookup::NotFound));
+    // A malformed custom_code is a refusal of tally's request, not knowledge that the payout
+    // does not exist.
+    let server =
+        status_server(not_a_payout_id(), json_response(400, r#"{"code":4001003,"msg":"invalid field","data":{}}"#))
+            .await;
+    let e = client(&server).lookup_payout("order-77").await.unwrap_err();
+    assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Rejected, Some("4001003")));
 }

@@ -1,6 +1,8 @@
 //! Luxtak wire types (PROVIDERS.md §2) and their conversion into the domain model. Amounts are
 //! strings; times are unix seconds.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -51,12 +53,34 @@ pub struct LuxtakPayoutDetail {
     pub remark: Option<String>,
 }
 
-/// Codes that mean "no such payout" for a status lookup.
-pub const NOT_FOUND_CODES: [i64; 2] = [4_004_004, 4_001_021];
+/// Codes that mean "no such payout" for a status lookup: 4004004 not found, 4001021 order not
+/// existed (PROVIDERS.md §2.6).
+const NOT_FOUND_CODES: [i64; 2] = [4_004_004, 4_001_021];
+
+/// 4001011 "request has expired": a parameter code about tally's clock, not about the id.
+const EXPIRED: i64 = 4_001_011;
 
 impl LuxtakEnvelope {
     pub fn is_success(&self) -> bool {
         matches!(self.code, 0 | 200)
+    }
+
+    /// Luxtak knows no payout under the key that was asked.
+    pub fn is_not_found(&self) -> bool {
+        NOT_FOUND_CODES.contains(&self.code)
+    }
+
+    /// Luxtak has no payout whose `payout_id` is the asked id: not found, or a refusal of the
+    /// value as a `payout_id` (4001000 invalid parameter, 4001001–4001014 field errors). The
+    /// platform assigns payout ids in its own format (`TS2021…`) while a merchant's
+    /// `custom_code` is free text, so a `custom_code` sent as `payout_id` may be refused as a
+    /// malformed field rather than not found. An expired timestamp is about tally's clock and
+    /// says nothing about the id; auth and rate-limit codes are not in this family at all.
+    pub fn is_not_a_payout_id(&self) -> bool {
+        let parameter_error = matches!(self.code, 4_001_000..=4_001_014)
+            && self.code != EXPIRED
+            && !self.reason().contains("request has expired");
+        self.is_not_found() || parameter_error
     }
 
     /// The provider's explanation: `data.err` / `data.error` when present, else `msg`.
@@ -70,8 +94,10 @@ impl LuxtakEnvelope {
         }
     }
 
-    /// Classifies a non-success envelope by Luxtak's API codes (PROVIDERS.md §2.6).
-    pub fn error(&self, http_status: u16) -> UpstreamError {
+    /// Classifies a non-success envelope by Luxtak's API codes (PROVIDERS.md §2.6). The
+    /// answer's `Retry-After` is kept whatever the HTTP status: 4004029 is the rate limit even
+    /// when it does not ride on a 429.
+    pub fn error(&self, http_status: u16, retry_after: Option<Duration>) -> UpstreamError {
         let reason = self.reason();
         let error = match self.code {
             4_004_001..=4_004_003 | 4_004_100 | 4_004_101 | 4_004_103 => {
@@ -83,7 +109,7 @@ impl LuxtakEnvelope {
             )),
             _ => UpstreamError::rejected(format!("Luxtak answered {}: {reason}", self.code)),
         };
-        error.with_status(http_status).with_provider_code(self.code.to_string())
+        error.with_status(http_status).with_retry_after(retry_after).with_provider_code(self.code.to_string())
     }
 }
 

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use crate::config::{AccountConfig, ProviderConfig};
-use crate::domain::{BalanceFetch, Currency, PayoutLookup};
+use crate::domain::{BalanceEntry, BalanceFetch, Currency, PayoutLookup, RawJson};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
 use transformers::{YedpayBalance, YedpayEnvelope, YedpaySettlement};
 
@@ -49,10 +49,7 @@ impl YedpayClient {
     /// GETs a Yedpay resource and returns its envelope and raw JSON. Yedpay reports bad
     /// credentials in the body (`"Unauthenticated."`, with `"status": 500`), so the body is
     /// read before the HTTP status is judged.
-    async fn get<T: DeserializeOwned>(
-        &self,
-        url: url::Url,
-    ) -> Result<(YedpayEnvelope<T>, serde_json::Value), UpstreamError> {
+    async fn get<T: DeserializeOwned>(&self, url: url::Url) -> Result<(YedpayEnvelope<T>, RawJson), UpstreamError> {
         let request = self.http.client().get(url).bearer_auth(self.access_token.expose_secret()).timeout(self.timeout);
         let response = self.http.send(request).await?;
         let envelope = match response.json::<YedpayEnvelope<T>>() {
@@ -73,13 +70,10 @@ impl YedpayClient {
             return Err(error.with_status(response.status).with_provider_code(message));
         }
         response.check_status()?;
-        Ok((envelope, response.raw_json()))
+        Ok((envelope, response.raw_json()?))
     }
 
-    async fn balance(
-        &self,
-        currency: &Currency,
-    ) -> Result<(crate::domain::BalanceEntry, serde_json::Value), UpstreamError> {
+    async fn balance(&self, currency: &Currency) -> Result<(BalanceEntry, RawJson), UpstreamError> {
         let mut url = endpoint(&self.base_url, &format!("/v1/balance/{}", self.company_id));
         url.query_pairs_mut().append_pair("currency", currency.as_str());
         let (envelope, raw) = self.get::<YedpayBalance>(url).await?;
@@ -99,13 +93,13 @@ impl ProviderClient for YedpayClient {
         let calls = self.currencies.iter().map(|c| self.balance(c));
         let answers = futures_util::future::join_all(calls).await;
         let mut entries = Vec::with_capacity(answers.len());
-        let mut raw = serde_json::Map::new();
+        let mut raw = Vec::with_capacity(answers.len());
         for (currency, answer) in self.currencies.iter().zip(answers) {
             let (entry, body) = answer?;
             entries.push(entry);
-            raw.insert(currency.to_string(), body);
+            raw.push((currency.to_string(), body));
         }
-        Ok(BalanceFetch { entries, raw: serde_json::Value::Object(raw) })
+        Ok(BalanceFetch { entries, raw: RawJson::Object(raw) })
     }
 
     async fn lookup_payout(&self, id: &str) -> Result<PayoutLookup, UpstreamError> {
@@ -122,8 +116,16 @@ impl ProviderClient for YedpayClient {
             if let Some(settlement) = found {
                 return Ok(PayoutLookup::Found(Box::new(transformers::payout(settlement, self.utc_offset)?)));
             }
-            if page >= total_pages || page >= MAX_PAGES {
+            if page >= total_pages {
                 return Ok(PayoutLookup::NotFound);
+            }
+            if page >= MAX_PAGES {
+                // Not found in what was searched is not "unknown": the rest was never read.
+                return Err(UpstreamError::invalid_response(format!(
+                    "Yedpay lists {total_pages} pages of settlements; the first {MAX_PAGES} ({} settlements) \
+                     do not hold `{id}` and the rest were not searched",
+                    MAX_PAGES * PAGE_SIZE
+                )));
             }
             page += 1;
         }

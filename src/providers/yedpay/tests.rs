@@ -56,7 +56,8 @@ async fn one_bearer_request_per_currency_maps_the_documented_figures() {
     assert_eq!(show(&fetch.entries[0]), ["17.47", "0.00", "0.00", "17.4781"], "total keeps its 4 decimals");
     assert_eq!(fetch.entries[1].currency.as_str(), "USD");
     assert_eq!(show(&fetch.entries[1]), ["1000.00", "150.25", "50.25", "1200.5000"], "reserved = locked + holding");
-    assert_eq!(fetch.raw["HKD"]["data"]["total_balance"], "17.4781");
+    assert_eq!(fetch.raw["HKD"]["data"]["total_balance"].as_str(), Some("17.4781"));
+    assert_eq!(fetch.raw["USD"]["data"]["total_balance_float"].as_number(), Some("1200.5"));
 }
 
 #[tokio::test]
@@ -145,4 +146,65 @@ async fn every_documented_settlement_status_maps() {
         let (s, f) = transformers::status(provider_status);
         assert_eq!((s, f), (status, is_final), "{provider_status}");
     }
+}
+
+#[tokio::test]
+async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
+    let e = balance_error(ResponseTemplate::new(401).set_body_raw("<html>Unauthorized</html>", "text/html")).await;
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(401)));
+    let e = balance_error(ResponseTemplate::new(403)).await;
+    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)));
+}
+
+#[tokio::test]
+async fn a_settlement_beyond_the_page_cap_is_an_error_not_a_not_found() {
+    let server = MockServer::start().await;
+    // Every page says there are more than tally searches, and none holds the id.
+    Mock::given(method("GET"))
+        .and(path("/v1/settlements"))
+        .respond_with(json(200, &page(&[settlement("S1", "T1", "settled")], 1, MAX_PAGES + 10)))
+        .mount(&server)
+        .await;
+    let e = client(&server, r#"["HKD"]"#).lookup_payout("S9").await.unwrap_err();
+    assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse);
+    assert!(e.message.contains("not searched"), "{}", e.message);
+    assert_eq!(server.received_requests().await.unwrap().len(), MAX_PAGES as usize);
+    // Within the searched pages it is still found.
+    let PayoutLookup::Found(p) = client(&server, r#"["HKD"]"#).lookup_payout("T1").await.unwrap() else {
+        panic!("found on the first page")
+    };
+    assert_eq!(p.id, "S1");
+}
+
+/// A Yedpay fake whose balance answers wait until two requests are in flight at once: asked one
+/// after the other, the first would never be answered and the fetch would fail.
+async fn rendezvous_server() -> std::net::SocketAddr {
+    use axum::extract::Query;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let handler = move |Query(q): Query<std::collections::HashMap<String, String>>| {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            let body = if q.get("currency").map(String::as_str) == Some("USD") { USD } else { HKD };
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+        }
+    };
+    let app = axum::Router::new().route("/v1/balance/{company_id}", axum::routing::get(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn the_currencies_are_asked_concurrently() {
+    let addr = rendezvous_server().await;
+    // A generous timeout: only a sequential client ever reaches it.
+    let fields = format!(
+        "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = [\"HKD\", \"USD\"]\ntimeout = \"5s\""
+    );
+    let c = YedpayClient::new(&account("yedpay", &format!("http://{addr}"), &fields), http());
+    let fetch = c.fetch_balances().await.expect("both calls were in flight together");
+    let currencies: Vec<&str> = fetch.entries.iter().map(|e| e.currency.as_str()).collect();
+    assert_eq!(currencies, ["HKD", "USD"]);
 }
