@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::coalesce::{Joined, Shared};
 use super::{AccountState, FetchOutcome, Service};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::store::{AccountSnapshot, SharedFailure};
@@ -15,25 +15,19 @@ impl Service {
     /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
     /// a caller that stops waiting (its deadline passed) does not cancel it: the figure still
     /// lands in the cache and the store for the next caller.
-    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>) -> watch::Receiver<Option<FetchOutcome>> {
-        let mut inflight = account.inflight.lock().expect("inflight lock is never held across a panic");
-        if let Some(rx) = inflight.as_ref()
-            && rx.borrow().is_none()
-        {
-            metrics::counter!("tally_coalesced_waiters_total", "account" => account.id().to_string()).increment(1);
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(None);
-        *inflight = Some(rx.clone());
-        drop(inflight);
+    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>) -> Shared<FetchOutcome> {
+        let (publisher, rx) = match self.fetches.join_or_start(account.id()) {
+            Joined::Waiting(rx) => {
+                metrics::counter!("tally_coalesced_waiters_total", "account" => account.id().to_string()).increment(1);
+                return rx;
+            }
+            Joined::Started(publisher, rx) => (publisher, rx),
+        };
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
             let outcome = service.fetch_now(&account).await;
-            // Publish before clearing: a caller arriving in between sees a finished fetch and
-            // starts a new one rather than waiting on a channel nobody will send to.
-            let _ = tx.send(Some(outcome));
-            account.inflight.lock().expect("inflight lock is never held across a panic").take();
+            service.fetches.finish(publisher, outcome);
         });
         rx
     }

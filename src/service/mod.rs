@@ -10,6 +10,7 @@
 pub mod balances;
 pub mod circuit;
 pub mod clock;
+mod coalesce;
 mod fetch;
 pub mod payouts;
 pub mod report;
@@ -50,7 +51,6 @@ pub struct AccountState {
     pub config: AccountConfig,
     client: Arc<dyn ProviderClient>,
     latest: RwLock<Option<Arc<AccountSnapshot>>>,
-    inflight: Mutex<Option<watch::Receiver<Option<FetchOutcome>>>>,
     circuit: Mutex<circuit::Circuit>,
     health: Mutex<Health>,
     /// Registered once: a cache hit on the hot path is one atomic add.
@@ -129,7 +129,10 @@ pub struct Service {
     store_health: StoreHealth,
     /// This process's name in fetch leases.
     replica_id: String,
-    payout_lookups: Mutex<HashMap<payouts::LookupKey, watch::Receiver<Option<payouts::LookupOutcome>>>>,
+    /// One balance fetch in flight per account.
+    fetches: coalesce::Coalescer<AccountId, FetchOutcome>,
+    /// One payout lookup in flight per account and id.
+    payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
 }
 
 impl Service {
@@ -145,7 +148,6 @@ impl Service {
                     cache_misses: metrics::counter!("tally_cache_misses_total", "account" => label),
                     client: crate::providers::client_for(config, http),
                     latest: RwLock::new(None),
-                    inflight: Mutex::new(None),
                     circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
                     health: Mutex::new(Health::default()),
                     config: config.clone(),
@@ -162,7 +164,8 @@ impl Service {
             request_timeout: settings.server.request_timeout,
             store_health: StoreHealth::default(),
             replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-            payout_lookups: Mutex::new(HashMap::new()),
+            fetches: Default::default(),
+            payout_lookups: Default::default(),
         })
     }
 

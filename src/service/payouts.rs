@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::clock::age;
+use super::coalesce::{Joined, Shared};
 use super::{AccountState, Service};
 use crate::domain::{AccountId, Payout, PayoutLookup, PayoutStatus};
 use crate::providers::UpstreamError;
@@ -160,17 +160,16 @@ impl Service {
     }
 
     /// Joins the lookup of `(account, id)` in flight, or starts one in its own task.
-    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str) -> watch::Receiver<Option<LookupOutcome>> {
+    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str) -> Shared<LookupOutcome> {
         let key: LookupKey = (account.id().clone(), id.to_owned());
-        let mut inflight = self.payout_lookups.lock().expect("lookup lock is never held across a panic");
-        if let Some(rx) = inflight.get(&key)
-            && rx.borrow().is_none()
-        {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(None);
-        inflight.insert(key.clone(), rx.clone());
-        drop(inflight);
+        let (publisher, rx) = match self.payout_lookups.join_or_start(&key) {
+            Joined::Waiting(rx) => {
+                metrics::counter!("tally_coalesced_payout_waiters_total", "account" => account.id().to_string())
+                    .increment(1);
+                return rx;
+            }
+            Joined::Started(publisher, rx) => (publisher, rx),
+        };
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
@@ -195,8 +194,7 @@ impl Service {
             .increment(1);
             metrics::histogram!("tally_upstream_latency_seconds", "provider" => provider, "operation" => "payout")
                 .record(started.elapsed().as_secs_f64());
-            let _ = tx.send(Some(outcome));
-            service.payout_lookups.lock().expect("lookup lock is never held across a panic").remove(&key);
+            service.payout_lookups.finish(publisher, outcome);
         });
         rx
     }

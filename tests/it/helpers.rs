@@ -52,6 +52,15 @@ impl TestDb {
         Some(Self::Postgres { admin_url, name, url })
     }
 
+    /// `sqlite` or `postgres`: keeps names that are process-wide (metric labels) apart when
+    /// one test runs on both stores at once.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
     pub fn url(&self) -> &str {
         match self {
             Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url,
@@ -166,6 +175,15 @@ impl TestApp {
         )
     }
 
+    /// The value of one counter series on `/metrics` (0 when it was never incremented).
+    /// Metrics are process-wide: give the accounts of a test names no other test uses.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let text = self.get("/metrics").await.text().await.expect("a metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .map_or(0, |v| v as u64)
+    }
+
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
     }
@@ -187,4 +205,51 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// An upstream answer held back until the test opens the gate, so a test can line up
+/// concurrent callers behind one call in flight without guessing how long that takes.
+/// wiremock runs each mock server on its own thread, which is the one waiting here.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+
+    /// A responder that waits for the gate (at most a minute, so a broken test ends).
+    pub fn hold(&self, response: wiremock::ResponseTemplate) -> Gated {
+        Gated { gate: self.clone(), response }
+    }
+}
+
+pub struct Gated {
+    gate: Gate,
+    response: wiremock::ResponseTemplate,
+}
+
+impl wiremock::Respond for Gated {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let (open, changed) = &*self.gate.0;
+        let guard = open.lock().unwrap();
+        let _ = changed.wait_timeout_while(guard, Duration::from_secs(60), |open| !*open).unwrap();
+        self.response.clone()
+    }
+}
+
+/// Waits (bounded) until `check` holds, polling: for effects visible only from outside.
+pub async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(bound, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("not within {bound:?}: {what}"));
 }
