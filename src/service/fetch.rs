@@ -195,7 +195,8 @@ impl Service {
     }
 
     /// Calls the provider, retrying transient failures with exponential backoff and jitter
-    /// while the retry still fits in one request deadline. Auth failures are never retried.
+    /// while the retry, its wait and its whole attempt, still fits in one request deadline.
+    /// Auth failures are never retried.
     async fn fetch_with_retries(&self, account: &AccountState) -> Result<crate::domain::BalanceFetch, UpstreamError> {
         let budget_ends = Instant::now() + self.request_timeout;
         let policy = account.config.retry;
@@ -210,7 +211,7 @@ impl Service {
                 return Err(error);
             }
             let delay = backoff(policy.base_delay, attempt).max(error.retry_after.unwrap_or_default());
-            if Instant::now() + delay >= budget_ends {
+            if !retry_fits(Instant::now(), delay, account.config.freshness.timeout, budget_ends) {
                 return Err(error);
             }
             tracing::debug!(account = %account.id(), attempt, delay_ms = delay.as_millis() as u64, code = error.code(),
@@ -258,6 +259,12 @@ enum Coordinated {
     Alone,
 }
 
+/// Whether an attempt started after `delay` ends, even if it takes its whole `timeout`, by the
+/// end of the budget: a retry that cannot answer in time only adds an upstream call.
+fn retry_fits(now: Instant, delay: Duration, timeout: Duration, budget_ends: Instant) -> bool {
+    now + delay + timeout <= budget_ends
+}
+
 /// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(16));
@@ -267,6 +274,17 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_fits_only_with_its_whole_attempt() {
+        let now = Instant::now();
+        let (delay, timeout) = (Duration::from_secs(1), Duration::from_secs(2));
+        assert!(retry_fits(now, delay, timeout, now + Duration::from_secs(3)));
+        assert!(
+            !retry_fits(now, delay, timeout, now + Duration::from_millis(2999)),
+            "the attempt would outlast the budget"
+        );
+    }
 
     #[test]
     fn backoff_doubles_within_jitter() {

@@ -8,7 +8,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{Script, TestApp, TestDb};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -37,9 +37,11 @@ async fn leanx(response: ResponseTemplate) -> MockServer {
     server
 }
 
+/// A LeanX account on `server`; no retries unless `extra` sets `max_retries`.
 fn account(id: &str, server: &MockServer, extra: &str) -> String {
+    let retries = if extra.contains("max_retries") { "" } else { "max_retries = 0\n" };
     format!(
-        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\nmax_retries = 0\n{extra}\n",
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n{retries}{extra}\n",
         server.uri()
     )
 }
@@ -379,4 +381,66 @@ async fn a_repeated_answer_carries_its_own_generated_at_and_ages() {
     let (_, later) = app.get_json("/balances").await;
     assert_eq!(later["generated_at"], "2026-11-22T08:00:02.800Z");
     assert_eq!(later["balances"][0]["age_seconds"], 2, "a new second recomputes the ages");
+}
+
+async fn scripted(answers: Vec<ResponseTemplate>) -> (MockServer, Script) {
+    let server = MockServer::start().await;
+    let script = Script::new(answers);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script.clone()).mount(&server).await;
+    (server, script)
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_the_retry_serves_the_figure() {
+    let (server, script) = scripted(vec![ResponseTemplate::new(503), ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let app =
+        TestApp::spawn(db.url(), &account("retried", &server, "max_retries = 2\nretry_base_delay = \"10ms\"")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 200);
+    assert_eq!(account_line(&body, "retried")["status"], "fresh", "{body}");
+    assert_eq!(script.calls().len(), 2, "one failure, one successful retry");
+}
+
+#[tokio::test]
+async fn a_retry_waits_at_least_the_upstream_s_retry_after() {
+    let busy = ResponseTemplate::new(503).insert_header("retry-after", "1");
+    let (server, script) = scripted(vec![busy, ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let extra = "max_retries = 1\nretry_base_delay = \"10ms\"\ntimeout = \"1s\"";
+    let app = TestApp::spawn(db.url(), &account("polite", &server, extra)).await;
+    let (_, body) = app.get_json("/balances").await;
+    assert_eq!(account_line(&body, "polite")["status"], "fresh", "{body}");
+    let calls = script.calls();
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1] - calls[0];
+    assert!(waited >= Duration::from_secs(1), "Retry-After: 1 honoured over a 10 ms backoff; waited {waited:?}");
+}
+
+#[tokio::test]
+async fn an_auth_failure_is_never_retried() {
+    let invalid_token = ResponseTemplate::new(401)
+        .set_body_raw(r#"{"response_code":4001,"description":"INVALID_TOKEN","data":null}"#, "application/json");
+    let (server, script) = scripted(vec![invalid_token, ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let app =
+        TestApp::spawn(db.url(), &account("locked", &server, "max_retries = 3\nretry_base_delay = \"10ms\"")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 503, "nothing to serve: {body}");
+    assert_eq!(body["accounts"][0]["error"]["code"], "upstream_auth_failed");
+    assert_eq!(script.calls().len(), 1, "bad credentials are not retried");
+}
+
+#[tokio::test]
+async fn a_retry_that_could_not_finish_before_the_deadline_is_not_made() {
+    // The retry could start after Retry-After (1 s), inside the 2 s deadline, but its attempt
+    // may take the whole 1.5 s timeout: it could not answer in time, so it is not made.
+    let busy = ResponseTemplate::new(503).insert_header("retry-after", "1");
+    let (server, script) = scripted(vec![busy, ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let extra = "max_retries = 3\nretry_base_delay = \"10ms\"\ntimeout = \"1500ms\"";
+    let app = TestApp::spawn_with(db.url(), "request_timeout = \"2s\"", &account("hurried", &server, extra)).await;
+    let (_, body) = app.get_json("/balances").await;
+    assert_eq!(body["accounts"][0]["error"]["code"], "upstream_unavailable", "{body}");
+    assert_eq!(script.calls().len(), 1, "no retry past the deadline");
 }

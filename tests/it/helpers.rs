@@ -253,3 +253,30 @@ where
     });
     waited.await.unwrap_or_else(|_| panic!("not within {bound:?}: {what}"));
 }
+
+/// Upstream answers given in order (the last one repeated), recording when each call came.
+#[derive(Clone)]
+pub struct Script {
+    answers: Arc<Vec<wiremock::ResponseTemplate>>,
+    calls: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Script {
+    pub fn new(answers: Vec<wiremock::ResponseTemplate>) -> Self {
+        assert!(!answers.is_empty());
+        Self { answers: Arc::new(answers), calls: Default::default() }
+    }
+
+    /// When each call arrived.
+    pub fn calls(&self) -> Vec<std::time::Instant> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl wiremock::Respond for Script {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(std::time::Instant::now());
+        self.answers[(calls.len() - 1).min(self.answers.len() - 1)].clone()
+    }
+}
