@@ -132,7 +132,7 @@ impl Service {
         account.cache_misses.increment(1);
         match super::await_shared(self.refresh(&account), deadline).await {
             Ok(snapshot) => {
-                let fresh_for = bound.max(account.config.freshness.ttl);
+                let fresh_for = freshness_bound(&account, max_age);
                 View {
                     account,
                     status: AccountStatus::Fresh,
@@ -155,7 +155,7 @@ impl Service {
             source: Some(Source::Cache),
             snapshot: Some(snapshot),
             error: None,
-            fresh_for: bound.saturating_sub(age),
+            fresh_for: freshness_bound(account, Some(bound)).saturating_sub(age),
         })
     }
 
@@ -245,6 +245,14 @@ impl BalancesOutcome {
             accounts,
         }
     }
+}
+
+/// How long a figure served to this request stays fresh from its fetch: the account's ttl,
+/// or less when the request asked for younger figures. A `max_age` longer than the ttl lets a
+/// request accept an older figure, but does not make the figure fresh for longer.
+fn freshness_bound(account: &AccountState, max_age: Option<Duration>) -> Duration {
+    let ttl = account.config.freshness.ttl;
+    max_age.map_or(ttl, |max_age| max_age.min(ttl))
 }
 
 /// What the report's content is a function of: each account's served snapshot (an account's

@@ -444,3 +444,22 @@ async fn a_retry_that_could_not_finish_before_the_deadline_is_not_made() {
     assert_eq!(body["accounts"][0]["error"]["code"], "upstream_unavailable", "{body}");
     assert_eq!(script.calls().len(), 1, "no retry past the deadline");
 }
+
+#[tokio::test]
+async fn cache_control_is_the_remaining_freshness_under_the_ttl_capped_by_max_age() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
+    let max_age_of = |r: &reqwest::Response| r.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert_eq!(max_age_of(&app.get("/balances").await), "private, max-age=30", "live: the ttl");
+    app.advance(Duration::from_secs(20));
+    let lenient = app.get("/balances?max_age=3600").await;
+    assert_eq!(max_age_of(&lenient), "private, max-age=10", "accepting older figures does not extend the ttl");
+    assert_eq!(max_age_of(&app.get("/balances?max_age=25").await), "private, max-age=5", "min(ttl, max_age) - age");
+    let strict = app.get("/balances?max_age=10").await;
+    let cache_control = max_age_of(&strict);
+    let body: Value = serde_json::from_slice(&strict.bytes().await.unwrap()).unwrap();
+    assert_eq!(account_line(&body, "leanx-main")["source"], "live");
+    assert_eq!(cache_control, "private, max-age=10", "a figure fetched for max_age=10 is fresh for 10 s to it");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
