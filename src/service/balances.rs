@@ -130,7 +130,7 @@ impl Service {
             }
         }
         account.cache_misses.increment(1);
-        match super::await_shared(self.refresh(&account), deadline).await {
+        match super::await_shared(self.refresh(&account, None), deadline).await {
             Ok(snapshot) => {
                 let fresh_for = freshness_bound(&account, max_age);
                 View {

@@ -2,11 +2,13 @@
 //! retries for transient failures, the circuit breaker, and persistence before serving.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::coalesce::{Joined, Shared};
+use super::lease::{self, Lease};
 use super::{AccountState, FetchOutcome, Service};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::store::{AccountSnapshot, SharedFailure};
@@ -15,9 +17,14 @@ impl Service {
     /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
     /// a caller that stops waiting (its deadline passed) does not cancel it: the figure still
     /// lands in the cache and the store for the next caller.
-    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>) -> Shared<FetchOutcome> {
+    ///
+    /// A caller already holding the account's lease hands it over with the fetch it starts;
+    /// if it joins a fetch in flight instead, the lease is released (that fetch has, or is
+    /// waiting for, a lease of its own).
+    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>, lease: Option<Lease>) -> Shared<FetchOutcome> {
         let (publisher, rx) = match self.fetches.join_or_start(account.id()) {
             Joined::Waiting(rx) => {
+                drop(lease);
                 metrics::counter!("tally_coalesced_waiters_total", "account" => account.id().to_string()).increment(1);
                 return rx;
             }
@@ -26,13 +33,15 @@ impl Service {
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
-            let outcome = service.fetch_now(&account).await;
+            let outcome = service.fetch_now(&account, lease).await;
             service.fetches.finish(publisher, outcome);
         });
         rx
     }
 
-    async fn fetch_now(&self, account: &AccountState) -> FetchOutcome {
+    /// One fetch of the account, holding its lease when replicas share the store. The lease
+    /// is released when `lease` goes out of scope here, on every path.
+    async fn fetch_now(&self, account: &AccountState, held: Option<Lease>) -> FetchOutcome {
         let id = account.id().to_string();
         let provider = account.provider().as_str();
         let now = self.clock.now();
@@ -45,23 +54,20 @@ impl Service {
                 reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )));
         }
-        // Replicas sharing a store: one of them fetches, the others wait for its result. While
-        // the store is failing there is nothing to coordinate through; fetch directly.
-        let mut events = if self.store_health.last_error().is_none() { self.store.fetch_events() } else { None };
-        let mut leased = false;
-        if let Some(events) = &mut events {
-            match self.coordinate(account, events).await {
+        let lease = match held {
+            Some(lease) => Some(lease),
+            None => match self.coordinate(account).await {
                 Coordinated::Done(outcome) => return outcome,
-                Coordinated::Leased => leased = true,
-                Coordinated::Alone => {}
-            }
-        }
+                Coordinated::Leased(lease) => Some(lease),
+                Coordinated::Alone => None,
+            },
+        };
         let result = {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             self.fetch_with_retries(account).await
         };
         let outcome = self.conclude(account, result).await;
-        self.release(account, leased).await;
+        drop(lease);
         outcome
     }
 
@@ -110,20 +116,30 @@ impl Service {
         }
     }
 
-    /// How long a replica may hold an account's fetch lease: its whole retry budget plus one
-    /// attempt. A crashed holder's lease lapses after this.
-    pub(super) fn lease_ttl(&self, account: &AccountState) -> Duration {
-        self.request_timeout + account.config.freshness.timeout
+    /// Takes the account's cluster-wide lease for one fetch, unless another fetch holds it
+    /// (with SQLite, always granted). Dropping the lease releases it.
+    pub async fn take_lease(&self, account: &AccountState) -> Result<Option<Lease>, crate::store::StoreError> {
+        let token = lease::token(&self.replica_id, self.lease_sequence.fetch_add(1, Ordering::Relaxed));
+        let ttl = lease::lease_ttl(self.request_timeout);
+        let granted = self.guarded(self.store.try_lease(account.id(), &token, ttl)).await?;
+        Ok(granted.then(|| Lease::granted(&self.store, account.id(), token, ttl)))
     }
 
-    /// Takes the account's cluster-wide lease, or waits for the replica holding it and takes
-    /// its result: the snapshot it stored, or the failure it recorded. If the holder dies, its
-    /// lease lapses and this replica takes it over.
-    async fn coordinate(
-        &self,
-        account: &AccountState,
-        events: &mut tokio::sync::broadcast::Receiver<String>,
-    ) -> Coordinated {
+    /// How long a replica waits for the holder of an account's lease before fetching itself:
+    /// a live holder's whole retry budget plus one attempt, and the lapse of a dead one's lease.
+    fn longest_wait(&self, account: &AccountState) -> Duration {
+        self.request_timeout + account.config.freshness.timeout + lease::lease_ttl(self.request_timeout)
+    }
+
+    /// Replicas sharing a store: takes the account's cluster-wide lease, or waits for the
+    /// fetch holding it and takes its result: the snapshot it stored, or the failure it
+    /// recorded. If the holder dies, its lease lapses and this replica takes it over. While
+    /// the store is failing there is nothing to coordinate through: the fetch goes alone.
+    async fn coordinate(&self, account: &AccountState) -> Coordinated {
+        let Some(mut events) = self.store_health.last_error().is_none().then(|| self.store.fetch_events()).flatten()
+        else {
+            return Coordinated::Alone;
+        };
         // What the store held before asking for the lease: a result landing any time after
         // this, even before the wait starts, is the holder's.
         let (Ok(before_snapshot), Ok(before_failure)) = (
@@ -134,22 +150,19 @@ impl Service {
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
         let before_failure = before_failure.map(|f| f.failed_at);
-        let mut leased = match self
-            .guarded(self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)))
-            .await
-        {
-            Ok(leased) => leased,
+        let mut lease = match self.take_lease(account).await {
+            Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
                 return Coordinated::Alone;
             }
         };
-        if !leased {
+        if lease.is_none() {
             metrics::counter!("tally_replica_waits_total", "account" => account.id().to_string()).increment(1);
         }
-        let until = Instant::now() + self.lease_ttl(account);
+        let until = Instant::now() + self.longest_wait(account);
         loop {
-            if !leased {
+            if lease.is_none() {
                 // Notifications wake us at once; the poll covers one lost while LISTEN
                 // (re)starts, and notices a lease that lapsed because its holder died.
                 tokio::select! {
@@ -161,36 +174,27 @@ impl Service {
                     () = tokio::time::sleep_until(until) => return Coordinated::Alone,
                 }
             }
-            if let Ok(Some(snapshot)) = self.store.latest_balances(account.id()).await
+            if let Ok(Some(snapshot)) = self.guarded(self.store.latest_balances(account.id())).await
                 && Some(snapshot.fetched_at) != before_snapshot
             {
-                self.release(account, leased).await;
                 let snapshot = Arc::new(snapshot);
                 account.offer(Arc::clone(&snapshot));
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
                 return Coordinated::Done(Ok(snapshot));
             }
-            if let Ok(Some(failure)) = self.store.last_failure(account.id()).await
+            if let Ok(Some(failure)) = self.guarded(self.store.last_failure(account.id())).await
                 && Some(failure.failed_at) != before_failure
             {
-                self.release(account, leased).await;
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(self.clock.now());
                 return Coordinated::Done(Err(error));
             }
             // Nothing landed since we looked: with the lease, the fetch is ours.
-            if leased {
-                return Coordinated::Leased;
+            if let Some(lease) = lease {
+                return Coordinated::Leased(lease);
             }
-            leased =
-                matches!(self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await, Ok(true));
-        }
-    }
-
-    pub(super) async fn release(&self, account: &AccountState, leased: bool) {
-        if leased && let Err(e) = self.store.release_lease(account.id(), &self.replica_id).await {
-            tracing::warn!(account = %account.id(), error = %e, "could not release the fetch lease; it will expire");
+            lease = self.take_lease(account).await.ok().flatten();
         }
     }
 
@@ -253,8 +257,8 @@ impl Service {
 enum Coordinated {
     /// Another replica's fetch finished meanwhile; its result is ours.
     Done(FetchOutcome),
-    /// This replica holds the lease: it fetches.
-    Leased,
+    /// This fetch holds the lease: it calls the upstream.
+    Leased(Lease),
     /// The store cannot coordinate now, or the wait hit its bound: fetch without a lease.
     Alone,
 }

@@ -12,6 +12,7 @@ pub mod circuit;
 pub mod clock;
 mod coalesce;
 mod fetch;
+pub mod lease;
 pub mod payouts;
 pub mod report;
 
@@ -127,8 +128,10 @@ pub struct Service {
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
     store_health: StoreHealth,
-    /// This process's name in fetch leases.
+    /// This process's name in fetch lease tokens.
     replica_id: String,
+    /// Numbers this process's fetches, so each holds a lease under its own token.
+    lease_sequence: std::sync::atomic::AtomicU64,
     /// One balance fetch in flight per account.
     fetches: coalesce::Coalescer<AccountId, FetchOutcome>,
     /// One payout lookup in flight per account and id.
@@ -164,6 +167,7 @@ impl Service {
             request_timeout: settings.server.request_timeout,
             store_health: StoreHealth::default(),
             replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            lease_sequence: Default::default(),
             fetches: Default::default(),
             payout_lookups: Default::default(),
         })
@@ -256,23 +260,24 @@ impl Service {
     /// One background refresh, unless the figure is younger than `within`. With replicas, the
     /// decision is taken under the account's lease: a replica that finds the lease taken
     /// leaves the refresh to its holder, and one that gets it checks again, since another
-    /// replica may have refreshed between its first look and the lease.
+    /// replica may have refreshed between its first look and the lease. The lease taken here
+    /// is handed to the fetch, which releases it.
     async fn refresh_in_background(self: &Arc<Self>, account: &Arc<AccountState>, within: Duration) {
         if self.refreshed_recently(account, within).await {
             return;
         }
+        let mut lease = None;
         if self.store.fetch_events().is_some() {
-            match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
-                Ok(false) => return,
-                Ok(true) if self.refreshed_recently(account, within).await => {
-                    self.release(account, true).await;
-                    return;
-                }
-                // Taken (the fetch below renews it as the same holder), or the store is down.
-                Ok(true) | Err(_) => {}
+            match self.take_lease(account).await {
+                Ok(None) => return,
+                // Dropping the lease releases it.
+                Ok(Some(_)) if self.refreshed_recently(account, within).await => return,
+                Ok(Some(held)) => lease = Some(held),
+                // The store is down: nothing to coordinate through.
+                Err(_) => {}
             }
         }
-        let mut rx = self.refresh(account);
+        let mut rx = self.refresh(account, lease);
         let _ = rx.wait_for(|outcome| outcome.is_some()).await;
     }
 

@@ -160,8 +160,8 @@ pub trait Store: Send + Sync {
     // Coordination of replicas sharing the store. A single-process store (SQLite) needs none:
     // it grants every lease and announces nothing.
 
-    /// Takes the cluster-wide lease on fetching `account`, unless another holder has a lease
-    /// that has not expired.
+    /// Takes the cluster-wide lease on fetching `account` for `holder` (one fetch), unless a
+    /// lease on it has not expired, whoever holds it.
     async fn try_lease(
         &self,
         _account: &AccountId,
@@ -171,6 +171,17 @@ pub trait Store: Send + Sync {
         Ok(true)
     }
 
+    /// Extends `holder`'s lease by `ttl` from now; false if it is no longer the holder.
+    async fn renew_lease(
+        &self,
+        _account: &AccountId,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Ends `holder`'s lease; a lease held by another holder is left alone.
     async fn release_lease(&self, _account: &AccountId, _holder: &str) -> Result<(), StoreError> {
         Ok(())
     }

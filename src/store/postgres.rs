@@ -364,7 +364,7 @@ impl Store for PostgresStore {
         let granted: Option<String> = sqlx::query_scalar(
             "INSERT INTO fetch_leases (account, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
              ON CONFLICT (account) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-             WHERE fetch_leases.expires_at < now() OR fetch_leases.holder = EXCLUDED.holder
+             WHERE fetch_leases.expires_at < now()
              RETURNING holder",
         )
         .bind(account.as_str())
@@ -373,6 +373,18 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(granted.is_some())
+    }
+
+    async fn renew_lease(&self, account: &AccountId, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE fetch_leases SET expires_at = now() + make_interval(secs => $3) WHERE account = $1 AND holder = $2",
+        )
+        .bind(account.as_str())
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
     }
 
     async fn release_lease(&self, account: &AccountId, holder: &str) -> Result<(), StoreError> {

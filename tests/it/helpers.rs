@@ -128,6 +128,8 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
+    /// The app's service, for what only it can tell (leases, background checks).
+    pub service: Arc<tally::service::Service>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -153,11 +155,12 @@ impl TestApp {
         let clock = Arc::new(ManualClock::new(t0()));
         let app = Application::build_with_clock(settings, clock.clone()).await.expect("the app starts");
         let base = format!("http://{}", app.local_addr());
+        let service = Arc::clone(app.service());
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        Self { base, http: reqwest::Client::new(), clock, stop: Some(stop), task: Some(task) }
+        Self { base, http: reqwest::Client::new(), clock, service, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
