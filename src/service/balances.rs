@@ -8,9 +8,8 @@ use tokio::time::Instant;
 
 use super::clock::{age, age_seconds};
 use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, BalancesReport, Source, totals};
-use super::{AccountState, Service};
+use super::{AccountState, FetchFailure, Service};
 use crate::domain::{AccountId, Currency, Provider};
-use crate::providers::UpstreamError;
 use crate::store::{AccountSnapshot, Backend};
 
 /// What a `/balances` request asks for. Empty lists select everything.
@@ -130,7 +129,8 @@ impl Service {
             }
         }
         account.cache_misses.increment(1);
-        match super::await_shared(self.refresh(&account, None), deadline).await {
+        let fetched = super::await_shared(self.refresh(&account, None), deadline).await;
+        match fetched.unwrap_or_else(|| Err(FetchFailure { error: super::deadline_passed(), at: self.clock.now() })) {
             Ok(snapshot) => {
                 let fresh_for = freshness_bound(&account, max_age);
                 View {
@@ -142,7 +142,7 @@ impl Service {
                     fresh_for,
                 }
             }
-            Err(error) => self.stale(account, error).await,
+            Err(failure) => self.stale(account, failure).await,
         }
     }
 
@@ -160,7 +160,7 @@ impl Service {
     }
 
     /// The last known figure (memory, else the store) marked stale, or `failed` if none.
-    async fn stale(&self, account: Arc<AccountState>, error: UpstreamError) -> View {
+    async fn stale(&self, account: Arc<AccountState>, failure: FetchFailure) -> View {
         let mut snapshot = account.latest();
         if snapshot.is_none()
             && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
@@ -169,11 +169,12 @@ impl Service {
             account.offer(Arc::clone(&stored));
             snapshot = Some(stored);
         }
+        let FetchFailure { error, at } = failure;
         let error = Some(AccountError {
             code: error.code().to_owned(),
-            message: error.message.clone(),
+            message: error.message,
             upstream_status: error.upstream_status,
-            at: self.clock.now(),
+            at,
         });
         let (status, source) = match snapshot {
             Some(_) => (AccountStatus::Stale, Some(Source::Cache)),

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::coalesce::{Joined, Shared};
 use super::lease::{self, Lease};
-use super::{AccountState, FetchOutcome, Service};
+use super::{AccountState, FetchFailure, FetchOutcome, Service};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::store::{AccountSnapshot, SharedFailure};
 
@@ -49,10 +49,11 @@ impl Service {
             metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => id.clone(),
                 "operation" => "balances", "outcome" => "circuit_open")
             .increment(1);
-            return Err(UpstreamError::circuit_open(format!(
+            let error = UpstreamError::circuit_open(format!(
                 "too many consecutive failures; the next attempt is allowed at {}",
                 reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )));
+            ));
+            return Err(FetchFailure { error, at: now });
         }
         let lease = match held {
             Some(lease) => Some(lease),
@@ -111,7 +112,7 @@ impl Service {
                 if let Err(e) = self.store.record_failure(account.id(), &shared).await {
                     tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
                 }
-                Err(error)
+                Err(FetchFailure { error, at: now })
             }
         }
     }
@@ -180,6 +181,8 @@ impl Service {
                 let snapshot = Arc::new(snapshot);
                 account.offer(Arc::clone(&snapshot));
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
+                account.health.lock().expect("health lock is never held across a panic").last_success_at =
+                    Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
             if let Ok(Some(failure)) = self.guarded(self.store.last_failure(account.id())).await
@@ -188,7 +191,9 @@ impl Service {
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(self.clock.now());
-                return Coordinated::Done(Err(error));
+                account.health.lock().expect("health lock is never held across a panic").last_error =
+                    Some((error.clone(), failure.failed_at));
+                return Coordinated::Done(Err(FetchFailure { error, at: failure.failed_at }));
             }
             // Nothing landed since we looked: with the lease, the fetch is ours.
             if let Some(lease) = lease {

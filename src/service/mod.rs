@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
@@ -32,19 +32,29 @@ pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
 
 /// The result of one fetch, shared by every request that waited for it.
-pub type FetchOutcome = Result<Arc<AccountSnapshot>, UpstreamError>;
+pub type FetchOutcome = Result<Arc<AccountSnapshot>, FetchFailure>;
 
-/// Waits until `deadline` for the outcome of a shared (coalesced) upstream call. A missed
-/// deadline, like a task that vanished without an answer, reads as `upstream_timeout`.
-async fn await_shared<T: Clone>(
-    mut rx: watch::Receiver<Option<Result<T, UpstreamError>>>,
-    deadline: tokio::time::Instant,
-) -> Result<T, UpstreamError> {
+/// A failed fetch, and when it failed (which a request joining it, or a replica adopting it,
+/// reports as the time of the error, not its own time).
+#[derive(Clone, Debug)]
+pub struct FetchFailure {
+    pub error: UpstreamError,
+    pub at: DateTime<Utc>,
+}
+
+/// Waits until `deadline` for the outcome of a shared (coalesced) call. `None` when the
+/// deadline passed, or the task vanished without an answer: for the caller, a timeout.
+async fn await_shared<T: Clone>(mut rx: coalesce::Shared<T>, deadline: tokio::time::Instant) -> Option<T> {
     let waited = tokio::time::timeout_at(deadline, async {
         rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
     })
     .await;
-    waited.ok().flatten().unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")))
+    waited.ok().flatten()
+}
+
+/// The error of a caller that stopped waiting at its deadline.
+fn deadline_passed() -> UpstreamError {
+    UpstreamError::timeout("no answer before the request deadline")
 }
 
 /// Everything tally knows about one configured account at run time.

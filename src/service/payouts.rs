@@ -129,7 +129,8 @@ impl Service {
                 return Per::Found(PayoutView { stored: stored.clone(), stale: false });
             }
         }
-        match (super::await_shared(self.lookup(account, &query.id), deadline).await, stored) {
+        let looked_up = super::await_shared(self.lookup(account, &query.id), deadline).await;
+        match (looked_up.unwrap_or_else(|| Err(super::deadline_passed())), stored) {
             (Ok(PayoutLookup::Found(payout)), stored) => Per::Found(self.observe(account, *payout, stored).await),
             (Ok(PayoutLookup::NotFound), None) => Per::NotFound,
             // The provider no longer finds what it once reported: serve what we saw, flagged.

@@ -223,3 +223,33 @@ async fn a_background_refresh_refused_by_an_open_circuit_releases_its_lease() {
     // Each refused refresh took the lease first; none may keep it.
     eventually("no lease is left behind", Duration::from_secs(5), || async { lease_rows(&db).await == 0 }).await;
 }
+
+#[tokio::test]
+async fn a_failure_taken_from_another_replica_keeps_the_time_it_happened() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(800)))
+        .mount(&upstream)
+        .await;
+    let config = accounts(&[&upstream], "");
+    let a = TestApp::spawn(db.url(), &config).await;
+    let b = TestApp::spawn(db.url(), &config).await;
+    // B's clock is 7 s ahead of A's: a time taken from B's clock is told apart.
+    b.advance(Duration::from_secs(7));
+    let to_a = tokio::spawn({
+        let (http, url) = (a.http.clone(), format!("{}/balances?max_age=0", a.base));
+        async move { http.get(url).send().await.unwrap().status() }
+    });
+    eventually("A calls the upstream", Duration::from_secs(5), || async { calls(&upstream).await == 1 }).await;
+    let (status, body) = b.get_json("/balances?max_age=0").await;
+    assert_eq!(status, 503, "{body}");
+    let error = &body["accounts"][0]["error"];
+    assert_eq!(error["code"], "upstream_unavailable");
+    assert_eq!(error["at"], "2026-11-22T08:00:00Z", "when A's fetch failed, not when B answered");
+    assert_eq!(to_a.await.unwrap(), 503);
+    assert_eq!(calls(&upstream).await, 1, "B took A's failure");
+    let (_, accounts) = b.get_json("/accounts").await;
+    assert_eq!(accounts["accounts"][0]["last_error"]["at"], "2026-11-22T08:00:00Z");
+}
