@@ -11,7 +11,7 @@ use super::coalesce::{Joined, Shared};
 use super::lease::{self, Lease};
 use super::{AccountState, FetchFailure, FetchOutcome, Service};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
-use crate::store::{AccountSnapshot, SharedFailure};
+use crate::store::{AccountSnapshot, FailedFetch};
 
 impl Service {
     /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
@@ -42,19 +42,8 @@ impl Service {
     /// One fetch of the account, holding its lease when replicas share the store. The lease
     /// is released when `lease` goes out of scope here, on every path.
     async fn fetch_now(&self, account: &AccountState, held: Option<Lease>) -> FetchOutcome {
-        let id = account.id().to_string();
-        let provider = account.provider().as_str();
-        let now = self.clock.now();
-        if let Err(reopens_at) = account.circuit.lock().expect("circuit lock is never held across a panic").allow(now) {
-            metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => id.clone(),
-                "operation" => "balances", "outcome" => "circuit_open")
-            .increment(1);
-            let error = UpstreamError::circuit_open(format!(
-                "too many consecutive failures; the next attempt is allowed at {}",
-                reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ));
-            return Err(FetchFailure { error, at: now });
-        }
+        // This replica's view of the circuit first: open, it refuses without asking anyone.
+        self.circuit_allows(account)?;
         let lease = match held {
             Some(lease) => Some(lease),
             None => match self.coordinate(account).await {
@@ -63,6 +52,14 @@ impl Service {
                 Coordinated::Alone => None,
             },
         };
+        if lease.is_some() {
+            // Under the lease the cluster's circuit decides: failures seen by other replicas
+            // count here, and one probe per cool-down is made in the whole cluster.
+            if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await {
+                account.adopt_circuit(&shared);
+            }
+            self.circuit_allows(account)?;
+        }
         let result = {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             self.fetch_with_retries(account).await
@@ -70,6 +67,23 @@ impl Service {
         let outcome = self.conclude(account, result).await;
         drop(lease);
         outcome
+    }
+
+    /// Refuses a fetch while the account's circuit is open.
+    fn circuit_allows(&self, account: &AccountState) -> Result<(), FetchFailure> {
+        let now = self.clock.now();
+        let Err(reopens_at) = account.circuit.lock().expect("circuit lock is never held across a panic").allow(now)
+        else {
+            return Ok(());
+        };
+        metrics::counter!("tally_upstream_calls_total", "provider" => account.provider().as_str(),
+            "account" => account.id().to_string(), "operation" => "balances", "outcome" => "circuit_open")
+        .increment(1);
+        let error = UpstreamError::circuit_open(format!(
+            "too many consecutive failures; the next attempt is allowed at {}",
+            reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+        Err(FetchFailure { error, at: now })
     }
 
     /// Records a fetch's result: persisted and cached on success; on failure counted by the
@@ -100,17 +114,25 @@ impl Service {
             Err(error) => {
                 tracing::warn!(account = %id, provider, code = error.code(), upstream_status = ?error.upstream_status,
                     provider_code = ?error.provider_code, "balance fetch failed: {}", error.message);
-                account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
                 account.health.lock().expect("health lock is never held across a panic").last_error =
                     Some((error.clone(), now));
-                let shared = SharedFailure {
+                let failed = FailedFetch {
                     code: error.code().to_owned(),
                     message: error.message.clone(),
                     upstream_status: error.upstream_status,
                     failed_at: now,
                 };
-                if let Err(e) = self.store.record_failure(account.id(), &shared).await {
-                    tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                let threshold = account.config.circuit.failure_threshold;
+                // With a shared store the failure counts in the cluster's run; alone, here.
+                match self.guarded(self.store.record_failure(account.id(), &failed, threshold)).await {
+                    Ok(Some(shared)) => account.adopt_circuit(&shared),
+                    Ok(None) => {
+                        account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now)
+                    }
+                    Err(e) => {
+                        tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                        account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
+                    }
                 }
                 Err(FetchFailure { error, at: now })
             }
@@ -150,7 +172,7 @@ impl Service {
             return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
-        let before_failure = before_failure.map(|f| f.failed_at);
+        let before_failure = before_failure.map(|f| f.failure.failed_at);
         let mut lease = match self.take_lease(account).await {
             Ok(lease) => lease,
             Err(e) => {
@@ -185,12 +207,13 @@ impl Service {
                     Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
-            if let Ok(Some(failure)) = self.guarded(self.store.last_failure(account.id())).await
-                && Some(failure.failed_at) != before_failure
+            if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await
+                && Some(shared.failure.failed_at) != before_failure
             {
+                account.adopt_circuit(&shared);
+                let failure = shared.failure;
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
-                account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(self.clock.now());
                 account.health.lock().expect("health lock is never held across a panic").last_error =
                     Some((error.clone(), failure.failed_at));
                 return Coordinated::Done(Err(FetchFailure { error, at: failure.failed_at }));

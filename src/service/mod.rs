@@ -7,6 +7,7 @@
 //! - [`payouts`]: one payout status across accounts;
 //! - [`circuit`] and [`clock`]: the breaker and injectable time.
 
+mod background;
 pub mod balances;
 pub mod circuit;
 pub mod clock;
@@ -26,7 +27,7 @@ use tokio::sync::Semaphore;
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
-use crate::store::{AccountSnapshot, Backend, Store};
+use crate::store::{AccountSnapshot, Store};
 
 pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -103,6 +104,14 @@ impl AccountState {
 
     pub fn health(&self) -> Health {
         self.health.lock().expect("health lock is never held across a panic").clone()
+    }
+
+    /// Takes the circuit as the cluster recorded it.
+    fn adopt_circuit(&self, shared: &crate::store::SharedFailure) {
+        self.circuit
+            .lock()
+            .expect("circuit lock is never held across a panic")
+            .adopt(shared.consecutive_failures, shared.opened_at);
     }
 
     pub fn circuit_state(&self, now: DateTime<Utc>) -> CircuitState {
@@ -241,64 +250,5 @@ impl Service {
             }
             Err(e) => tracing::warn!(error = %e, "could not warm the balance cache from the store"),
         }
-    }
-
-    /// Starts background refresh for accounts with a `refresh_interval`. The tasks end when
-    /// the returned handles are aborted (at shutdown).
-    pub fn spawn_background_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.accounts
-            .iter()
-            .filter(|a| !a.config.freshness.refresh_interval.is_zero())
-            .map(|account| {
-                let service = Arc::clone(self);
-                let account = Arc::clone(account);
-                tokio::spawn(async move { service.refresh_periodically(account).await })
-            })
-            .collect()
-    }
-
-    async fn refresh_periodically(self: Arc<Self>, account: Arc<AccountState>) {
-        let period = account.config.freshness.refresh_interval;
-        loop {
-            // ±10% jitter keeps accounts with one period from calling upstreams in lockstep.
-            let jitter = period.mul_f64(rand::random_range(0.9..1.1));
-            tokio::time::sleep(jitter).await;
-            self.refresh_in_background(&account, period / 2).await;
-        }
-    }
-
-    /// One background refresh, unless the figure is younger than `within`. With replicas, the
-    /// decision is taken under the account's lease: a replica that finds the lease taken
-    /// leaves the refresh to its holder, and one that gets it checks again, since another
-    /// replica may have refreshed between its first look and the lease. The lease taken here
-    /// is handed to the fetch, which releases it.
-    async fn refresh_in_background(self: &Arc<Self>, account: &Arc<AccountState>, within: Duration) {
-        if self.refreshed_recently(account, within).await {
-            return;
-        }
-        let mut lease = None;
-        if self.store.fetch_events().is_some() {
-            match self.take_lease(account).await {
-                Ok(None) => return,
-                // Dropping the lease releases it.
-                Ok(Some(_)) if self.refreshed_recently(account, within).await => return,
-                Ok(Some(held)) => lease = Some(held),
-                // The store is down: nothing to coordinate through.
-                Err(_) => {}
-            }
-        }
-        let mut rx = self.refresh(account, lease);
-        let _ = rx.wait_for(|outcome| outcome.is_some()).await;
-    }
-
-    /// Whether the account's figure is younger than `within`, here or (with a shared store)
-    /// on another replica: then a background refresh would only repeat its call.
-    async fn refreshed_recently(&self, account: &AccountState, within: Duration) -> bool {
-        if self.store.backend() == Backend::Postgres
-            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
-        {
-            account.offer(Arc::new(stored));
-        }
-        account.latest().is_some_and(|s| clock::age(self.clock.now(), s.fetched_at) < within)
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{TestApp, TestDb, eventually};
+use crate::helpers::{Script, TestApp, TestDb, eventually};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -252,4 +252,78 @@ async fn a_failure_taken_from_another_replica_keeps_the_time_it_happened() {
     assert_eq!(calls(&upstream).await, 1, "B took A's failure");
     let (_, accounts) = b.get_json("/accounts").await;
     assert_eq!(accounts["accounts"][0]["last_error"]["at"], "2026-11-22T08:00:00Z");
+}
+
+async fn circuit_of(replica: &TestApp) -> String {
+    replica.get_json("/accounts").await.1["accounts"][0]["circuit"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_circuit_is_shared_by_every_replica() {
+    let Some(db) = TestDb::postgres().await else { return };
+    // Three failures open the circuit; the probe after the first cool-down fails too; the
+    // probe after the second succeeds.
+    let failure = ResponseTemplate::new(503);
+    let success = ResponseTemplate::new(200).set_body_raw(body(), "application/json");
+    let script = Script::new(vec![failure.clone(), failure.clone(), failure.clone(), failure, success]);
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script.clone()).mount(&upstream).await;
+    let config = accounts(&[&upstream], "circuit_failure_threshold = 3\ncircuit_cooldown = \"30s\"");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(TestApp::spawn(db.url(), &config).await);
+    }
+    // A fourth replica serves no request: it learns the circuit only from the others.
+    let bystander = TestApp::spawn(db.url(), &config).await;
+
+    for i in 0..9 {
+        let (status, _) = replicas[i % 3].get_json("/balances?max_age=0").await;
+        assert_eq!(status, 503, "request {i}: nothing stored, and the upstream fails or the circuit is open");
+    }
+    assert_eq!(script.calls().len(), 3, "the threshold in total, not per replica");
+    for replica in replicas.iter().chain([&bystander]) {
+        eventually("every replica shows the circuit open", Duration::from_secs(5), || async {
+            circuit_of(replica).await == "open"
+        })
+        .await;
+    }
+
+    // After the cool-down, replicas asking at once make one probe; it fails and re-opens the
+    // circuit everywhere.
+    for replica in replicas.iter().chain([&bystander]) {
+        replica.advance(Duration::from_secs(31));
+    }
+    let probes: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            let (http, url) = (r.http.clone(), format!("{}/balances?max_age=0", r.base));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for probe in probes {
+        assert_eq!(probe.await.unwrap(), 503);
+    }
+    assert_eq!(script.calls().len(), 4, "one probe in the cluster");
+    for replica in replicas.iter().chain([&bystander]) {
+        eventually("the failed probe re-opens the circuit everywhere", Duration::from_secs(5), || async {
+            circuit_of(replica).await == "open"
+        })
+        .await;
+    }
+
+    // After the next cool-down one probe succeeds and closes the circuit everywhere.
+    for replica in replicas.iter().chain([&bystander]) {
+        replica.advance(Duration::from_secs(31));
+    }
+    let (status, probed) = replicas[1].get_json("/balances?max_age=0").await;
+    assert_eq!((status, probed["accounts"][0]["status"].as_str()), (200, Some("fresh")));
+    for replica in replicas.iter().chain([&bystander]) {
+        eventually("the successful probe closes the circuit everywhere", Duration::from_secs(5), || async {
+            circuit_of(replica).await == "closed"
+        })
+        .await;
+        let (status, body) = replica.get_json("/balances").await;
+        assert_eq!((status, body["accounts"][0]["status"].as_str()), (200, Some("fresh")), "{body}");
+    }
+    assert_eq!(script.calls().len(), 5, "one successful probe, then figures from the store");
 }
