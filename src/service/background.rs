@@ -10,7 +10,6 @@ use tokio::task::JoinHandle;
 use super::{AccountState, Service, clock};
 use crate::domain::AccountId;
 use crate::providers::{UpstreamError, UpstreamErrorKind};
-use crate::store::Backend;
 
 impl Service {
     /// Starts the background tasks: periodic refresh of the accounts with a
@@ -75,48 +74,65 @@ impl Service {
         }
     }
 
+    /// Refreshes the account about once per period, whichever replica does it. Each check
+    /// sleeps until the figure is due (with a little jitter so replicas and accounts spread
+    /// out), then refreshes it if it still is.
     async fn refresh_periodically(self: Arc<Self>, account: Arc<AccountState>) {
         let period = account.config.freshness.refresh_interval;
+        let mut wait = jitter(period);
         loop {
-            // ±10% jitter keeps accounts with one period from calling upstreams in lockstep.
-            let jitter = period.mul_f64(rand::random_range(0.9..1.1));
-            tokio::time::sleep(jitter).await;
-            self.refresh_in_background(&account, period / 2).await;
+            tokio::time::sleep(wait).await;
+            wait = self.background_check(&account, period).await + jitter(period);
+            account.background_checks.send_modify(|checks| *checks += 1);
         }
     }
 
-    /// One background refresh, unless the figure is younger than `within`. With replicas, the
-    /// decision is taken under the account's lease: a replica that finds the lease taken
-    /// leaves the refresh to its holder, and one that gets it checks again, since another
-    /// replica may have refreshed between its first look and the lease. The lease taken here
-    /// is handed to the fetch, which releases it.
-    async fn refresh_in_background(self: &Arc<Self>, account: &Arc<AccountState>, within: Duration) {
-        if self.refreshed_recently(account, within).await {
-            return;
+    /// One background check: refreshes the account if its figure is due, and returns how long
+    /// until the next check. With replicas the decision is taken under the account's lease,
+    /// against the store's figure: another replica may have refreshed since this one last
+    /// looked. The lease taken here is handed to the fetch, which releases it.
+    async fn background_check(self: &Arc<Self>, account: &Arc<AccountState>, period: Duration) -> Duration {
+        // This replica's figure is never newer than the store's: not due here is not due.
+        if let Some(wait) = self.until_due(account, period) {
+            return wait;
         }
         let mut lease = None;
-        if self.store.fetch_events().is_some() {
+        if self.store_health.last_error().is_none() && self.store.fetch_events().is_some() {
             match self.take_lease(account).await {
-                Ok(None) => return,
-                // Dropping the lease releases it.
-                Ok(Some(_)) if self.refreshed_recently(account, within).await => return,
-                Ok(Some(held)) => lease = Some(held),
+                // Another fetch holds it: its figure lands soon; look again then.
+                Ok(None) => return period / 10,
+                Ok(Some(held)) => {
+                    if let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await {
+                        account.offer(Arc::new(stored));
+                    }
+                    // Dropping the lease releases it.
+                    if let Some(wait) = self.until_due(account, period) {
+                        return wait;
+                    }
+                    lease = Some(held);
+                }
                 // The store is down: nothing to coordinate through.
                 Err(_) => {}
             }
         }
         let mut rx = self.refresh(account, lease);
         let _ = rx.wait_for(|outcome| outcome.is_some()).await;
+        // After a failure the figure is still due: try again next period.
+        self.until_due(account, period).unwrap_or(period)
     }
 
-    /// Whether the account's figure is younger than `within`, here or (with a shared store)
-    /// on another replica: then a background refresh would only repeat its call.
-    async fn refreshed_recently(&self, account: &AccountState, within: Duration) -> bool {
-        if self.store.backend() == Backend::Postgres
-            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
-        {
-            account.offer(Arc::new(stored));
-        }
-        account.latest().is_some_and(|s| clock::age(self.clock.now(), s.fetched_at) < within)
+    /// How long until the account's figure is due for a background refresh; `None` if it is
+    /// due now. A figure is due one period after it was fetched, less a twentieth of the
+    /// period, so that a check waking a little early (timer drift, clock skew between
+    /// replicas) does not skip a whole period.
+    fn until_due(&self, account: &AccountState, period: Duration) -> Option<Duration> {
+        let fetched_at = account.latest()?.fetched_at;
+        let due_in = (period - period / 20).checked_sub(clock::age(self.clock.now(), fetched_at))?;
+        (!due_in.is_zero()).then_some(due_in)
     }
+}
+
+/// Up to a tenth of the period: spreads the checks of replicas and accounts.
+fn jitter(period: Duration) -> Duration {
+    (period / 10).mul_f64(rand::random_range(0.0..1.0))
 }

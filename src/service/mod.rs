@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
@@ -65,6 +65,8 @@ pub struct AccountState {
     latest: RwLock<Option<Arc<AccountSnapshot>>>,
     circuit: Mutex<circuit::Circuit>,
     health: Mutex<Health>,
+    /// Background checks of this account finished in this process (refreshed or not due).
+    background_checks: watch::Sender<u64>,
     /// Registered once: a cache hit on the hot path is one atomic add.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
@@ -112,6 +114,12 @@ impl AccountState {
             .lock()
             .expect("circuit lock is never held across a panic")
             .adopt(shared.consecutive_failures, shared.opened_at);
+    }
+
+    /// Counts the background checks of this account as they finish: what a test of background
+    /// refresh waits on, instead of guessing how long a timer takes.
+    pub fn background_checks(&self) -> watch::Receiver<u64> {
+        self.background_checks.subscribe()
     }
 
     pub fn circuit_state(&self, now: DateTime<Utc>) -> CircuitState {
@@ -172,6 +180,7 @@ impl Service {
                     latest: RwLock::new(None),
                     circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
                     health: Mutex::new(Health::default()),
+                    background_checks: watch::Sender::new(0),
                     config: config.clone(),
                 })
             })

@@ -8,7 +8,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{Script, TestApp, TestDb};
+use crate::helpers::{Script, TestApp, TestDb, eventually, more_checks};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -462,4 +462,29 @@ async fn cache_control_is_the_remaining_freshness_under_the_ttl_capped_by_max_ag
     assert_eq!(account_line(&body, "leanx-main")["source"], "live");
     assert_eq!(cache_control, "private, max-age=10", "a figure fetched for max_age=10 is fresh for 10 s to it");
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn background_refresh_fetches_once_per_period() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    // Checks run on real timers (~100 ms); the figure ages only when the test moves the clock.
+    let period = Duration::from_millis(100);
+    let app = TestApp::spawn(db.url(), &account("warm", &server, "refresh_interval = \"100ms\"\nttl = \"1h\"")).await;
+    let calls = || async { server.received_requests().await.unwrap().len() };
+    let mut checks = app.service.account(&"warm".parse().unwrap()).unwrap().background_checks();
+    eventually("the first refresh, at start", Duration::from_secs(10), || async { calls().await == 1 }).await;
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls().await, 1, "a figure younger than the period is not refreshed");
+    app.advance(period / 2);
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls().await, 1, "half a period old: not yet due");
+    app.advance(period / 2);
+    eventually("refreshed one period after the last fetch", Duration::from_secs(10), || async { calls().await == 2 })
+        .await;
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls().await, 2, "once per period");
+    let (_, body) = app.get_json("/balances").await;
+    assert_eq!(account_line(&body, "warm")["source"], "cache", "requests are served the refreshed figure");
+    assert_eq!(calls().await, 2);
 }

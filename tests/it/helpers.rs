@@ -283,3 +283,13 @@ impl wiremock::Respond for Script {
         self.answers[(calls.len() - 1).min(self.answers.len() - 1)].clone()
     }
 }
+
+/// Waits (bounded) until `n` more background checks of the account have finished, so that at
+/// least one check started after whatever the test just changed.
+pub async fn more_checks(checks: &mut tokio::sync::watch::Receiver<u64>, n: u64) {
+    let target = *checks.borrow_and_update() + n;
+    tokio::time::timeout(Duration::from_secs(10), checks.wait_for(|done| *done >= target))
+        .await
+        .expect("background checks keep running")
+        .expect("the app is running");
+}

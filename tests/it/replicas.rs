@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{Script, TestApp, TestDb, eventually};
+use crate::helpers::{Script, TestApp, TestDb, eventually, more_checks};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -137,26 +137,28 @@ async fn when_the_lease_holder_dies_another_replica_completes_the_refresh() {
 async fn background_refresh_runs_once_per_period_across_replicas() {
     let Some(db) = TestDb::postgres().await else { return };
     let upstream = slow_upstream(Duration::from_millis(50)).await;
-    // Real timers tick every ~200 ms; figures only age when the test moves the replicas'
-    // clocks, so each "period" below is one clock step.
+    // Timers run on real time (checks every ~200 ms); figures age only when the test moves
+    // the replicas' clocks. Steps of 0.6 period put the replicas' figure past half a period at
+    // every step: a rule that refreshes twice per period (or once per replica) shows here.
+    let period = Duration::from_millis(200);
     let config = accounts(&[&upstream], "refresh_interval = \"200ms\"\nttl = \"1h\"");
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(TestApp::spawn(db.url(), &config).await);
     }
-    for period in 1..=3 {
-        let wait = tokio::time::timeout(Duration::from_secs(5), async {
-            while calls(&upstream).await < period {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        wait.await.unwrap_or_else(|_| panic!("period {period}: a refresh happens"));
-        // Several more ticks of every replica: none refreshes a figure that is still young.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        assert_eq!(calls(&upstream).await, period, "one upstream call in period {period}, not one per replica");
+    let account: tally::domain::AccountId = "acct-0".parse().unwrap();
+    let mut checks: Vec<_> =
+        replicas.iter().map(|r| r.service.account(&account).unwrap().background_checks()).collect();
+    eventually("the first refresh, at start", Duration::from_secs(10), || async { calls(&upstream).await == 1 }).await;
+    for step in 1..=6 {
         for replica in &replicas {
-            replica.advance(Duration::from_secs(1));
+            replica.advance(period.mul_f64(0.6));
         }
+        for replica_checks in &mut checks {
+            more_checks(replica_checks, 2).await;
+        }
+        // Refreshed at 0, 1.2, 2.4 and 3.6 periods: every second step.
+        assert_eq!(calls(&upstream).await, 1 + step / 2, "after {step} steps of 0.6 period");
     }
 }
 
