@@ -115,7 +115,7 @@ impl Service {
                 Err(_) => {}
             }
         }
-        let mut rx = self.refresh(account, lease);
+        let mut rx = self.refresh(account, lease, tokio::time::Instant::now() + self.request_timeout);
         let _ = rx.wait_for(|outcome| outcome.is_some()).await;
         // After a failure the figure is still due: try again next period.
         self.until_due(account, period).unwrap_or(period)

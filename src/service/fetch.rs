@@ -20,8 +20,14 @@ impl Service {
     ///
     /// A caller already holding the account's lease hands it over with the fetch it starts;
     /// if it joins a fetch in flight instead, the lease is released (that fetch has, or is
-    /// waiting for, a lease of its own).
-    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>, lease: Option<Lease>) -> Shared<FetchOutcome> {
+    /// waiting for, a lease of its own). `deadline` is the starting caller's: the fetch's store
+    /// calls keep within it, so a stalled store does not hold the figure past it.
+    pub(super) fn refresh(
+        self: &Arc<Self>,
+        account: &Arc<AccountState>,
+        lease: Option<Lease>,
+        deadline: Instant,
+    ) -> Shared<FetchOutcome> {
         let (publisher, rx) = match self.fetches.join_or_start(account.id()) {
             Joined::Waiting(rx) => {
                 drop(lease);
@@ -33,7 +39,7 @@ impl Service {
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
-            let outcome = service.fetch_now(&account, lease).await;
+            let outcome = service.fetch_now(&account, lease, deadline).await;
             service.fetches.finish(publisher, outcome);
         });
         rx
@@ -41,12 +47,12 @@ impl Service {
 
     /// One fetch of the account, holding its lease when replicas share the store. The lease
     /// is released when `lease` goes out of scope here, on every path.
-    async fn fetch_now(&self, account: &AccountState, held: Option<Lease>) -> FetchOutcome {
+    async fn fetch_now(&self, account: &AccountState, held: Option<Lease>, deadline: Instant) -> FetchOutcome {
         // This replica's view of the circuit first: open, it refuses without asking anyone.
         self.circuit_allows(account)?;
         let lease = match held {
             Some(lease) => Some(lease),
-            None => match self.coordinate(account).await {
+            None => match self.coordinate(account, deadline).await {
                 Coordinated::Done(outcome) => return outcome,
                 Coordinated::Leased(lease) => Some(lease),
                 Coordinated::Alone => None,
@@ -55,7 +61,8 @@ impl Service {
         if lease.is_some() {
             // Under the lease the cluster's circuit decides: failures seen by other replicas
             // count here, and one probe per cool-down is made in the whole cluster.
-            if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await {
+            let shared = self.guarded_by(self.store.last_failure(account.id()), Self::store_share(deadline)).await;
+            if let Ok(Some(shared)) = shared {
                 account.adopt_circuit(&shared);
             }
             self.circuit_allows(account)?;
@@ -64,7 +71,7 @@ impl Service {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             self.fetch_with_retries(account).await
         };
-        let outcome = self.conclude(account, result).await;
+        let outcome = self.conclude(account, result, deadline).await;
         drop(lease);
         outcome
     }
@@ -92,6 +99,7 @@ impl Service {
         &self,
         account: &AccountState,
         result: Result<crate::domain::BalanceFetch, UpstreamError>,
+        deadline: Instant,
     ) -> FetchOutcome {
         let id = account.id().to_string();
         let provider = account.provider().as_str();
@@ -105,7 +113,7 @@ impl Service {
                     entries: fetch.entries,
                     raw: Some(fetch.raw),
                 });
-                self.persist(&snapshot).await;
+                self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
                 account.health.lock().expect("health lock is never held across a panic").last_success_at = Some(now);
@@ -123,14 +131,17 @@ impl Service {
                     failed_at: now,
                 };
                 let threshold = account.config.circuit.failure_threshold;
+                let (store, account_id) = (Arc::clone(&self.store), account.id().clone());
+                let record = async move { store.record_failure(&account_id, &failed, threshold).await };
                 // With a shared store the failure counts in the cluster's run; alone, here.
-                match self.guarded(self.store.record_failure(account.id(), &failed, threshold)).await {
-                    Ok(Some(shared)) => account.adopt_circuit(&shared),
-                    Ok(None) => {
-                        account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now)
-                    }
-                    Err(e) => {
-                        tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                match self.write_behind(record, Self::write_until(deadline)).await {
+                    Some(Ok(Some(shared))) => account.adopt_circuit(&shared),
+                    // Not shared, or not recorded (yet: once it lands, following the cluster's
+                    // announcements adopts the recorded run).
+                    recorded => {
+                        if let Some(Err(e)) = recorded {
+                            tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                        }
                         account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
                     }
                 }
@@ -142,14 +153,29 @@ impl Service {
     /// Takes the account's cluster-wide lease for one fetch, unless another fetch holds it
     /// (with SQLite, always granted). Dropping the lease releases it.
     pub async fn take_lease(&self, account: &AccountState) -> Result<Option<Lease>, crate::store::StoreError> {
+        self.take_lease_by(account, None).await
+    }
+
+    /// [`take_lease`](Self::take_lease), giving up on the store at `by`.
+    async fn take_lease_by(
+        &self,
+        account: &AccountState,
+        by: Option<Instant>,
+    ) -> Result<Option<Lease>, crate::store::StoreError> {
         let token = lease::token(&self.replica_id, self.lease_sequence.fetch_add(1, Ordering::Relaxed));
         let ttl = lease::lease_ttl(self.request_timeout);
-        let granted = self.guarded(self.store.try_lease(account.id(), &token, ttl)).await?;
+        let call = self.store.try_lease(account.id(), &token, ttl);
+        let granted = match by {
+            Some(by) => self.guarded_by(call, by).await?,
+            None => self.guarded(call).await?,
+        };
         Ok(granted.then(|| Lease::granted(&self.store, account.id(), token, ttl)))
     }
 
     /// How long a replica waits for the holder of an account's lease before fetching itself:
     /// a live holder's whole retry budget plus one attempt, and the lapse of a dead one's lease.
+    ///
+    /// [`longest_wait`]: Self::longest_wait
     fn longest_wait(&self, account: &AccountState) -> Duration {
         self.request_timeout + account.config.freshness.timeout + lease::lease_ttl(self.request_timeout)
     }
@@ -158,22 +184,26 @@ impl Service {
     /// fetch holding it and takes its result: the snapshot it stored, or the failure it
     /// recorded. If the holder dies, its lease lapses and this replica takes it over. While
     /// the store is failing there is nothing to coordinate through: the fetch goes alone.
-    async fn coordinate(&self, account: &AccountState) -> Coordinated {
+    ///
+    /// Until the lease is asked for, the store gets a share of the time left before
+    /// `deadline`; after that the wait is the holder's, bounded by [`longest_wait`].
+    async fn coordinate(&self, account: &AccountState, deadline: Instant) -> Coordinated {
         let Some(mut events) = self.store_health.last_error().is_none().then(|| self.store.fetch_events()).flatten()
         else {
             return Coordinated::Alone;
         };
         // What the store held before asking for the lease: a result landing any time after
         // this, even before the wait starts, is the holder's.
+        let share = Self::store_share(deadline);
         let (Ok(before_snapshot), Ok(before_failure)) = (
-            self.guarded(self.store.latest_balances(account.id())).await,
-            self.guarded(self.store.last_failure(account.id())).await,
+            self.guarded_by(self.store.latest_balances(account.id()), share).await,
+            self.guarded_by(self.store.last_failure(account.id()), share).await,
         ) else {
             return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
         let before_failure = before_failure.map(|f| f.failure.failed_at);
-        let mut lease = match self.take_lease(account).await {
+        let mut lease = match self.take_lease_by(account, Some(share)).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
@@ -272,11 +302,20 @@ impl Service {
         result
     }
 
-    /// Persists a successful fetch. A store outage is logged and reported by `/readyz`, but
-    /// never keeps a live figure from being served.
-    async fn persist(&self, snapshot: &AccountSnapshot) {
-        if let Err(e) = self.guarded(self.store.record_balances(snapshot)).await {
-            tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot");
+    /// Persists a successful fetch before it is served. A store outage is logged and reported
+    /// by `/readyz`, but never keeps a live figure from being served: past the deadline the
+    /// figure is served while its write goes on.
+    async fn persist(&self, snapshot: &Arc<AccountSnapshot>, deadline: Instant) {
+        let (store, stored) = (Arc::clone(&self.store), Arc::clone(snapshot));
+        let write = async move { store.record_balances(&stored).await };
+        match self.write_behind(write, Self::write_until(deadline)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot")
+            }
+            None => {
+                tracing::warn!(account = %snapshot.account, "serving a figure before the slow store confirmed its write")
+            }
         }
     }
 }

@@ -133,6 +133,13 @@ pub struct StoreHealth {
     last_error: Mutex<Option<String>>,
 }
 
+/// How long a store call may take while the store answers.
+const STORE_BOUND: Duration = Duration::from_secs(5);
+/// How long a store call may take once the store is known to be failing, so an outage does
+/// not add its connection timeout to every answer. A call given at least this long that does
+/// not answer marks the store as failing.
+const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
+
 impl StoreHealth {
     fn record<T>(&self, result: &Result<T, crate::store::StoreError>) {
         let mut last = self.last_error.lock().expect("store health lock is never held across a panic");
@@ -145,6 +152,33 @@ impl StoreHealth {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("store health lock is never held across a panic").clone()
     }
+
+    /// How long the next store call may take, from what is known of the store.
+    fn bound(&self) -> Duration {
+        if self.last_error().is_some() { FAILING_STORE_BOUND } else { STORE_BOUND }
+    }
+
+    /// Runs a store call for at most `bound`, recording the result. A call cut short before
+    /// [`FAILING_STORE_BOUND`] (the caller had no more time) says nothing about the store.
+    async fn run<T>(
+        &self,
+        bound: Duration,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, crate::store::StoreError> {
+        match tokio::time::timeout(bound, call).await {
+            Ok(result) => {
+                self.record(&result);
+                result
+            }
+            Err(_) => {
+                let late = Err(crate::store::StoreError::Unavailable("the store did not answer in time".into()));
+                if bound >= FAILING_STORE_BOUND {
+                    self.record(&late);
+                }
+                late
+            }
+        }
+    }
 }
 
 pub struct Service {
@@ -154,7 +188,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
-    store_health: StoreHealth,
+    store_health: Arc<StoreHealth>,
     /// This process's name in fetch lease tokens.
     replica_id: String,
     /// Numbers this process's fetches, so each holds a lease under its own token.
@@ -193,7 +227,7 @@ impl Service {
             clock,
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
-            store_health: StoreHealth::default(),
+            store_health: Default::default(),
             replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             lease_sequence: Default::default(),
             fetches: Default::default(),
@@ -217,20 +251,56 @@ impl Service {
         &self.store_health
     }
 
-    /// A store call on a request's path. A store already known to be failing gets a short
-    /// bound, so an outage does not add its connection timeout to every answer; each result
-    /// updates what is known.
+    /// A store call bounded by what is known of the store's health: a store already known to
+    /// be failing gets a short bound, so an outage does not add its connection timeout to
+    /// every answer; each result updates what is known.
     async fn guarded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
     ) -> Result<T, crate::store::StoreError> {
-        let bound =
-            if self.store_health.last_error().is_some() { Duration::from_millis(300) } else { Duration::from_secs(5) };
-        let result = tokio::time::timeout(bound, call)
-            .await
-            .unwrap_or_else(|_| Err(crate::store::StoreError::Unavailable("the store did not answer in time".into())));
-        self.store_health.record(&result);
-        result
+        self.store_health.run(self.store_health.bound(), call).await
+    }
+
+    /// A store call on a request's path: bounded as [`guarded`](Self::guarded), and by `by`,
+    /// the time this step of the request may take, so a stalled store cannot hold an answer
+    /// past its deadline.
+    async fn guarded_by<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+        by: tokio::time::Instant,
+    ) -> Result<T, crate::store::StoreError> {
+        let left = by.saturating_duration_since(tokio::time::Instant::now());
+        self.store_health.run(self.store_health.bound().min(left), call).await
+    }
+
+    /// A store write that must not be lost because a request stopped waiting for it: it runs
+    /// in its own task (bounded as [`guarded`](Self::guarded)), and the caller waits for it
+    /// until `by`. `None` when the caller stopped waiting first; the write goes on.
+    async fn write_behind<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+        by: tokio::time::Instant,
+    ) -> Option<Result<T, crate::store::StoreError>> {
+        let health = Arc::clone(&self.store_health);
+        let write = tokio::spawn(async move { health.run(health.bound(), call).await });
+        match tokio::time::timeout_at(by, write).await {
+            Ok(joined) => Some(joined.unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(e.to_string())))),
+            Err(_) => None,
+        }
+    }
+
+    /// The part of the time left before `deadline` that a request spends on the store before
+    /// fetching: a quarter, so that a stalled store leaves the upstream call most of it.
+    fn store_share(deadline: tokio::time::Instant) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now + deadline.saturating_duration_since(now) / 4
+    }
+
+    /// How long a step that must finish before answering may wait for a store write: until
+    /// the deadline, and at least [`FAILING_STORE_BOUND`] (the fetch outlived the request that
+    /// started it; later requests joining it want the write too).
+    fn write_until(deadline: tokio::time::Instant) -> tokio::time::Instant {
+        deadline.max(tokio::time::Instant::now() + FAILING_STORE_BOUND)
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -246,7 +316,10 @@ impl Service {
     pub async fn warm_up(&self) {
         // Start listening for other replicas' fetches before any request needs them.
         drop(self.store.fetch_events());
-        match self.store.all_latest_balances().await {
+        let loaded = self.store.all_latest_balances().await;
+        // A store that is down at start is known to be failing from the first request on.
+        self.store_health.record(&loaded);
+        match loaded {
             Ok(snapshots) => {
                 let mut loaded = 0;
                 for snapshot in snapshots {

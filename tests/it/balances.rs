@@ -8,7 +8,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{Script, TestApp, TestDb, eventually, more_checks};
+use crate::helpers::{Script, StallingProxy, TestApp, TestDb, eventually, more_checks};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -487,4 +487,28 @@ async fn background_refresh_fetches_once_per_period() {
     let (_, body) = app.get_json("/balances").await;
     assert_eq!(account_line(&body, "warm")["source"], "cache", "requests are served the refreshed figure");
     assert_eq!(calls().await, 2);
+}
+
+#[tokio::test]
+async fn a_stalled_store_does_not_hold_balances_past_the_deadline() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let server = leanx(ok("393.63", "26.05")).await;
+    let proxy = StallingProxy::start(&db).await;
+    let request_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(proxy.url(), "request_timeout = \"2s\"", &account("stalled", &server, "")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!((status, account_line(&body, "stalled")["source"].as_str()), (200, Some("live")));
+
+    proxy.stall();
+    // The first request finds the store stalled; the next ones know it is failing.
+    for attempt in 1..=3 {
+        let started = Instant::now();
+        let (status, body) = app.get_json("/balances?max_age=0").await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        let line = account_line(&body, "stalled");
+        assert_eq!((line["status"].as_str(), line["source"].as_str()), (Some("fresh"), Some("live")), "{body}");
+        assert!(took < request_timeout, "attempt {attempt}: answered within the deadline, took {took:?}");
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
 }

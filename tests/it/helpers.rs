@@ -293,3 +293,61 @@ pub async fn more_checks(checks: &mut tokio::sync::watch::Receiver<u64>, n: u64)
         .expect("background checks keep running")
         .expect("the app is running");
 }
+
+/// A TCP proxy in front of the test PostgreSQL that can be made to stall: from then on it
+/// accepts connections and reads queries but forwards nothing, like a database that hangs
+/// (not one that refuses connections, which fails fast).
+pub struct StallingProxy {
+    url: String,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallingProxy {
+    pub async fn start(db: &TestDb) -> Self {
+        let mut url = url::Url::parse(db.url()).expect("a PostgreSQL URL");
+        let target = format!("{}:{}", url.host_str().expect("a host"), url.port().unwrap_or(5432));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port for the proxy");
+        url.set_host(Some("127.0.0.1")).expect("an IP host");
+        url.set_port(Some(listener.local_addr().expect("an address").port())).expect("a port");
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let watching = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, watching.subscribe()));
+                tokio::spawn(forward(server_read, client_write, watching.subscribe()));
+            }
+        });
+        Self { url: url.to_string(), stalled }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// From now on nothing goes through, in either direction, on any connection.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Stalled: hold what was read, and the connection with it, for ever.
+        if stalled.wait_for(|stalled| !*stalled).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
