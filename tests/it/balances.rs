@@ -54,8 +54,7 @@ fn account_line<'a>(body: &'a Value, account: &str) -> &'a Value {
     body["accounts"].as_array().unwrap().iter().find(|a| a["account"] == account).unwrap()
 }
 
-#[tokio::test]
-async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
+async fn five_slow_upstreams_answer_in_about_the_time_of_one(db: &TestDb) {
     let delay = Duration::from_millis(400);
     let mut servers = Vec::new();
     let mut config = String::new();
@@ -64,7 +63,6 @@ async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
         config.push_str(&account(&format!("a{i}"), &server, ""));
         servers.push(server);
     }
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &config).await;
     let started = Instant::now();
     let (status, body) = app.get_json("/balances?max_age=0").await;
@@ -73,7 +71,7 @@ async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
     assert_eq!(body["complete"], true);
     assert_eq!(body["balances"].as_array().unwrap().len(), 10);
     assert!(took < delay * 2, "five upstreams of {delay:?} each took {took:?}: they must run concurrently");
-    eprintln!("fan-out: 5 upstreams × {delay:?} answered in {took:?}");
+    eprintln!("fan-out ({}): 5 upstreams × {delay:?} answered in {took:?}", db.kind());
 }
 
 async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
@@ -104,10 +102,8 @@ async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
     );
 }
 
-#[tokio::test]
-async fn a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call() {
+async fn a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
     let (_, first) = app.get_json("/balances").await;
     assert_eq!(account_line(&first, "leanx-main")["source"], "live");
@@ -150,11 +146,9 @@ async fn a_failed_refresh_serves_the_stored_figure_as_stale(db: &TestDb) {
     assert_eq!(lines[0]["age_seconds"], 60);
 }
 
-#[tokio::test]
-async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh() {
+async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh(db: &TestDb) {
     let fast = leanx(ok("1.00", "2.00")).await;
     let hung = leanx(ok("3.00", "4.00").set_delay(Duration::from_secs(30))).await;
-    let db = TestDb::sqlite();
     let accounts = format!("{}{}", account("fast", &fast, ""), account("hung", &hung, "timeout = \"20s\""));
     let app = TestApp::spawn_with(db.url(), "request_timeout = \"1s\"", &accounts).await;
     let started = Instant::now();
@@ -170,8 +164,7 @@ async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh()
     assert_eq!(lines_of(&body, "fast").len(), 2);
 }
 
-#[tokio::test]
-async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown() {
+async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown(db: &TestDb) {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(BALANCE_PATH))
@@ -180,7 +173,6 @@ async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown() {
         .mount(&server)
         .await;
     Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ok("393.63", "26.05")).mount(&server).await;
-    let db = TestDb::sqlite();
     let extra = "circuit_failure_threshold = 2\ncircuit_cooldown = \"30s\"";
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, extra)).await;
     for _ in 0..2 {
@@ -253,17 +245,25 @@ async fn unchanged_figures_add_no_history_rows(db: &TestDb) {
 }
 
 both_stores!(
+    five_slow_upstreams_answer_in_about_the_time_of_one,
     concurrent_requests_share_one_upstream_call,
+    a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call,
     a_failed_refresh_serves_the_stored_figure_as_stale,
+    a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh,
+    the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown,
     unchanged_figures_add_no_history_rows,
+    totals_are_per_currency_and_filters_select,
+    pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime,
+    accounts_lists_settings_and_health_without_secrets,
+    the_warm_up_serves_stored_figures_with_their_real_ages,
+    accounts_shows_the_last_error_after_a_failure,
+    history_over_http_filters_by_account_wallet_currency_range_and_limit,
 );
 
-#[tokio::test]
-async fn totals_are_per_currency_and_filters_select() {
+async fn totals_are_per_currency_and_filters_select(db: &TestDb) {
     let myr1 = leanx(ok("393.63", "26.05")).await;
     let myr2 = leanx(ok("0.37", "0")).await;
     let usd = leanx(ok("90071992547409.93", "1.5")).await;
-    let db = TestDb::sqlite();
     let config = format!(
         "{}{}{}",
         account("m1", &myr1, ""),
@@ -295,10 +295,8 @@ async fn totals_are_per_currency_and_filters_select() {
     assert!(body["accounts"][0].get("raw").is_none(), "raw only on request");
 }
 
-#[tokio::test]
-async fn pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime() {
+async fn pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
     let first = app.get("/balances").await;
     assert_eq!(first.status(), 200);
@@ -344,10 +342,8 @@ async fn every_bad_query_is_a_400_problem_with_a_stable_code() {
     assert_eq!(server.received_requests().await.unwrap().len(), 0, "a bad query calls no upstream");
 }
 
-#[tokio::test]
-async fn accounts_lists_settings_and_health_without_secrets() {
+async fn accounts_lists_settings_and_health_without_secrets(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"15s\"")).await;
     app.get_json("/balances").await;
     let (status, body) = app.get_json("/accounts").await;
@@ -511,4 +507,112 @@ async fn a_stalled_store_does_not_hold_balances_past_the_deadline() {
         assert!(took < request_timeout, "attempt {attempt}: answered within the deadline, took {took:?}");
     }
     assert_eq!(server.received_requests().await.unwrap().len(), 4);
+}
+
+async fn the_warm_up_serves_stored_figures_with_their_real_ages(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let entry = |wallet: &str, amount: &str| tally::domain::BalanceEntry {
+        wallet: wallet.into(),
+        currency: "MYR".parse().unwrap(),
+        available: Some(tally::domain::parse_decimal(amount).unwrap()),
+        pending: None,
+        reserved: None,
+        total: Some(tally::domain::parse_decimal(amount).unwrap()),
+        blocked: false,
+    };
+    let fetched_at = crate::helpers::t0() - chrono::TimeDelta::seconds(12);
+    let snapshot = tally::store::AccountSnapshot {
+        account: "stored".parse().unwrap(),
+        provider: tally::domain::Provider::Leanx,
+        fetched_at,
+        entries: vec![entry("prefund", "393.63"), entry("transaction", "26.05")],
+        raw: None,
+    };
+    store.record_balances(&snapshot).await.unwrap();
+    store.close().await;
+
+    let server = leanx(ok("1.00", "2.00")).await;
+    let app = TestApp::spawn(db.url(), &account("stored", &server, "ttl = \"30s\"")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 200);
+    let line = account_line(&body, "stored");
+    assert_eq!((line["status"].as_str(), line["source"].as_str()), (Some("fresh"), Some("cache")), "{body}");
+    assert_eq!(line["fetched_at"], "2026-11-22T07:59:48Z");
+    let lines = lines_of(&body, "stored");
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["age_seconds"] == 12), "the stored figure's real age: {body}");
+    assert_eq!(lines.iter().find(|l| l["wallet"] == "prefund").unwrap()["available"], "393.63");
+    assert_eq!(server.received_requests().await.unwrap().len(), 0, "served from the warmed cache");
+}
+
+async fn accounts_shows_the_last_error_after_a_failure(db: &TestDb) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ResponseTemplate::new(500)).mount(&server).await;
+    let app = TestApp::spawn(db.url(), &account("failing", &server, "")).await;
+    let (_, before) = app.get_json("/accounts").await;
+    assert_eq!(before["accounts"][0]["last_error"], Value::Null);
+    app.advance(Duration::from_secs(5));
+    let (status, _) = app.get_json("/balances").await;
+    assert_eq!(status, 503);
+    app.advance(Duration::from_secs(5));
+    let (_, body) = app.get_json("/accounts").await;
+    let a = &body["accounts"][0];
+    assert_eq!(a["last_error"]["code"], "upstream_unavailable", "{body}");
+    assert_eq!(a["last_error"]["upstream_status"], 500);
+    assert_eq!(a["last_error"]["at"], "2026-11-22T08:00:05Z", "when the fetch failed");
+    assert_eq!(a["last_success_at"], Value::Null);
+    assert_eq!(a["circuit"], "closed", "one failure is below the threshold");
+}
+
+async fn history_over_http_filters_by_account_wallet_currency_range_and_limit(db: &TestDb) {
+    // The prefund figure changes every minute; the transaction figure never does.
+    let answers = ["100.00", "101.00", "102.00", "103.00"].map(|prefund| ok(prefund, "1.00")).to_vec();
+    let myr = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(Script::new(answers)).mount(&myr).await;
+    let usd = leanx(ok("5.00", "6.00")).await;
+    let config = format!("{}{}", account("h-myr", &myr, ""), account("h-usd", &usd, "currency = \"USD\""));
+    let app = TestApp::spawn(db.url(), &config).await;
+    for minute in 0..4 {
+        let (status, _) = app.get_json("/balances?max_age=0").await;
+        assert_eq!(status, 200);
+        if minute < 3 {
+            app.advance(Duration::from_secs(60));
+        }
+    }
+    let figures = |body: &Value| -> Vec<(String, String, String)> {
+        body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let field = |k: &str| p[k].as_str().unwrap().to_owned();
+                (field("account"), field("wallet"), field("available"))
+            })
+            .collect()
+    };
+    let (status, all) = app.get_json("/balances/history").await;
+    assert_eq!(status, 200);
+    assert_eq!(all["points"].as_array().unwrap().len(), 7, "4 prefund changes, 1 transaction, 2 USD: {all}");
+
+    let (_, ranged) = app
+        .get_json("/balances/history?account=h-myr&wallet=prefund&from=2026-11-22T08:01:00Z&to=2026-11-22T08:02:00Z")
+        .await;
+    let expected = ["101.00", "102.00"].map(|a| ("h-myr".to_owned(), "prefund".to_owned(), a.to_owned()));
+    assert_eq!(figures(&ranged), expected, "still confirmed at `from`, first seen by `to`");
+
+    let (_, usd_only) = app.get_json("/balances/history?currency=USD").await;
+    assert!(figures(&usd_only).iter().all(|(account, _, _)| account == "h-usd"));
+    assert_eq!(usd_only["points"].as_array().unwrap().len(), 2);
+    assert_eq!(usd_only["points"][0]["currency"], "USD");
+
+    let (_, unchanged) = app.get_json("/balances/history?account=h-myr&wallet=transaction").await;
+    let points = unchanged["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "an unchanged figure is one change point");
+    assert_eq!(points[0]["first_seen_at"], "2026-11-22T08:00:00Z");
+    assert_eq!(points[0]["last_confirmed_at"], "2026-11-22T08:03:00Z");
+
+    let (_, limited) = app.get_json("/balances/history?account=h-myr&wallet=prefund&limit=2").await;
+    let oldest = ["100.00", "101.00"].map(|a| ("h-myr".to_owned(), "prefund".to_owned(), a.to_owned()));
+    assert_eq!(figures(&limited), oldest, "the limit keeps the oldest points");
 }
