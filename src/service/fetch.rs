@@ -69,7 +69,7 @@ impl Service {
         }
         let result = {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
-            self.fetch_with_retries(account).await
+            self.fetch_with_retries(account, deadline).await
         };
         let outcome = self.conclude(account, result, deadline).await;
         drop(lease);
@@ -174,8 +174,6 @@ impl Service {
 
     /// How long a replica waits for the holder of an account's lease before fetching itself:
     /// a live holder's whole retry budget plus one attempt, and the lapse of a dead one's lease.
-    ///
-    /// [`longest_wait`]: Self::longest_wait
     fn longest_wait(&self, account: &AccountState) -> Duration {
         self.request_timeout + account.config.freshness.timeout + lease::lease_ttl(self.request_timeout)
     }
@@ -187,6 +185,8 @@ impl Service {
     ///
     /// Until the lease is asked for, the store gets a share of the time left before
     /// `deadline`; after that the wait is the holder's, bounded by [`longest_wait`].
+    ///
+    /// [`longest_wait`]: Self::longest_wait
     async fn coordinate(&self, account: &AccountState, deadline: Instant) -> Coordinated {
         let Some(mut events) = self.store_health.last_error().is_none().then(|| self.store.fetch_events()).flatten()
         else {
@@ -257,10 +257,13 @@ impl Service {
     }
 
     /// Calls the provider, retrying transient failures with exponential backoff and jitter
-    /// while the retry, its wait and its whole attempt, still fits in one request deadline.
-    /// Auth failures are never retried.
-    async fn fetch_with_retries(&self, account: &AccountState) -> Result<crate::domain::BalanceFetch, UpstreamError> {
-        let budget_ends = Instant::now() + self.request_timeout;
+    /// while the retry, its wait and its whole attempt, still ends by the deadline of the
+    /// request that started the fetch. Auth failures are never retried.
+    async fn fetch_with_retries(
+        &self,
+        account: &AccountState,
+        budget_ends: Instant,
+    ) -> Result<crate::domain::BalanceFetch, UpstreamError> {
         let policy = account.config.retry;
         let mut attempt = 0;
         loop {

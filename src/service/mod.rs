@@ -5,7 +5,13 @@
 //! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and the
 //!   report of SPEC §3 (entries, per-currency totals, per-account status);
 //! - [`payouts`]: one payout status across accounts;
-//! - [`circuit`] and [`clock`]: the breaker and injectable time.
+//! - `coalesce`: one call in flight per key, shared by its callers;
+//! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
+//! - `background`: periodic refresh, and following other replicas' fetches;
+//! - [`circuit`] and [`clock`]: the breaker (shared through the store by replicas) and
+//!   injectable time.
+//!
+//! Every store call on a request's path is bounded by the request's deadline.
 
 mod background;
 pub mod balances;
