@@ -8,9 +8,8 @@ use tokio::time::Instant;
 
 use super::clock::{age, age_seconds};
 use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, BalancesReport, Source, totals};
-use super::{AccountState, Service};
+use super::{AccountState, FetchFailure, Service};
 use crate::domain::{AccountId, Currency, Provider};
-use crate::providers::UpstreamError;
 use crate::store::{AccountSnapshot, Backend};
 
 /// What a `/balances` request asks for. Empty lists select everything.
@@ -94,7 +93,20 @@ impl Service {
             let service = Arc::clone(self);
             let account = Arc::clone(account);
             let max_age = selection.max_age;
-            tasks.spawn(async move { (i, service.resolve(account, max_age, deadline).await) });
+            tasks.spawn(async move {
+                let resolving = Arc::clone(&service).resolve(Arc::clone(&account), max_age, deadline);
+                // Each account answers by the deadline, whatever it still waits for (every step
+                // of resolve() is bounded by it too; this is the backstop): with what is in
+                // memory.
+                let view = match tokio::time::timeout_at(deadline, resolving).await {
+                    Ok(view) => view,
+                    Err(_) => {
+                        let latest = account.latest();
+                        service.stale_view(account, service.deadline_failure(), latest)
+                    }
+                };
+                (i, view)
+            });
         }
         while let Some(joined) = tasks.join_next().await {
             // resolve() does not panic; a JoinError would mean the runtime is shutting down.
@@ -119,9 +131,11 @@ impl Service {
             account.cache_hits.increment(1);
             return view;
         }
-        // Another replica sharing the store may hold a newer figure than this process.
+        // Another replica sharing the store may hold a newer figure than this process. The
+        // store gets a share of the time, the rest is left for fetching.
         if self.store.backend() == Backend::Postgres
-            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
+            && let Ok(Some(stored)) =
+                self.guarded_by(self.store.latest_balances(account.id()), Self::store_share(deadline)).await
         {
             account.offer(Arc::new(stored));
             if let Some(view) = self.fresh_cached(&account, bound) {
@@ -130,9 +144,10 @@ impl Service {
             }
         }
         account.cache_misses.increment(1);
-        match super::await_shared(self.refresh(&account), deadline).await {
+        let fetched = super::await_shared(self.refresh(&account, None, deadline), deadline).await;
+        match fetched.unwrap_or_else(|| Err(self.deadline_failure())) {
             Ok(snapshot) => {
-                let fresh_for = bound.max(account.config.freshness.ttl);
+                let fresh_for = freshness_bound(&account, max_age);
                 View {
                     account,
                     status: AccountStatus::Fresh,
@@ -142,7 +157,7 @@ impl Service {
                     fresh_for,
                 }
             }
-            Err(error) => self.stale(account, error).await,
+            Err(failure) => self.stale(account, failure, deadline).await,
         }
     }
 
@@ -155,25 +170,43 @@ impl Service {
             source: Some(Source::Cache),
             snapshot: Some(snapshot),
             error: None,
-            fresh_for: bound.saturating_sub(age),
+            fresh_for: freshness_bound(account, Some(bound)).saturating_sub(age),
         })
     }
 
-    /// The last known figure (memory, else the store) marked stale, or `failed` if none.
-    async fn stale(&self, account: Arc<AccountState>, error: UpstreamError) -> View {
+    /// The failure of an account still unresolved at the request deadline.
+    fn deadline_failure(&self) -> FetchFailure {
+        FetchFailure { error: super::deadline_passed(), at: self.clock.now() }
+    }
+
+    /// The last known figure (memory, else the store while the deadline allows) marked stale,
+    /// or `failed` if none.
+    async fn stale(&self, account: Arc<AccountState>, failure: FetchFailure, deadline: Instant) -> View {
         let mut snapshot = account.latest();
         if snapshot.is_none()
-            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
+            && Instant::now() < deadline
+            && let Ok(Some(stored)) = self.guarded_by(self.store.latest_balances(account.id()), deadline).await
         {
             let stored = Arc::new(stored);
             account.offer(Arc::clone(&stored));
             snapshot = Some(stored);
         }
+        self.stale_view(account, failure, snapshot)
+    }
+
+    /// `snapshot` served as stale for `failure`, or the account `failed` without one.
+    fn stale_view(
+        &self,
+        account: Arc<AccountState>,
+        failure: FetchFailure,
+        snapshot: Option<Arc<AccountSnapshot>>,
+    ) -> View {
+        let FetchFailure { error, at } = failure;
         let error = Some(AccountError {
             code: error.code().to_owned(),
-            message: error.message.clone(),
+            message: error.message,
             upstream_status: error.upstream_status,
-            at: self.clock.now(),
+            at,
         });
         let (status, source) = match snapshot {
             Some(_) => (AccountStatus::Stale, Some(Source::Cache)),
@@ -245,6 +278,14 @@ impl BalancesOutcome {
             accounts,
         }
     }
+}
+
+/// How long a figure served to this request stays fresh from its fetch: the account's ttl,
+/// or less when the request asked for younger figures. A `max_age` longer than the ttl lets a
+/// request accept an older figure, but does not make the figure fresh for longer.
+fn freshness_bound(account: &AccountState, max_age: Option<Duration>) -> Duration {
+    let ttl = account.config.freshness.ttl;
+    max_age.map_or(ttl, |max_age| max_age.min(ttl))
 }
 
 /// What the report's content is a function of: each account's served snapshot (an account's

@@ -1,6 +1,8 @@
 //! A per-account circuit breaker: after `failure_threshold` consecutive failed fetches the
 //! circuit opens and no call is made for `cooldown`; then one probe is let through. Fetches of
-//! one account are coalesced, so there is never more than one probe at a time.
+//! one account are coalesced, so there is never more than one probe at a time in a process;
+//! replicas sharing PostgreSQL keep the circuit in the store and decide under the account's
+//! lease, so there is one probe at a time in the cluster ([`Circuit::adopt`]).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -62,6 +64,12 @@ impl Circuit {
     pub fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.opened_at = None;
+    }
+
+    /// Takes the circuit as the cluster recorded it (replicas sharing a store).
+    pub fn adopt(&mut self, consecutive_failures: u32, opened_at: Option<DateTime<Utc>>) {
+        self.consecutive_failures = consecutive_failures;
+        self.opened_at = opened_at;
     }
 
     pub fn on_failure(&mut self, now: DateTime<Utc>) {

@@ -2,73 +2,95 @@
 //! retries for transient failures, the circuit breaker, and persistence before serving.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{AccountState, FetchOutcome, Service};
+use super::coalesce::{Joined, Shared};
+use super::lease::{self, Lease};
+use super::{AccountState, FetchFailure, FetchOutcome, Service};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
-use crate::store::{AccountSnapshot, SharedFailure};
+use crate::store::{AccountSnapshot, FailedFetch};
 
 impl Service {
     /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
     /// a caller that stops waiting (its deadline passed) does not cancel it: the figure still
     /// lands in the cache and the store for the next caller.
-    pub(super) fn refresh(self: &Arc<Self>, account: &Arc<AccountState>) -> watch::Receiver<Option<FetchOutcome>> {
-        let mut inflight = account.inflight.lock().expect("inflight lock is never held across a panic");
-        if let Some(rx) = inflight.as_ref()
-            && rx.borrow().is_none()
-        {
-            metrics::counter!("tally_coalesced_waiters_total", "account" => account.id().to_string()).increment(1);
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(None);
-        *inflight = Some(rx.clone());
-        drop(inflight);
+    ///
+    /// A caller already holding the account's lease hands it over with the fetch it starts;
+    /// if it joins a fetch in flight instead, the lease is released (that fetch has, or is
+    /// waiting for, a lease of its own). `deadline` is the starting caller's: the fetch's store
+    /// calls keep within it, so a stalled store does not hold the figure past it.
+    pub(super) fn refresh(
+        self: &Arc<Self>,
+        account: &Arc<AccountState>,
+        lease: Option<Lease>,
+        deadline: Instant,
+    ) -> Shared<FetchOutcome> {
+        let (publisher, rx) = match self.fetches.join_or_start(account.id()) {
+            Joined::Waiting(rx) => {
+                drop(lease);
+                metrics::counter!("tally_coalesced_waiters_total", "account" => account.id().to_string()).increment(1);
+                return rx;
+            }
+            Joined::Started(publisher, rx) => (publisher, rx),
+        };
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
-            let outcome = service.fetch_now(&account).await;
-            // Publish before clearing: a caller arriving in between sees a finished fetch and
-            // starts a new one rather than waiting on a channel nobody will send to.
-            let _ = tx.send(Some(outcome));
-            account.inflight.lock().expect("inflight lock is never held across a panic").take();
+            let outcome = service.fetch_now(&account, lease, deadline).await;
+            service.fetches.finish(publisher, outcome);
         });
         rx
     }
 
-    async fn fetch_now(&self, account: &AccountState) -> FetchOutcome {
-        let id = account.id().to_string();
-        let provider = account.provider().as_str();
-        let now = self.clock.now();
-        if let Err(reopens_at) = account.circuit.lock().expect("circuit lock is never held across a panic").allow(now) {
-            metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => id.clone(),
-                "operation" => "balances", "outcome" => "circuit_open")
-            .increment(1);
-            return Err(UpstreamError::circuit_open(format!(
-                "too many consecutive failures; the next attempt is allowed at {}",
-                reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )));
-        }
-        // Replicas sharing a store: one of them fetches, the others wait for its result. While
-        // the store is failing there is nothing to coordinate through; fetch directly.
-        let mut events = if self.store_health.last_error().is_none() { self.store.fetch_events() } else { None };
-        let mut leased = false;
-        if let Some(events) = &mut events {
-            match self.coordinate(account, events).await {
+    /// One fetch of the account, holding its lease when replicas share the store. The lease
+    /// is released when `lease` goes out of scope here, on every path.
+    async fn fetch_now(&self, account: &AccountState, held: Option<Lease>, deadline: Instant) -> FetchOutcome {
+        // This replica's view of the circuit first: open, it refuses without asking anyone.
+        self.circuit_allows(account)?;
+        let lease = match held {
+            Some(lease) => Some(lease),
+            None => match self.coordinate(account, deadline).await {
                 Coordinated::Done(outcome) => return outcome,
-                Coordinated::Leased => leased = true,
-                Coordinated::Alone => {}
+                Coordinated::Leased(lease) => Some(lease),
+                Coordinated::Alone => None,
+            },
+        };
+        if lease.is_some() {
+            // Under the lease the cluster's circuit decides: failures seen by other replicas
+            // count here, and one probe per cool-down is made in the whole cluster.
+            let shared = self.guarded_by(self.store.last_failure(account.id()), Self::store_share(deadline)).await;
+            if let Ok(Some(shared)) = shared {
+                account.adopt_circuit(&shared);
             }
+            self.circuit_allows(account)?;
         }
         let result = {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
-            self.fetch_with_retries(account).await
+            self.fetch_with_retries(account, deadline).await
         };
-        let outcome = self.conclude(account, result).await;
-        self.release(account, leased).await;
+        let outcome = self.conclude(account, result, deadline).await;
+        drop(lease);
         outcome
+    }
+
+    /// Refuses a fetch while the account's circuit is open.
+    fn circuit_allows(&self, account: &AccountState) -> Result<(), FetchFailure> {
+        let now = self.clock.now();
+        let Err(reopens_at) = account.circuit.lock().expect("circuit lock is never held across a panic").allow(now)
+        else {
+            return Ok(());
+        };
+        metrics::counter!("tally_upstream_calls_total", "provider" => account.provider().as_str(),
+            "account" => account.id().to_string(), "operation" => "balances", "outcome" => "circuit_open")
+        .increment(1);
+        let error = UpstreamError::circuit_open(format!(
+            "too many consecutive failures; the next attempt is allowed at {}",
+            reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+        Err(FetchFailure { error, at: now })
     }
 
     /// Records a fetch's result: persisted and cached on success; on failure counted by the
@@ -77,6 +99,7 @@ impl Service {
         &self,
         account: &AccountState,
         result: Result<crate::domain::BalanceFetch, UpstreamError>,
+        deadline: Instant,
     ) -> FetchOutcome {
         let id = account.id().to_string();
         let provider = account.provider().as_str();
@@ -90,7 +113,7 @@ impl Service {
                     entries: fetch.entries,
                     raw: Some(fetch.raw),
                 });
-                self.persist(&snapshot).await;
+                self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
                 account.health.lock().expect("health lock is never held across a panic").last_success_at = Some(now);
@@ -99,63 +122,100 @@ impl Service {
             Err(error) => {
                 tracing::warn!(account = %id, provider, code = error.code(), upstream_status = ?error.upstream_status,
                     provider_code = ?error.provider_code, "balance fetch failed: {}", error.message);
-                account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
                 account.health.lock().expect("health lock is never held across a panic").last_error =
                     Some((error.clone(), now));
-                let shared = SharedFailure {
+                let failed = FailedFetch {
                     code: error.code().to_owned(),
                     message: error.message.clone(),
                     upstream_status: error.upstream_status,
                     failed_at: now,
                 };
-                if let Err(e) = self.store.record_failure(account.id(), &shared).await {
-                    tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                let threshold = account.config.circuit.failure_threshold;
+                let (store, account_id) = (Arc::clone(&self.store), account.id().clone());
+                let record = async move { store.record_failure(&account_id, &failed, threshold).await };
+                // With a shared store the failure counts in the cluster's run; alone, here.
+                match self.write_behind(record, Self::write_until(deadline)).await {
+                    Some(Ok(Some(shared))) => account.adopt_circuit(&shared),
+                    // Not shared, or not recorded (yet: once it lands, following the cluster's
+                    // announcements adopts the recorded run).
+                    recorded => {
+                        if let Some(Err(e)) = recorded {
+                            tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
+                        }
+                        account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
+                    }
                 }
-                Err(error)
+                Err(FetchFailure { error, at: now })
             }
         }
     }
 
-    /// How long a replica may hold an account's fetch lease: its whole retry budget plus one
-    /// attempt. A crashed holder's lease lapses after this.
-    pub(super) fn lease_ttl(&self, account: &AccountState) -> Duration {
-        self.request_timeout + account.config.freshness.timeout
+    /// Takes the account's cluster-wide lease for one fetch, unless another fetch holds it
+    /// (with SQLite, always granted). Dropping the lease releases it.
+    pub async fn take_lease(&self, account: &AccountState) -> Result<Option<Lease>, crate::store::StoreError> {
+        self.take_lease_by(account, None).await
     }
 
-    /// Takes the account's cluster-wide lease, or waits for the replica holding it and takes
-    /// its result: the snapshot it stored, or the failure it recorded. If the holder dies, its
-    /// lease lapses and this replica takes it over.
-    async fn coordinate(
+    /// [`take_lease`](Self::take_lease), giving up on the store at `by`.
+    async fn take_lease_by(
         &self,
         account: &AccountState,
-        events: &mut tokio::sync::broadcast::Receiver<String>,
-    ) -> Coordinated {
+        by: Option<Instant>,
+    ) -> Result<Option<Lease>, crate::store::StoreError> {
+        let token = lease::token(&self.replica_id, self.lease_sequence.fetch_add(1, Ordering::Relaxed));
+        let ttl = lease::lease_ttl(self.request_timeout);
+        let call = self.store.try_lease(account.id(), &token, ttl);
+        let granted = match by {
+            Some(by) => self.guarded_by(call, by).await?,
+            None => self.guarded(call).await?,
+        };
+        Ok(granted.then(|| Lease::granted(&self.store, account.id(), token, ttl)))
+    }
+
+    /// How long a replica waits for the holder of an account's lease before fetching itself:
+    /// a live holder's whole retry budget plus one attempt, and the lapse of a dead one's lease.
+    fn longest_wait(&self, account: &AccountState) -> Duration {
+        self.request_timeout + account.config.freshness.timeout + lease::lease_ttl(self.request_timeout)
+    }
+
+    /// Replicas sharing a store: takes the account's cluster-wide lease, or waits for the
+    /// fetch holding it and takes its result: the snapshot it stored, or the failure it
+    /// recorded. If the holder dies, its lease lapses and this replica takes it over. While
+    /// the store is failing there is nothing to coordinate through: the fetch goes alone.
+    ///
+    /// Until the lease is asked for, the store gets a share of the time left before
+    /// `deadline`; after that the wait is the holder's, bounded by [`longest_wait`].
+    ///
+    /// [`longest_wait`]: Self::longest_wait
+    async fn coordinate(&self, account: &AccountState, deadline: Instant) -> Coordinated {
+        let Some(mut events) = self.store_health.last_error().is_none().then(|| self.store.fetch_events()).flatten()
+        else {
+            return Coordinated::Alone;
+        };
         // What the store held before asking for the lease: a result landing any time after
         // this, even before the wait starts, is the holder's.
+        let share = Self::store_share(deadline);
         let (Ok(before_snapshot), Ok(before_failure)) = (
-            self.guarded(self.store.latest_balances(account.id())).await,
-            self.guarded(self.store.last_failure(account.id())).await,
+            self.guarded_by(self.store.latest_balances(account.id()), share).await,
+            self.guarded_by(self.store.last_failure(account.id()), share).await,
         ) else {
             return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
-        let before_failure = before_failure.map(|f| f.failed_at);
-        let mut leased = match self
-            .guarded(self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)))
-            .await
-        {
-            Ok(leased) => leased,
+        let before_failure = before_failure.map(|f| f.failure.failed_at);
+        let mut lease = match self.take_lease_by(account, Some(share)).await {
+            Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
                 return Coordinated::Alone;
             }
         };
-        if !leased {
+        if lease.is_none() {
             metrics::counter!("tally_replica_waits_total", "account" => account.id().to_string()).increment(1);
         }
-        let until = Instant::now() + self.lease_ttl(account);
+        let until = Instant::now() + self.longest_wait(account);
         loop {
-            if !leased {
+            if lease.is_none() {
                 // Notifications wake us at once; the poll covers one lost while LISTEN
                 // (re)starts, and notices a lease that lapsed because its holder died.
                 tokio::select! {
@@ -167,43 +227,43 @@ impl Service {
                     () = tokio::time::sleep_until(until) => return Coordinated::Alone,
                 }
             }
-            if let Ok(Some(snapshot)) = self.store.latest_balances(account.id()).await
+            if let Ok(Some(snapshot)) = self.guarded(self.store.latest_balances(account.id())).await
                 && Some(snapshot.fetched_at) != before_snapshot
             {
-                self.release(account, leased).await;
                 let snapshot = Arc::new(snapshot);
                 account.offer(Arc::clone(&snapshot));
                 account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
+                account.health.lock().expect("health lock is never held across a panic").last_success_at =
+                    Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
-            if let Ok(Some(failure)) = self.store.last_failure(account.id()).await
-                && Some(failure.failed_at) != before_failure
+            if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await
+                && Some(shared.failure.failed_at) != before_failure
             {
-                self.release(account, leased).await;
+                account.adopt_circuit(&shared);
+                let failure = shared.failure;
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
-                account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(self.clock.now());
-                return Coordinated::Done(Err(error));
+                account.health.lock().expect("health lock is never held across a panic").last_error =
+                    Some((error.clone(), failure.failed_at));
+                return Coordinated::Done(Err(FetchFailure { error, at: failure.failed_at }));
             }
             // Nothing landed since we looked: with the lease, the fetch is ours.
-            if leased {
-                return Coordinated::Leased;
+            if let Some(lease) = lease {
+                return Coordinated::Leased(lease);
             }
-            leased =
-                matches!(self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await, Ok(true));
-        }
-    }
-
-    pub(super) async fn release(&self, account: &AccountState, leased: bool) {
-        if leased && let Err(e) = self.store.release_lease(account.id(), &self.replica_id).await {
-            tracing::warn!(account = %account.id(), error = %e, "could not release the fetch lease; it will expire");
+            lease = self.take_lease(account).await.ok().flatten();
         }
     }
 
     /// Calls the provider, retrying transient failures with exponential backoff and jitter
-    /// while the retry still fits in one request deadline. Auth failures are never retried.
-    async fn fetch_with_retries(&self, account: &AccountState) -> Result<crate::domain::BalanceFetch, UpstreamError> {
-        let budget_ends = Instant::now() + self.request_timeout;
+    /// while the retry, its wait and its whole attempt, still ends by the deadline of the
+    /// request that started the fetch. Auth failures are never retried.
+    async fn fetch_with_retries(
+        &self,
+        account: &AccountState,
+        budget_ends: Instant,
+    ) -> Result<crate::domain::BalanceFetch, UpstreamError> {
         let policy = account.config.retry;
         let mut attempt = 0;
         loop {
@@ -216,7 +276,7 @@ impl Service {
                 return Err(error);
             }
             let delay = backoff(policy.base_delay, attempt).max(error.retry_after.unwrap_or_default());
-            if Instant::now() + delay >= budget_ends {
+            if !retry_fits(Instant::now(), delay, account.config.freshness.timeout, budget_ends) {
                 return Err(error);
             }
             tracing::debug!(account = %account.id(), attempt, delay_ms = delay.as_millis() as u64, code = error.code(),
@@ -245,11 +305,20 @@ impl Service {
         result
     }
 
-    /// Persists a successful fetch. A store outage is logged and reported by `/readyz`, but
-    /// never keeps a live figure from being served.
-    async fn persist(&self, snapshot: &AccountSnapshot) {
-        if let Err(e) = self.guarded(self.store.record_balances(snapshot)).await {
-            tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot");
+    /// Persists a successful fetch before it is served. A store outage is logged and reported
+    /// by `/readyz`, but never keeps a live figure from being served: past the deadline the
+    /// figure is served while its write goes on.
+    async fn persist(&self, snapshot: &Arc<AccountSnapshot>, deadline: Instant) {
+        let (store, stored) = (Arc::clone(&self.store), Arc::clone(snapshot));
+        let write = async move { store.record_balances(&stored).await };
+        match self.write_behind(write, Self::write_until(deadline)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot")
+            }
+            None => {
+                tracing::warn!(account = %snapshot.account, "serving a figure before the slow store confirmed its write")
+            }
         }
     }
 }
@@ -258,10 +327,16 @@ impl Service {
 enum Coordinated {
     /// Another replica's fetch finished meanwhile; its result is ours.
     Done(FetchOutcome),
-    /// This replica holds the lease: it fetches.
-    Leased,
+    /// This fetch holds the lease: it calls the upstream.
+    Leased(Lease),
     /// The store cannot coordinate now, or the wait hit its bound: fetch without a lease.
     Alone,
+}
+
+/// Whether an attempt started after `delay` ends, even if it takes its whole `timeout`, by the
+/// end of the budget: a retry that cannot answer in time only adds an upstream call.
+fn retry_fits(now: Instant, delay: Duration, timeout: Duration, budget_ends: Instant) -> bool {
+    now + delay + timeout <= budget_ends
 }
 
 /// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.
@@ -273,6 +348,17 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_fits_only_with_its_whole_attempt() {
+        let now = Instant::now();
+        let (delay, timeout) = (Duration::from_secs(1), Duration::from_secs(2));
+        assert!(retry_fits(now, delay, timeout, now + Duration::from_secs(3)));
+        assert!(
+            !retry_fits(now, delay, timeout, now + Duration::from_millis(2999)),
+            "the attempt would outlast the budget"
+        );
+    }
 
     #[test]
     fn backoff_doubles_within_jitter() {

@@ -5,12 +5,21 @@
 //! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and the
 //!   report of SPEC §3 (entries, per-currency totals, per-account status);
 //! - [`payouts`]: one payout status across accounts;
-//! - [`circuit`] and [`clock`]: the breaker and injectable time.
+//! - `coalesce`: one call in flight per key, shared by its callers;
+//! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
+//! - `background`: periodic refresh, and following other replicas' fetches;
+//! - [`circuit`] and [`clock`]: the breaker (shared through the store by replicas) and
+//!   injectable time.
+//!
+//! Every store call on a request's path is bounded by the request's deadline.
 
+mod background;
 pub mod balances;
 pub mod circuit;
 pub mod clock;
+mod coalesce;
 mod fetch;
+pub mod lease;
 pub mod payouts;
 pub mod report;
 
@@ -24,25 +33,35 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
-use crate::store::{AccountSnapshot, Backend, Store};
+use crate::store::{AccountSnapshot, Store};
 
 pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
 
 /// The result of one fetch, shared by every request that waited for it.
-pub type FetchOutcome = Result<Arc<AccountSnapshot>, UpstreamError>;
+pub type FetchOutcome = Result<Arc<AccountSnapshot>, FetchFailure>;
 
-/// Waits until `deadline` for the outcome of a shared (coalesced) upstream call. A missed
-/// deadline, like a task that vanished without an answer, reads as `upstream_timeout`.
-async fn await_shared<T: Clone>(
-    mut rx: watch::Receiver<Option<Result<T, UpstreamError>>>,
-    deadline: tokio::time::Instant,
-) -> Result<T, UpstreamError> {
+/// A failed fetch, and when it failed (which a request joining it, or a replica adopting it,
+/// reports as the time of the error, not its own time).
+#[derive(Clone, Debug)]
+pub struct FetchFailure {
+    pub error: UpstreamError,
+    pub at: DateTime<Utc>,
+}
+
+/// Waits until `deadline` for the outcome of a shared (coalesced) call. `None` when the
+/// deadline passed, or the task vanished without an answer: for the caller, a timeout.
+async fn await_shared<T: Clone>(mut rx: coalesce::Shared<T>, deadline: tokio::time::Instant) -> Option<T> {
     let waited = tokio::time::timeout_at(deadline, async {
         rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
     })
     .await;
-    waited.ok().flatten().unwrap_or_else(|| Err(UpstreamError::timeout("no answer before the request deadline")))
+    waited.ok().flatten()
+}
+
+/// The error of a caller that stopped waiting at its deadline.
+fn deadline_passed() -> UpstreamError {
+    UpstreamError::timeout("no answer before the request deadline")
 }
 
 /// Everything tally knows about one configured account at run time.
@@ -50,9 +69,10 @@ pub struct AccountState {
     pub config: AccountConfig,
     client: Arc<dyn ProviderClient>,
     latest: RwLock<Option<Arc<AccountSnapshot>>>,
-    inflight: Mutex<Option<watch::Receiver<Option<FetchOutcome>>>>,
     circuit: Mutex<circuit::Circuit>,
     health: Mutex<Health>,
+    /// Background checks of this account finished in this process (refreshed or not due).
+    background_checks: watch::Sender<u64>,
     /// Registered once: a cache hit on the hot path is one atomic add.
     cache_hits: metrics::Counter,
     cache_misses: metrics::Counter,
@@ -94,6 +114,20 @@ impl AccountState {
         self.health.lock().expect("health lock is never held across a panic").clone()
     }
 
+    /// Takes the circuit as the cluster recorded it.
+    fn adopt_circuit(&self, shared: &crate::store::SharedFailure) {
+        self.circuit
+            .lock()
+            .expect("circuit lock is never held across a panic")
+            .adopt(shared.consecutive_failures, shared.opened_at);
+    }
+
+    /// Counts the background checks of this account as they finish: what a test of background
+    /// refresh waits on, instead of guessing how long a timer takes.
+    pub fn background_checks(&self) -> watch::Receiver<u64> {
+        self.background_checks.subscribe()
+    }
+
     pub fn circuit_state(&self, now: DateTime<Utc>) -> CircuitState {
         self.circuit.lock().expect("circuit lock is never held across a panic").state(now)
     }
@@ -104,6 +138,13 @@ impl AccountState {
 pub struct StoreHealth {
     last_error: Mutex<Option<String>>,
 }
+
+/// How long a store call may take while the store answers.
+const STORE_BOUND: Duration = Duration::from_secs(5);
+/// How long a store call may take once the store is known to be failing, so an outage does
+/// not add its connection timeout to every answer. A call given at least this long that does
+/// not answer marks the store as failing.
+const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
 
 impl StoreHealth {
     fn record<T>(&self, result: &Result<T, crate::store::StoreError>) {
@@ -117,6 +158,33 @@ impl StoreHealth {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("store health lock is never held across a panic").clone()
     }
+
+    /// How long the next store call may take, from what is known of the store.
+    fn bound(&self) -> Duration {
+        if self.last_error().is_some() { FAILING_STORE_BOUND } else { STORE_BOUND }
+    }
+
+    /// Runs a store call for at most `bound`, recording the result. A call cut short before
+    /// [`FAILING_STORE_BOUND`] (the caller had no more time) says nothing about the store.
+    async fn run<T>(
+        &self,
+        bound: Duration,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, crate::store::StoreError> {
+        match tokio::time::timeout(bound, call).await {
+            Ok(result) => {
+                self.record(&result);
+                result
+            }
+            Err(_) => {
+                let late = Err(crate::store::StoreError::Unavailable("the store did not answer in time".into()));
+                if bound >= FAILING_STORE_BOUND {
+                    self.record(&late);
+                }
+                late
+            }
+        }
+    }
 }
 
 pub struct Service {
@@ -126,10 +194,15 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
-    store_health: StoreHealth,
-    /// This process's name in fetch leases.
+    store_health: Arc<StoreHealth>,
+    /// This process's name in fetch lease tokens.
     replica_id: String,
-    payout_lookups: Mutex<HashMap<payouts::LookupKey, watch::Receiver<Option<payouts::LookupOutcome>>>>,
+    /// Numbers this process's fetches, so each holds a lease under its own token.
+    lease_sequence: std::sync::atomic::AtomicU64,
+    /// One balance fetch in flight per account.
+    fetches: coalesce::Coalescer<AccountId, FetchOutcome>,
+    /// One payout lookup in flight per account and id.
+    payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
 }
 
 impl Service {
@@ -145,9 +218,9 @@ impl Service {
                     cache_misses: metrics::counter!("tally_cache_misses_total", "account" => label),
                     client: crate::providers::client_for(config, http),
                     latest: RwLock::new(None),
-                    inflight: Mutex::new(None),
                     circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
                     health: Mutex::new(Health::default()),
+                    background_checks: watch::Sender::new(0),
                     config: config.clone(),
                 })
             })
@@ -160,9 +233,11 @@ impl Service {
             clock,
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
-            store_health: StoreHealth::default(),
+            store_health: Default::default(),
             replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-            payout_lookups: Mutex::new(HashMap::new()),
+            lease_sequence: Default::default(),
+            fetches: Default::default(),
+            payout_lookups: Default::default(),
         })
     }
 
@@ -182,20 +257,56 @@ impl Service {
         &self.store_health
     }
 
-    /// A store call on a request's path. A store already known to be failing gets a short
-    /// bound, so an outage does not add its connection timeout to every answer; each result
-    /// updates what is known.
+    /// A store call bounded by what is known of the store's health: a store already known to
+    /// be failing gets a short bound, so an outage does not add its connection timeout to
+    /// every answer; each result updates what is known.
     async fn guarded<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
     ) -> Result<T, crate::store::StoreError> {
-        let bound =
-            if self.store_health.last_error().is_some() { Duration::from_millis(300) } else { Duration::from_secs(5) };
-        let result = tokio::time::timeout(bound, call)
-            .await
-            .unwrap_or_else(|_| Err(crate::store::StoreError::Unavailable("the store did not answer in time".into())));
-        self.store_health.record(&result);
-        result
+        self.store_health.run(self.store_health.bound(), call).await
+    }
+
+    /// A store call on a request's path: bounded as [`guarded`](Self::guarded), and by `by`,
+    /// the time this step of the request may take, so a stalled store cannot hold an answer
+    /// past its deadline.
+    async fn guarded_by<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+        by: tokio::time::Instant,
+    ) -> Result<T, crate::store::StoreError> {
+        let left = by.saturating_duration_since(tokio::time::Instant::now());
+        self.store_health.run(self.store_health.bound().min(left), call).await
+    }
+
+    /// A store write that must not be lost because a request stopped waiting for it: it runs
+    /// in its own task (bounded as [`guarded`](Self::guarded)), and the caller waits for it
+    /// until `by`. `None` when the caller stopped waiting first; the write goes on.
+    async fn write_behind<T: Send + 'static>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
+        by: tokio::time::Instant,
+    ) -> Option<Result<T, crate::store::StoreError>> {
+        let health = Arc::clone(&self.store_health);
+        let write = tokio::spawn(async move { health.run(health.bound(), call).await });
+        match tokio::time::timeout_at(by, write).await {
+            Ok(joined) => Some(joined.unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(e.to_string())))),
+            Err(_) => None,
+        }
+    }
+
+    /// The part of the time left before `deadline` that a request spends on the store before
+    /// fetching: a quarter, so that a stalled store leaves the upstream call most of it.
+    fn store_share(deadline: tokio::time::Instant) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        now + deadline.saturating_duration_since(now) / 4
+    }
+
+    /// How long a step that must finish before answering may wait for a store write: until
+    /// the deadline, and at least [`FAILING_STORE_BOUND`] (the fetch outlived the request that
+    /// started it; later requests joining it want the write too).
+    fn write_until(deadline: tokio::time::Instant) -> tokio::time::Instant {
+        deadline.max(tokio::time::Instant::now() + FAILING_STORE_BOUND)
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -211,7 +322,10 @@ impl Service {
     pub async fn warm_up(&self) {
         // Start listening for other replicas' fetches before any request needs them.
         drop(self.store.fetch_events());
-        match self.store.all_latest_balances().await {
+        let loaded = self.store.all_latest_balances().await;
+        // A store that is down at start is known to be failing from the first request on.
+        self.store_health.record(&loaded);
+        match loaded {
             Ok(snapshots) => {
                 let mut loaded = 0;
                 for snapshot in snapshots {
@@ -224,63 +338,5 @@ impl Service {
             }
             Err(e) => tracing::warn!(error = %e, "could not warm the balance cache from the store"),
         }
-    }
-
-    /// Starts background refresh for accounts with a `refresh_interval`. The tasks end when
-    /// the returned handles are aborted (at shutdown).
-    pub fn spawn_background_refresh(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.accounts
-            .iter()
-            .filter(|a| !a.config.freshness.refresh_interval.is_zero())
-            .map(|account| {
-                let service = Arc::clone(self);
-                let account = Arc::clone(account);
-                tokio::spawn(async move { service.refresh_periodically(account).await })
-            })
-            .collect()
-    }
-
-    async fn refresh_periodically(self: Arc<Self>, account: Arc<AccountState>) {
-        let period = account.config.freshness.refresh_interval;
-        loop {
-            // ±10% jitter keeps accounts with one period from calling upstreams in lockstep.
-            let jitter = period.mul_f64(rand::random_range(0.9..1.1));
-            tokio::time::sleep(jitter).await;
-            self.refresh_in_background(&account, period / 2).await;
-        }
-    }
-
-    /// One background refresh, unless the figure is younger than `within`. With replicas, the
-    /// decision is taken under the account's lease: a replica that finds the lease taken
-    /// leaves the refresh to its holder, and one that gets it checks again, since another
-    /// replica may have refreshed between its first look and the lease.
-    async fn refresh_in_background(self: &Arc<Self>, account: &Arc<AccountState>, within: Duration) {
-        if self.refreshed_recently(account, within).await {
-            return;
-        }
-        if self.store.fetch_events().is_some() {
-            match self.store.try_lease(account.id(), &self.replica_id, self.lease_ttl(account)).await {
-                Ok(false) => return,
-                Ok(true) if self.refreshed_recently(account, within).await => {
-                    self.release(account, true).await;
-                    return;
-                }
-                // Taken (the fetch below renews it as the same holder), or the store is down.
-                Ok(true) | Err(_) => {}
-            }
-        }
-        let mut rx = self.refresh(account);
-        let _ = rx.wait_for(|outcome| outcome.is_some()).await;
-    }
-
-    /// Whether the account's figure is younger than `within`, here or (with a shared store)
-    /// on another replica: then a background refresh would only repeat its call.
-    async fn refreshed_recently(&self, account: &AccountState, within: Duration) -> bool {
-        if self.store.backend() == Backend::Postgres
-            && let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await
-        {
-            account.offer(Arc::new(stored));
-        }
-        account.latest().is_some_and(|s| clock::age(self.clock.now(), s.fetched_at) < within)
     }
 }

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::clock::age;
+use super::coalesce::{Joined, Shared};
 use super::{AccountState, Service};
 use crate::domain::{AccountId, Payout, PayoutLookup, PayoutStatus};
 use crate::providers::UpstreamError;
@@ -82,7 +82,10 @@ impl Service {
             let service = Arc::clone(self);
             let query = query.clone();
             tasks.spawn(async move {
-                let per = service.payout_on(&account, &query, deadline).await;
+                // Every step of payout_on() keeps within the deadline; this is the backstop.
+                let per = tokio::time::timeout_at(deadline, service.payout_on(&account, &query, deadline))
+                    .await
+                    .unwrap_or_else(|_| Per::Failed(super::deadline_passed()));
                 (account.id().clone(), per)
             });
         }
@@ -114,7 +117,8 @@ impl Service {
     }
 
     async fn payout_on(self: &Arc<Self>, account: &Arc<AccountState>, query: &PayoutQuery, deadline: Instant) -> Per {
-        let stored = match self.guarded(self.store.find_payout(account.id(), &query.id)).await {
+        let found = self.guarded_by(self.store.find_payout(account.id(), &query.id), Self::store_share(deadline)).await;
+        let stored = match found {
             Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not read a stored payout");
@@ -129,8 +133,11 @@ impl Service {
                 return Per::Found(PayoutView { stored: stored.clone(), stale: false });
             }
         }
-        match (super::await_shared(self.lookup(account, &query.id), deadline).await, stored) {
-            (Ok(PayoutLookup::Found(payout)), stored) => Per::Found(self.observe(account, *payout, stored).await),
+        let looked_up = super::await_shared(self.lookup(account, &query.id), deadline).await;
+        match (looked_up.unwrap_or_else(|| Err(super::deadline_passed())), stored) {
+            (Ok(PayoutLookup::Found(payout)), stored) => {
+                Per::Found(self.observe(account, *payout, stored, deadline).await)
+            }
             (Ok(PayoutLookup::NotFound), None) => Per::NotFound,
             // The provider no longer finds what it once reported: serve what we saw, flagged.
             (Ok(PayoutLookup::NotFound), Some(stored)) => Per::Found(PayoutView { stored, stale: true }),
@@ -141,7 +148,13 @@ impl Service {
 
     /// Records a lookup's answer, refusing a regression from a final status, and returns what
     /// to serve.
-    async fn observe(&self, account: &AccountState, payout: Payout, stored: Option<StoredPayout>) -> PayoutView {
+    async fn observe(
+        &self,
+        account: &AccountState,
+        payout: Payout,
+        stored: Option<StoredPayout>,
+        deadline: Instant,
+    ) -> PayoutView {
         let now = self.clock.now();
         if let Some(previous) = &stored
             && regresses(&previous.payout, &payout)
@@ -153,24 +166,31 @@ impl Service {
         }
         let fresh =
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
-        if let Err(e) = self.guarded(self.store.save_payout(&fresh, "lookup")).await {
-            tracing::error!(account = %account.id(), error = %e, "could not store a payout observation");
+        let (store, observed) = (Arc::clone(&self.store), fresh.clone());
+        let save = async move { store.save_payout(&observed, "lookup").await };
+        match self.write_behind(save, Self::write_until(deadline)).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::error!(account = %account.id(), error = %e, "could not store a payout observation")
+            }
+            None => {
+                tracing::warn!(account = %account.id(), "serving a payout before the slow store confirmed its write")
+            }
         }
         PayoutView { stored: fresh, stale: false }
     }
 
     /// Joins the lookup of `(account, id)` in flight, or starts one in its own task.
-    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str) -> watch::Receiver<Option<LookupOutcome>> {
+    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str) -> Shared<LookupOutcome> {
         let key: LookupKey = (account.id().clone(), id.to_owned());
-        let mut inflight = self.payout_lookups.lock().expect("lookup lock is never held across a panic");
-        if let Some(rx) = inflight.get(&key)
-            && rx.borrow().is_none()
-        {
-            return rx.clone();
-        }
-        let (tx, rx) = watch::channel(None);
-        inflight.insert(key.clone(), rx.clone());
-        drop(inflight);
+        let (publisher, rx) = match self.payout_lookups.join_or_start(&key) {
+            Joined::Waiting(rx) => {
+                metrics::counter!("tally_coalesced_payout_waiters_total", "account" => account.id().to_string())
+                    .increment(1);
+                return rx;
+            }
+            Joined::Started(publisher, rx) => (publisher, rx),
+        };
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
@@ -195,8 +215,7 @@ impl Service {
             .increment(1);
             metrics::histogram!("tally_upstream_latency_seconds", "provider" => provider, "operation" => "payout")
                 .record(started.elapsed().as_secs_f64());
-            let _ = tx.send(Some(outcome));
-            service.payout_lookups.lock().expect("lookup lock is never held across a panic").remove(&key);
+            service.payout_lookups.finish(publisher, outcome);
         });
         rx
     }

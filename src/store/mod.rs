@@ -101,13 +101,23 @@ pub struct PayoutTransition {
     pub source: String,
 }
 
-/// A failed fetch as recorded for other replicas.
+/// A failed fetch, to record for other replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedFailure {
+pub struct FailedFetch {
     pub code: String,
     pub message: String,
     pub upstream_status: Option<u16>,
     pub failed_at: DateTime<Utc>,
+}
+
+/// An account's last failed fetch as recorded, with the account's circuit as the cluster sees
+/// it: the run of consecutive failures (0 after a success) and when the circuit opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFailure {
+    pub failure: FailedFetch,
+    pub consecutive_failures: u32,
+    /// When the circuit (re)opened; `None` while it is closed.
+    pub opened_at: Option<DateTime<Utc>>,
 }
 
 /// The channel on which the store announces that an account's fetch finished (succeeded or
@@ -162,8 +172,8 @@ pub trait Store: Send + Sync {
     // Coordination of replicas sharing the store. A single-process store (SQLite) needs none:
     // it grants every lease and announces nothing.
 
-    /// Takes the cluster-wide lease on fetching `account`, unless another holder has a lease
-    /// that has not expired.
+    /// Takes the cluster-wide lease on fetching `account` for `holder` (one fetch), unless a
+    /// lease on it has not expired, whoever holds it.
     async fn try_lease(
         &self,
         _account: &AccountId,
@@ -173,15 +183,35 @@ pub trait Store: Send + Sync {
         Ok(true)
     }
 
+    /// Extends `holder`'s lease by `ttl` from now; false if it is no longer the holder.
+    async fn renew_lease(
+        &self,
+        _account: &AccountId,
+        _holder: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Ends `holder`'s lease; a lease held by another holder is left alone.
     async fn release_lease(&self, _account: &AccountId, _holder: &str) -> Result<(), StoreError> {
         Ok(())
     }
 
-    /// Records a failed fetch and announces it.
-    async fn record_failure(&self, _account: &AccountId, _failure: &SharedFailure) -> Result<(), StoreError> {
-        Ok(())
+    /// Records a failed fetch and announces it, counting it in the account's run of failures:
+    /// the circuit opens when the run reaches `threshold`, and re-opens at once on a failed
+    /// probe. Returns the circuit as recorded, or `None` if the store does not share it.
+    async fn record_failure(
+        &self,
+        _account: &AccountId,
+        _failure: &FailedFetch,
+        _threshold: u32,
+    ) -> Result<Option<SharedFailure>, StoreError> {
+        Ok(None)
     }
 
+    /// The last recorded failure and the shared circuit (a success resets its run, not the
+    /// failure's details).
     async fn last_failure(&self, _account: &AccountId) -> Result<Option<SharedFailure>, StoreError> {
         Ok(None)
     }

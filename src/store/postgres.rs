@@ -53,6 +53,19 @@ fn entry(row: &PgRow) -> Result<BalanceEntry, StoreError> {
     })
 }
 
+fn shared_failure(row: &PgRow) -> Result<SharedFailure, StoreError> {
+    Ok(SharedFailure {
+        failure: FailedFetch {
+            code: row.try_get("code")?,
+            message: row.try_get("message")?,
+            upstream_status: row.try_get::<Option<i32>, _>("upstream_status")?.and_then(|s| u16::try_from(s).ok()),
+            failed_at: row.try_get("failed_at")?,
+        },
+        consecutive_failures: u32::try_from(row.try_get::<i32, _>("consecutive_failures")?).unwrap_or_default(),
+        opened_at: row.try_get("opened_at")?,
+    })
+}
+
 fn stored_payout(row: &PgRow) -> Result<StoredPayout, StoreError> {
     let failure_message: Option<String> = row.try_get("failure_message")?;
     Ok(StoredPayout {
@@ -186,7 +199,7 @@ impl Store for PostgresStore {
         .bind(snapshot.raw.as_ref().map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE fetch_failures SET consecutive_failures = 0 WHERE account = $1")
+        sqlx::query("UPDATE fetch_failures SET consecutive_failures = 0, opened_at = NULL WHERE account = $1")
             .bind(snapshot.account.as_str())
             .execute(&mut *tx)
             .await?;
@@ -364,7 +377,7 @@ impl Store for PostgresStore {
         let granted: Option<String> = sqlx::query_scalar(
             "INSERT INTO fetch_leases (account, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
              ON CONFLICT (account) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-             WHERE fetch_leases.expires_at < now() OR fetch_leases.holder = EXCLUDED.holder
+             WHERE fetch_leases.expires_at < now()
              RETURNING holder",
         )
         .bind(account.as_str())
@@ -373,6 +386,18 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(granted.is_some())
+    }
+
+    async fn renew_lease(&self, account: &AccountId, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE fetch_leases SET expires_at = now() + make_interval(secs => $3) WHERE account = $1 AND holder = $2",
+        )
+        .bind(account.as_str())
+        .bind(holder)
+        .bind(ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
     }
 
     async fn release_lease(&self, account: &AccountId, holder: &str) -> Result<(), StoreError> {
@@ -384,41 +409,47 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn record_failure(&self, account: &AccountId, failure: &SharedFailure) -> Result<(), StoreError> {
+    async fn record_failure(
+        &self,
+        account: &AccountId,
+        failure: &FailedFetch,
+        threshold: u32,
+    ) -> Result<Option<SharedFailure>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO fetch_failures (account, code, message, upstream_status, failed_at, consecutive_failures)
-             VALUES ($1, $2, $3, $4, $5, 1)
+        // One statement, so concurrent failures (replicas fetching alone while the store was
+        // unreachable) each count once.
+        let row = sqlx::query(
+            "INSERT INTO fetch_failures (account, code, message, upstream_status, failed_at, consecutive_failures, opened_at)
+             VALUES ($1, $2, $3, $4, $5, 1, CASE WHEN $6::integer <= 1 THEN $5::timestamptz END)
              ON CONFLICT (account) DO UPDATE SET code = $2, message = $3, upstream_status = $4, failed_at = $5,
-                 consecutive_failures = fetch_failures.consecutive_failures + 1",
+                 consecutive_failures = fetch_failures.consecutive_failures + 1,
+                 opened_at = CASE WHEN fetch_failures.opened_at IS NOT NULL
+                                    OR fetch_failures.consecutive_failures + 1 >= $6::integer
+                                  THEN $5::timestamptz END
+             RETURNING code, message, upstream_status, failed_at, consecutive_failures, opened_at",
         )
         .bind(account.as_str())
         .bind(&failure.code)
         .bind(&failure.message)
         .bind(failure.upstream_status.map(i32::from))
         .bind(failure.failed_at)
-        .execute(&mut *tx)
+        .bind(i32::try_from(threshold).unwrap_or(i32::MAX))
+        .fetch_one(&mut *tx)
         .await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(FETCH_EVENTS).bind(account.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        shared_failure(&row).map(Some)
     }
 
     async fn last_failure(&self, account: &AccountId) -> Result<Option<SharedFailure>, StoreError> {
-        let row =
-            sqlx::query("SELECT code, message, upstream_status, failed_at FROM fetch_failures WHERE account = $1")
-                .bind(account.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|row| {
-            Ok(SharedFailure {
-                code: row.try_get("code")?,
-                message: row.try_get("message")?,
-                upstream_status: row.try_get::<Option<i32>, _>("upstream_status")?.and_then(|s| u16::try_from(s).ok()),
-                failed_at: row.try_get("failed_at")?,
-            })
-        })
-        .transpose()
+        let row = sqlx::query(
+            "SELECT code, message, upstream_status, failed_at, consecutive_failures, opened_at
+             FROM fetch_failures WHERE account = $1",
+        )
+        .bind(account.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(shared_failure).transpose()
     }
 
     fn fetch_events(&self) -> Option<broadcast::Receiver<String>> {

@@ -8,7 +8,7 @@ use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{Script, StallingProxy, TestApp, TestDb, eventually, more_checks};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -37,9 +37,11 @@ async fn leanx(response: ResponseTemplate) -> MockServer {
     server
 }
 
+/// A LeanX account on `server`; no retries unless `extra` sets `max_retries`.
 fn account(id: &str, server: &MockServer, extra: &str) -> String {
+    let retries = if extra.contains("max_retries") { "" } else { "max_retries = 0\n" };
     format!(
-        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\nmax_retries = 0\n{extra}\n",
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n{retries}{extra}\n",
         server.uri()
     )
 }
@@ -52,8 +54,7 @@ fn account_line<'a>(body: &'a Value, account: &str) -> &'a Value {
     body["accounts"].as_array().unwrap().iter().find(|a| a["account"] == account).unwrap()
 }
 
-#[tokio::test]
-async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
+async fn five_slow_upstreams_answer_in_about_the_time_of_one(db: &TestDb) {
     let delay = Duration::from_millis(400);
     let mut servers = Vec::new();
     let mut config = String::new();
@@ -62,7 +63,6 @@ async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
         config.push_str(&account(&format!("a{i}"), &server, ""));
         servers.push(server);
     }
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &config).await;
     let started = Instant::now();
     let (status, body) = app.get_json("/balances?max_age=0").await;
@@ -71,7 +71,7 @@ async fn five_slow_upstreams_answer_in_about_the_time_of_one() {
     assert_eq!(body["complete"], true);
     assert_eq!(body["balances"].as_array().unwrap().len(), 10);
     assert!(took < delay * 2, "five upstreams of {delay:?} each took {took:?}: they must run concurrently");
-    eprintln!("fan-out: 5 upstreams × {delay:?} answered in {took:?}");
+    eprintln!("fan-out ({}): 5 upstreams × {delay:?} answered in {took:?}", db.kind());
 }
 
 async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
@@ -102,10 +102,8 @@ async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
     );
 }
 
-#[tokio::test]
-async fn a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call() {
+async fn a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
     let (_, first) = app.get_json("/balances").await;
     assert_eq!(account_line(&first, "leanx-main")["source"], "live");
@@ -148,11 +146,9 @@ async fn a_failed_refresh_serves_the_stored_figure_as_stale(db: &TestDb) {
     assert_eq!(lines[0]["age_seconds"], 60);
 }
 
-#[tokio::test]
-async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh() {
+async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh(db: &TestDb) {
     let fast = leanx(ok("1.00", "2.00")).await;
     let hung = leanx(ok("3.00", "4.00").set_delay(Duration::from_secs(30))).await;
-    let db = TestDb::sqlite();
     let accounts = format!("{}{}", account("fast", &fast, ""), account("hung", &hung, "timeout = \"20s\""));
     let app = TestApp::spawn_with(db.url(), "request_timeout = \"1s\"", &accounts).await;
     let started = Instant::now();
@@ -168,8 +164,7 @@ async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh()
     assert_eq!(lines_of(&body, "fast").len(), 2);
 }
 
-#[tokio::test]
-async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown() {
+async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown(db: &TestDb) {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(BALANCE_PATH))
@@ -178,7 +173,6 @@ async fn the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown() {
         .mount(&server)
         .await;
     Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ok("393.63", "26.05")).mount(&server).await;
-    let db = TestDb::sqlite();
     let extra = "circuit_failure_threshold = 2\ncircuit_cooldown = \"30s\"";
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, extra)).await;
     for _ in 0..2 {
@@ -276,18 +270,26 @@ async fn include_raw_keeps_the_providers_digits_through_the_store(db: &TestDb) {
 }
 
 both_stores!(
+    five_slow_upstreams_answer_in_about_the_time_of_one,
     concurrent_requests_share_one_upstream_call,
+    a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call,
     a_failed_refresh_serves_the_stored_figure_as_stale,
+    a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh,
+    the_circuit_opens_after_the_threshold_and_closes_after_the_cooldown,
     unchanged_figures_add_no_history_rows,
     include_raw_keeps_the_providers_digits_through_the_store,
+    totals_are_per_currency_and_filters_select,
+    pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime,
+    accounts_lists_settings_and_health_without_secrets,
+    the_warm_up_serves_stored_figures_with_their_real_ages,
+    accounts_shows_the_last_error_after_a_failure,
+    history_over_http_filters_by_account_wallet_currency_range_and_limit,
 );
 
-#[tokio::test]
-async fn totals_are_per_currency_and_filters_select() {
+async fn totals_are_per_currency_and_filters_select(db: &TestDb) {
     let myr1 = leanx(ok("393.63", "26.05")).await;
     let myr2 = leanx(ok("0.37", "0")).await;
     let usd = leanx(ok("90071992547409.93", "1.5")).await;
-    let db = TestDb::sqlite();
     let config = format!(
         "{}{}{}",
         account("m1", &myr1, ""),
@@ -319,10 +321,8 @@ async fn totals_are_per_currency_and_filters_select() {
     assert!(body["accounts"][0].get("raw").is_none(), "raw only on request");
 }
 
-#[tokio::test]
-async fn pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime() {
+async fn pollers_get_304_for_an_unchanged_etag_and_a_cache_lifetime(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
     let first = app.get("/balances").await;
     assert_eq!(first.status(), 200);
@@ -368,10 +368,8 @@ async fn every_bad_query_is_a_400_problem_with_a_stable_code() {
     assert_eq!(server.received_requests().await.unwrap().len(), 0, "a bad query calls no upstream");
 }
 
-#[tokio::test]
-async fn accounts_lists_settings_and_health_without_secrets() {
+async fn accounts_lists_settings_and_health_without_secrets(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
-    let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"15s\"")).await;
     app.get_json("/balances").await;
     let (status, body) = app.get_json("/accounts").await;
@@ -405,4 +403,242 @@ async fn a_repeated_answer_carries_its_own_generated_at_and_ages() {
     let (_, later) = app.get_json("/balances").await;
     assert_eq!(later["generated_at"], "2026-11-22T08:00:02.800Z");
     assert_eq!(later["balances"][0]["age_seconds"], 2, "a new second recomputes the ages");
+}
+
+async fn scripted(answers: Vec<ResponseTemplate>) -> (MockServer, Script) {
+    let server = MockServer::start().await;
+    let script = Script::new(answers);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script.clone()).mount(&server).await;
+    (server, script)
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_and_the_retry_serves_the_figure() {
+    let (server, script) = scripted(vec![ResponseTemplate::new(503), ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let app =
+        TestApp::spawn(db.url(), &account("retried", &server, "max_retries = 2\nretry_base_delay = \"10ms\"")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 200);
+    assert_eq!(account_line(&body, "retried")["status"], "fresh", "{body}");
+    assert_eq!(script.calls().len(), 2, "one failure, one successful retry");
+}
+
+#[tokio::test]
+async fn a_retry_waits_at_least_the_upstream_s_retry_after() {
+    let busy = ResponseTemplate::new(503).insert_header("retry-after", "1");
+    let (server, script) = scripted(vec![busy, ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let extra = "max_retries = 1\nretry_base_delay = \"10ms\"\ntimeout = \"1s\"";
+    let app = TestApp::spawn(db.url(), &account("polite", &server, extra)).await;
+    let (_, body) = app.get_json("/balances").await;
+    assert_eq!(account_line(&body, "polite")["status"], "fresh", "{body}");
+    let calls = script.calls();
+    assert_eq!(calls.len(), 2);
+    let waited = calls[1] - calls[0];
+    assert!(waited >= Duration::from_secs(1), "Retry-After: 1 honoured over a 10 ms backoff; waited {waited:?}");
+}
+
+#[tokio::test]
+async fn an_auth_failure_is_never_retried() {
+    let invalid_token = ResponseTemplate::new(401)
+        .set_body_raw(r#"{"response_code":4001,"description":"INVALID_TOKEN","data":null}"#, "application/json");
+    let (server, script) = scripted(vec![invalid_token, ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let app =
+        TestApp::spawn(db.url(), &account("locked", &server, "max_retries = 3\nretry_base_delay = \"10ms\"")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 503, "nothing to serve: {body}");
+    assert_eq!(body["accounts"][0]["error"]["code"], "upstream_auth_failed");
+    assert_eq!(script.calls().len(), 1, "bad credentials are not retried");
+}
+
+#[tokio::test]
+async fn a_retry_that_could_not_finish_before_the_deadline_is_not_made() {
+    // The retry could start after Retry-After (1 s), inside the 2 s deadline, but its attempt
+    // may take the whole 1.5 s timeout: it could not answer in time, so it is not made.
+    let busy = ResponseTemplate::new(503).insert_header("retry-after", "1");
+    let (server, script) = scripted(vec![busy, ok("393.63", "26.05")]).await;
+    let db = TestDb::sqlite();
+    let extra = "max_retries = 3\nretry_base_delay = \"10ms\"\ntimeout = \"1500ms\"";
+    let app = TestApp::spawn_with(db.url(), "request_timeout = \"2s\"", &account("hurried", &server, extra)).await;
+    let (_, body) = app.get_json("/balances").await;
+    assert_eq!(body["accounts"][0]["error"]["code"], "upstream_unavailable", "{body}");
+    assert_eq!(script.calls().len(), 1, "no retry past the deadline");
+}
+
+#[tokio::test]
+async fn cache_control_is_the_remaining_freshness_under_the_ttl_capped_by_max_age() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"30s\"")).await;
+    let max_age_of = |r: &reqwest::Response| r.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert_eq!(max_age_of(&app.get("/balances").await), "private, max-age=30", "live: the ttl");
+    app.advance(Duration::from_secs(20));
+    let lenient = app.get("/balances?max_age=3600").await;
+    assert_eq!(max_age_of(&lenient), "private, max-age=10", "accepting older figures does not extend the ttl");
+    assert_eq!(max_age_of(&app.get("/balances?max_age=25").await), "private, max-age=5", "min(ttl, max_age) - age");
+    let strict = app.get("/balances?max_age=10").await;
+    let cache_control = max_age_of(&strict);
+    let body: Value = serde_json::from_slice(&strict.bytes().await.unwrap()).unwrap();
+    assert_eq!(account_line(&body, "leanx-main")["source"], "live");
+    assert_eq!(cache_control, "private, max-age=10", "a figure fetched for max_age=10 is fresh for 10 s to it");
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn background_refresh_fetches_once_per_period() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    // Checks run on real timers (~100 ms); the figure ages only when the test moves the clock.
+    let period = Duration::from_millis(100);
+    let app = TestApp::spawn(db.url(), &account("warm", &server, "refresh_interval = \"100ms\"\nttl = \"1h\"")).await;
+    let calls = || async { server.received_requests().await.unwrap().len() };
+    let mut checks = app.service.account(&"warm".parse().unwrap()).unwrap().background_checks();
+    eventually("the first refresh, at start", Duration::from_secs(10), || async { calls().await == 1 }).await;
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls().await, 1, "a figure younger than the period is not refreshed");
+    app.advance(period / 2);
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls().await, 1, "half a period old: not yet due");
+    app.advance(period / 2);
+    eventually("refreshed one period after the last fetch", Duration::from_secs(10), || async { calls().await == 2 })
+        .await;
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls().await, 2, "once per period");
+    let (_, body) = app.get_json("/balances").await;
+    assert_eq!(account_line(&body, "warm")["source"], "cache", "requests are served the refreshed figure");
+    assert_eq!(calls().await, 2);
+}
+
+#[tokio::test]
+async fn a_stalled_store_does_not_hold_balances_past_the_deadline() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let server = leanx(ok("393.63", "26.05")).await;
+    let proxy = StallingProxy::start(&db).await;
+    let request_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(proxy.url(), "request_timeout = \"2s\"", &account("stalled", &server, "")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!((status, account_line(&body, "stalled")["source"].as_str()), (200, Some("live")));
+
+    proxy.stall();
+    // The first request finds the store stalled; the next ones know it is failing.
+    for attempt in 1..=3 {
+        let started = Instant::now();
+        let (status, body) = app.get_json("/balances?max_age=0").await;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "{body}");
+        let line = account_line(&body, "stalled");
+        assert_eq!((line["status"].as_str(), line["source"].as_str()), (Some("fresh"), Some("live")), "{body}");
+        assert!(took < request_timeout, "attempt {attempt}: answered within the deadline, took {took:?}");
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+}
+
+async fn the_warm_up_serves_stored_figures_with_their_real_ages(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let entry = |wallet: &str, amount: &str| tally::domain::BalanceEntry {
+        wallet: wallet.into(),
+        currency: "MYR".parse().unwrap(),
+        available: Some(tally::domain::parse_decimal(amount).unwrap()),
+        pending: None,
+        reserved: None,
+        total: Some(tally::domain::parse_decimal(amount).unwrap()),
+        blocked: false,
+    };
+    let fetched_at = crate::helpers::t0() - chrono::TimeDelta::seconds(12);
+    let snapshot = tally::store::AccountSnapshot {
+        account: "stored".parse().unwrap(),
+        provider: tally::domain::Provider::Leanx,
+        fetched_at,
+        entries: vec![entry("prefund", "393.63"), entry("transaction", "26.05")],
+        raw: None,
+    };
+    store.record_balances(&snapshot).await.unwrap();
+    store.close().await;
+
+    let server = leanx(ok("1.00", "2.00")).await;
+    let app = TestApp::spawn(db.url(), &account("stored", &server, "ttl = \"30s\"")).await;
+    let (status, body) = app.get_json("/balances").await;
+    assert_eq!(status, 200);
+    let line = account_line(&body, "stored");
+    assert_eq!((line["status"].as_str(), line["source"].as_str()), (Some("fresh"), Some("cache")), "{body}");
+    assert_eq!(line["fetched_at"], "2026-11-22T07:59:48Z");
+    let lines = lines_of(&body, "stored");
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["age_seconds"] == 12), "the stored figure's real age: {body}");
+    assert_eq!(lines.iter().find(|l| l["wallet"] == "prefund").unwrap()["available"], "393.63");
+    assert_eq!(server.received_requests().await.unwrap().len(), 0, "served from the warmed cache");
+}
+
+async fn accounts_shows_the_last_error_after_a_failure(db: &TestDb) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ResponseTemplate::new(500)).mount(&server).await;
+    let app = TestApp::spawn(db.url(), &account("failing", &server, "")).await;
+    let (_, before) = app.get_json("/accounts").await;
+    assert_eq!(before["accounts"][0]["last_error"], Value::Null);
+    app.advance(Duration::from_secs(5));
+    let (status, _) = app.get_json("/balances").await;
+    assert_eq!(status, 503);
+    app.advance(Duration::from_secs(5));
+    let (_, body) = app.get_json("/accounts").await;
+    let a = &body["accounts"][0];
+    assert_eq!(a["last_error"]["code"], "upstream_unavailable", "{body}");
+    assert_eq!(a["last_error"]["upstream_status"], 500);
+    assert_eq!(a["last_error"]["at"], "2026-11-22T08:00:05Z", "when the fetch failed");
+    assert_eq!(a["last_success_at"], Value::Null);
+    assert_eq!(a["circuit"], "closed", "one failure is below the threshold");
+}
+
+async fn history_over_http_filters_by_account_wallet_currency_range_and_limit(db: &TestDb) {
+    // The prefund figure changes every minute; the transaction figure never does.
+    let answers = ["100.00", "101.00", "102.00", "103.00"].map(|prefund| ok(prefund, "1.00")).to_vec();
+    let myr = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(Script::new(answers)).mount(&myr).await;
+    let usd = leanx(ok("5.00", "6.00")).await;
+    let config = format!("{}{}", account("h-myr", &myr, ""), account("h-usd", &usd, "currency = \"USD\""));
+    let app = TestApp::spawn(db.url(), &config).await;
+    for minute in 0..4 {
+        let (status, _) = app.get_json("/balances?max_age=0").await;
+        assert_eq!(status, 200);
+        if minute < 3 {
+            app.advance(Duration::from_secs(60));
+        }
+    }
+    let figures = |body: &Value| -> Vec<(String, String, String)> {
+        body["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let field = |k: &str| p[k].as_str().unwrap().to_owned();
+                (field("account"), field("wallet"), field("available"))
+            })
+            .collect()
+    };
+    let (status, all) = app.get_json("/balances/history").await;
+    assert_eq!(status, 200);
+    assert_eq!(all["points"].as_array().unwrap().len(), 7, "4 prefund changes, 1 transaction, 2 USD: {all}");
+
+    let (_, ranged) = app
+        .get_json("/balances/history?account=h-myr&wallet=prefund&from=2026-11-22T08:01:00Z&to=2026-11-22T08:02:00Z")
+        .await;
+    let expected = ["101.00", "102.00"].map(|a| ("h-myr".to_owned(), "prefund".to_owned(), a.to_owned()));
+    assert_eq!(figures(&ranged), expected, "still confirmed at `from`, first seen by `to`");
+
+    let (_, usd_only) = app.get_json("/balances/history?currency=USD").await;
+    assert!(figures(&usd_only).iter().all(|(account, _, _)| account == "h-usd"));
+    assert_eq!(usd_only["points"].as_array().unwrap().len(), 2);
+    assert_eq!(usd_only["points"][0]["currency"], "USD");
+
+    let (_, unchanged) = app.get_json("/balances/history?account=h-myr&wallet=transaction").await;
+    let points = unchanged["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1, "an unchanged figure is one change point");
+    assert_eq!(points[0]["first_seen_at"], "2026-11-22T08:00:00Z");
+    assert_eq!(points[0]["last_confirmed_at"], "2026-11-22T08:03:00Z");
+
+    let (_, limited) = app.get_json("/balances/history?account=h-myr&wallet=prefund&limit=2").await;
+    let oldest = ["100.00", "101.00"].map(|a| ("h-myr".to_owned(), "prefund".to_owned(), a.to_owned()));
+    assert_eq!(figures(&limited), oldest, "the limit keeps the oldest points");
 }

@@ -52,6 +52,15 @@ impl TestDb {
         Some(Self::Postgres { admin_url, name, url })
     }
 
+    /// `sqlite` or `postgres`: keeps names that are process-wide (metric labels) apart when
+    /// one test runs on both stores at once.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "sqlite",
+            Self::Postgres { .. } => "postgres",
+        }
+    }
+
     pub fn url(&self) -> &str {
         match self {
             Self::Sqlite { url, .. } | Self::Postgres { url, .. } => url,
@@ -119,6 +128,8 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
+    /// The app's service, for what only it can tell (leases, background checks).
+    pub service: Arc<tally::service::Service>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -144,11 +155,12 @@ impl TestApp {
         let clock = Arc::new(ManualClock::new(t0()));
         let app = Application::build_with_clock(settings, clock.clone()).await.expect("the app starts");
         let base = format!("http://{}", app.local_addr());
+        let service = Arc::clone(app.service());
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
-        Self { base, http: reqwest::Client::new(), clock, stop: Some(stop), task: Some(task) }
+        Self { base, http: reqwest::Client::new(), clock, service, stop: Some(stop), task: Some(task) }
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -164,6 +176,15 @@ impl TestApp {
             serde_json::from_slice(&body)
                 .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body))),
         )
+    }
+
+    /// The value of one counter series on `/metrics` (0 when it was never incremented).
+    /// Metrics are process-wide: give the accounts of a test names no other test uses.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let text = self.get("/metrics").await.text().await.expect("a metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+            .map_or(0, |v| v as u64)
     }
 
     pub fn advance(&self, by: Duration) {
@@ -185,6 +206,148 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+    }
+}
+
+/// An upstream answer held back until the test opens the gate, so a test can line up
+/// concurrent callers behind one call in flight without guessing how long that takes.
+/// wiremock runs each mock server on its own thread, which is the one waiting here.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+
+    /// A responder that waits for the gate (at most a minute, so a broken test ends).
+    pub fn hold(&self, response: wiremock::ResponseTemplate) -> Gated {
+        Gated { gate: self.clone(), response }
+    }
+}
+
+pub struct Gated {
+    gate: Gate,
+    response: wiremock::ResponseTemplate,
+}
+
+impl wiremock::Respond for Gated {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let (open, changed) = &*self.gate.0;
+        let guard = open.lock().unwrap();
+        let _ = changed.wait_timeout_while(guard, Duration::from_secs(60), |open| !*open).unwrap();
+        self.response.clone()
+    }
+}
+
+/// Waits (bounded) until `check` holds, polling: for effects visible only from outside.
+pub async fn eventually<F, Fut>(what: &str, bound: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let waited = tokio::time::timeout(bound, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    waited.await.unwrap_or_else(|_| panic!("not within {bound:?}: {what}"));
+}
+
+/// Upstream answers given in order (the last one repeated), recording when each call came.
+#[derive(Clone)]
+pub struct Script {
+    answers: Arc<Vec<wiremock::ResponseTemplate>>,
+    calls: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+}
+
+impl Script {
+    pub fn new(answers: Vec<wiremock::ResponseTemplate>) -> Self {
+        assert!(!answers.is_empty());
+        Self { answers: Arc::new(answers), calls: Default::default() }
+    }
+
+    /// When each call arrived.
+    pub fn calls(&self) -> Vec<std::time::Instant> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl wiremock::Respond for Script {
+    fn respond(&self, _: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let mut calls = self.calls.lock().unwrap();
+        calls.push(std::time::Instant::now());
+        self.answers[(calls.len() - 1).min(self.answers.len() - 1)].clone()
+    }
+}
+
+/// Waits (bounded) until `n` more background checks of the account have finished, so that at
+/// least one check started after whatever the test just changed.
+pub async fn more_checks(checks: &mut tokio::sync::watch::Receiver<u64>, n: u64) {
+    let target = *checks.borrow_and_update() + n;
+    tokio::time::timeout(Duration::from_secs(10), checks.wait_for(|done| *done >= target))
+        .await
+        .expect("background checks keep running")
+        .expect("the app is running");
+}
+
+/// A TCP proxy in front of the test PostgreSQL that can be made to stall: from then on it
+/// accepts connections and reads queries but forwards nothing, like a database that hangs
+/// (not one that refuses connections, which fails fast).
+pub struct StallingProxy {
+    url: String,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl StallingProxy {
+    pub async fn start(db: &TestDb) -> Self {
+        let mut url = url::Url::parse(db.url()).expect("a PostgreSQL URL");
+        let target = format!("{}:{}", url.host_str().expect("a host"), url.port().unwrap_or(5432));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port for the proxy");
+        url.set_host(Some("127.0.0.1")).expect("an IP host");
+        url.set_port(Some(listener.local_addr().expect("an address").port())).expect("a port");
+        let (stalled, _) = tokio::sync::watch::channel(false);
+        let watching = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(forward(client_read, server_write, watching.subscribe()));
+                tokio::spawn(forward(server_read, client_write, watching.subscribe()));
+            }
+        });
+        Self { url: url.to_string(), stalled }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// From now on nothing goes through, in either direction, on any connection.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Stalled: hold what was read, and the connection with it, for ever.
+        if stalled.wait_for(|stalled| !*stalled).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
         }
     }
 }

@@ -7,7 +7,7 @@ use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{Gate, TestApp, TestDb, eventually};
 
 const LEANX_PAYOUT: &str = "/api/v1/merchant/get-payout-transaction-by-id";
 
@@ -135,7 +135,45 @@ async fn a_final_status_never_goes_back_to_pending(db: &TestDb) {
     assert_eq!(calls(&server).await, 2);
 }
 
+async fn concurrent_lookups_of_one_id_make_one_call_per_account(db: &TestDb) {
+    const CALLERS: u64 = 40;
+    let gate = Gate::default();
+    let mut servers = Vec::new();
+    for status in ["PENDING", "NOT_FOUND"] {
+        let server = MockServer::start().await;
+        let response = if status == "PENDING" { leanx_payout("P-CO", status, "") } else { not_found() };
+        Mock::given(method("POST")).and(path(LEANX_PAYOUT)).respond_with(gate.hold(response)).mount(&server).await;
+        servers.push(server);
+    }
+    // Metric labels are process-wide: these account names are this test's own.
+    let ids = [format!("co-{}-knows", db.kind()), format!("co-{}-empty", db.kind())];
+    // Long bounds: the lookups wait for the gate, not for a timer.
+    let config = format!("{}{}", leanx_account(&ids[0], &servers[0]), leanx_account(&ids[1], &servers[1]))
+        .replace("timeout = \"1s\"", "timeout = \"30s\"");
+    let app = TestApp::spawn_with(db.url(), "request_timeout = \"30s\"", &config).await;
+    let requests: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let (http, url) = (app.http.clone(), format!("{}/payouts/P-CO", app.base));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    // Every caller but the first joins the lookup in flight before any upstream answers.
+    for id in &ids {
+        let series = format!("tally_coalesced_payout_waiters_total{{account=\"{id}\"}}");
+        eventually("every caller joins the lookup in flight", Duration::from_secs(20), || async {
+            app.counter(&series).await == CALLERS - 1
+        })
+        .await;
+    }
+    gate.open();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    assert_eq!((calls(&servers[0]).await, calls(&servers[1]).await), (1, 1), "one upstream call per asked account");
+}
+
 both_stores!(
+    concurrent_lookups_of_one_id_make_one_call_per_account,
     a_final_payout_is_served_from_the_store_without_an_upstream_call,
     a_pending_payout_is_looked_up_again_after_max_age_and_served_stale_on_failure,
     a_final_status_never_goes_back_to_pending,

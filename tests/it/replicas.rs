@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{Script, TestApp, TestDb, eventually, more_checks};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
 
@@ -83,15 +83,19 @@ async fn when_the_lease_holder_dies_another_replica_completes_the_refresh() {
         .mount(&upstream)
         .await;
 
-    // Replica A is a real process, so it can really be killed mid-fetch. Its lease lasts
-    // request_timeout + timeout = 2 s.
+    // Both replicas run the same config. Replica A is a real process, so it can really be
+    // killed mid-fetch; B runs in this test, so its waits can be observed.
+    let request_timeout = Duration::from_secs(4);
+    let account = format!(
+        "[[accounts]]\nid = \"takeover\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\nmax_retries = 0\ntimeout = \"3s\"\n",
+        upstream.uri()
+    );
+    let server = format!("request_timeout = \"{}s\"", request_timeout.as_secs());
+    let b = TestApp::spawn_with(db.url(), &server, &account).await;
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config_a = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nrequest_timeout = \"1s\"\n[store]\nurl = \"{}\"\n{}",
-        db.url(),
-        accounts(&[&upstream], "timeout = \"1s\"")
-    );
+    let config_a =
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{server}\n[store]\nurl = \"{}\"\n{account}", db.url());
     std::fs::write(dir.path().join("a.toml"), config_a).unwrap();
     let mut replica_a = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
         .args(["serve", "--config", dir.path().join("a.toml").to_str().unwrap()])
@@ -99,32 +103,33 @@ async fn when_the_lease_holder_dies_another_replica_completes_the_refresh() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let ready = tokio::time::timeout(Duration::from_secs(20), async {
-        while http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    eventually("replica A starts", Duration::from_secs(20), || async {
+        http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.is_ok()
+    })
+    .await;
+    let to_a = tokio::spawn(http.get(format!("http://127.0.0.1:{port}/balances?max_age=0")).send());
+    eventually("replica A calls the upstream", Duration::from_secs(5), || async { calls(&upstream).await == 1 }).await;
+
+    // B asks while A holds the lease, and waits for A's result.
+    let started = Instant::now();
+    let to_b = tokio::spawn({
+        let (http, url) = (b.http.clone(), format!("{}/balances?max_age=0", b.base));
+        async move {
+            let answer = http.get(url).send().await.unwrap().bytes().await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&answer).unwrap()
         }
     });
-    ready.await.expect("replica A starts");
-    let to_a = tokio::spawn(http.get(format!("http://127.0.0.1:{port}/balances?max_age=0")).send());
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while calls(&upstream).await == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("replica A calls the upstream");
+    let waits = "tally_replica_waits_total{account=\"takeover\"}";
+    eventually("B waits on A's lease", Duration::from_secs(3), || async { b.counter(waits).await == 1 }).await;
     replica_a.kill().unwrap();
     replica_a.wait().unwrap();
     let _ = to_a.await;
 
-    let b =
-        TestApp::spawn_with(db.url(), "request_timeout = \"6s\"", &accounts(&[&upstream], "timeout = \"1s\"")).await;
-    let started = Instant::now();
-    let (status, body) = b.get_json("/balances?max_age=0").await;
+    let body = to_b.await.unwrap();
     let took = started.elapsed();
-    assert_eq!(status, 200);
-    assert_eq!(body["accounts"][0]["status"], "fresh", "{body}");
-    assert!(took < Duration::from_secs(5), "B takes over once A's 2 s lease lapses; took {took:?}");
+    assert_eq!(body["accounts"][0]["status"], "fresh", "B completes the refresh: {body}");
+    assert_eq!(body["accounts"][0]["source"], "live");
+    assert!(took < request_timeout, "B took over within its own {request_timeout:?} deadline; took {took:?}");
     assert_eq!(calls(&upstream).await, 2, "A's lost call and B's");
 }
 
@@ -132,25 +137,195 @@ async fn when_the_lease_holder_dies_another_replica_completes_the_refresh() {
 async fn background_refresh_runs_once_per_period_across_replicas() {
     let Some(db) = TestDb::postgres().await else { return };
     let upstream = slow_upstream(Duration::from_millis(50)).await;
-    // Real timers tick every ~200 ms; figures only age when the test moves the replicas'
-    // clocks, so each "period" below is one clock step.
+    // Timers run on real time (checks every ~200 ms); figures age only when the test moves
+    // the replicas' clocks. Steps of 0.6 period put the replicas' figure past half a period at
+    // every step: a rule that refreshes twice per period (or once per replica) shows here.
+    let period = Duration::from_millis(200);
     let config = accounts(&[&upstream], "refresh_interval = \"200ms\"\nttl = \"1h\"");
     let mut replicas = Vec::new();
     for _ in 0..3 {
         replicas.push(TestApp::spawn(db.url(), &config).await);
     }
-    for period in 1..=3 {
-        let wait = tokio::time::timeout(Duration::from_secs(5), async {
-            while calls(&upstream).await < period {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        wait.await.unwrap_or_else(|_| panic!("period {period}: a refresh happens"));
-        // Several more ticks of every replica: none refreshes a figure that is still young.
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        assert_eq!(calls(&upstream).await, period, "one upstream call in period {period}, not one per replica");
+    let account: tally::domain::AccountId = "acct-0".parse().unwrap();
+    let mut checks: Vec<_> =
+        replicas.iter().map(|r| r.service.account(&account).unwrap().background_checks()).collect();
+    eventually("the first refresh, at start", Duration::from_secs(10), || async { calls(&upstream).await == 1 }).await;
+    for step in 1..=6 {
         for replica in &replicas {
-            replica.advance(Duration::from_secs(1));
+            replica.advance(period.mul_f64(0.6));
         }
+        for replica_checks in &mut checks {
+            more_checks(replica_checks, 2).await;
+        }
+        // Refreshed at 0, 1.2, 2.4 and 3.6 periods: every second step.
+        assert_eq!(calls(&upstream).await, 1 + step / 2, "after {step} steps of 0.6 period");
     }
+}
+
+#[tokio::test]
+async fn two_fetches_of_one_replica_exclude_each_other_through_the_lease() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let upstream = slow_upstream(Duration::ZERO).await;
+    let app = TestApp::spawn(db.url(), &accounts(&[&upstream], "")).await;
+    let account = app.service.account(&"acct-0".parse().unwrap()).unwrap();
+    let first = app.service.take_lease(account).await.unwrap().expect("the first fetch takes the lease");
+    let second = app.service.take_lease(account).await.unwrap();
+    assert!(second.is_none(), "a second fetch of the same replica does not share the first one's lease");
+    drop(first);
+    eventually("the released lease is free again", Duration::from_secs(5), || async {
+        app.service.take_lease(account).await.unwrap().is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_lease_is_renewed_while_its_fetch_outlasts_its_ttl() {
+    let Some(db) = TestDb::postgres().await else { return };
+    // request_timeout 2 s: leases last 0.5 s, and the fetch takes 1.5 s.
+    let upstream = slow_upstream(Duration::from_millis(1500)).await;
+    let config = accounts(&[&upstream], "");
+    let a = TestApp::spawn_with(db.url(), "request_timeout = \"2s\"", &config).await;
+    let b = TestApp::spawn_with(db.url(), "request_timeout = \"2s\"", &config).await;
+    let to_a = tokio::spawn({
+        let (http, url) = (a.http.clone(), format!("{}/balances?max_age=0", a.base));
+        async move { http.get(url).send().await.unwrap().status() }
+    });
+    eventually("A calls the upstream", Duration::from_secs(5), || async { calls(&upstream).await == 1 }).await;
+    let (status, body) = b.get_json("/balances?max_age=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["accounts"][0]["status"], "fresh", "B takes A's result: {body}");
+    assert_eq!(to_a.await.unwrap(), 200);
+    assert_eq!(calls(&upstream).await, 1, "A's lease outlived its ttl while A fetched: B never took it over");
+}
+
+/// Lease rows in the shared database, held or lapsed.
+async fn lease_rows(db: &TestDb) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM fetch_leases").fetch_one(&mut conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_background_refresh_refused_by_an_open_circuit_releases_its_lease() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ResponseTemplate::new(503)).mount(&upstream).await;
+    let account = format!(
+        "[[accounts]]\nid = \"refused\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\nmax_retries = 0\n\
+         refresh_interval = \"100ms\"\ncircuit_failure_threshold = 1\ncircuit_cooldown = \"1h\"\n",
+        upstream.uri()
+    );
+    let app = TestApp::spawn(db.url(), &account).await;
+    let refused = "tally_upstream_calls_total{provider=\"leanx\",account=\"refused\",operation=\"balances\",outcome=\"circuit_open\"}";
+    eventually("background refreshes meet the open circuit", Duration::from_secs(10), || async {
+        app.counter(refused).await >= 2
+    })
+    .await;
+    assert_eq!(calls(&upstream).await, 1, "one failure opened the circuit");
+    // Each refused refresh took the lease first; none may keep it.
+    eventually("no lease is left behind", Duration::from_secs(5), || async { lease_rows(&db).await == 0 }).await;
+}
+
+#[tokio::test]
+async fn a_failure_taken_from_another_replica_keeps_the_time_it_happened() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(800)))
+        .mount(&upstream)
+        .await;
+    let config = accounts(&[&upstream], "");
+    let a = TestApp::spawn(db.url(), &config).await;
+    let b = TestApp::spawn(db.url(), &config).await;
+    // B's clock is 7 s ahead of A's: a time taken from B's clock is told apart.
+    b.advance(Duration::from_secs(7));
+    let to_a = tokio::spawn({
+        let (http, url) = (a.http.clone(), format!("{}/balances?max_age=0", a.base));
+        async move { http.get(url).send().await.unwrap().status() }
+    });
+    eventually("A calls the upstream", Duration::from_secs(5), || async { calls(&upstream).await == 1 }).await;
+    let (status, body) = b.get_json("/balances?max_age=0").await;
+    assert_eq!(status, 503, "{body}");
+    let error = &body["accounts"][0]["error"];
+    assert_eq!(error["code"], "upstream_unavailable");
+    assert_eq!(error["at"], "2026-11-22T08:00:00Z", "when A's fetch failed, not when B answered");
+    assert_eq!(to_a.await.unwrap(), 503);
+    assert_eq!(calls(&upstream).await, 1, "B took A's failure");
+    let (_, accounts) = b.get_json("/accounts").await;
+    assert_eq!(accounts["accounts"][0]["last_error"]["at"], "2026-11-22T08:00:00Z");
+}
+
+async fn circuit_of(replica: &TestApp) -> String {
+    replica.get_json("/accounts").await.1["accounts"][0]["circuit"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_circuit_is_shared_by_every_replica() {
+    let Some(db) = TestDb::postgres().await else { return };
+    // Three failures open the circuit; the probe after the first cool-down fails too; the
+    // probe after the second succeeds.
+    let failure = ResponseTemplate::new(503);
+    let success = ResponseTemplate::new(200).set_body_raw(body(), "application/json");
+    let script = Script::new(vec![failure.clone(), failure.clone(), failure.clone(), failure, success]);
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script.clone()).mount(&upstream).await;
+    let config = accounts(&[&upstream], "circuit_failure_threshold = 3\ncircuit_cooldown = \"30s\"");
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(TestApp::spawn(db.url(), &config).await);
+    }
+    // A fourth replica serves no request: it learns the circuit only from the others.
+    let bystander = TestApp::spawn(db.url(), &config).await;
+
+    for i in 0..9 {
+        let (status, _) = replicas[i % 3].get_json("/balances?max_age=0").await;
+        assert_eq!(status, 503, "request {i}: nothing stored, and the upstream fails or the circuit is open");
+    }
+    assert_eq!(script.calls().len(), 3, "the threshold in total, not per replica");
+    for replica in replicas.iter().chain([&bystander]) {
+        eventually("every replica shows the circuit open", Duration::from_secs(5), || async {
+            circuit_of(replica).await == "open"
+        })
+        .await;
+    }
+
+    // After the cool-down, replicas asking at once make one probe; it fails and re-opens the
+    // circuit everywhere.
+    for replica in replicas.iter().chain([&bystander]) {
+        replica.advance(Duration::from_secs(31));
+    }
+    let probes: Vec<_> = replicas
+        .iter()
+        .map(|r| {
+            let (http, url) = (r.http.clone(), format!("{}/balances?max_age=0", r.base));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    for probe in probes {
+        assert_eq!(probe.await.unwrap(), 503);
+    }
+    assert_eq!(script.calls().len(), 4, "one probe in the cluster");
+    for replica in replicas.iter().chain([&bystander]) {
+        eventually("the failed probe re-opens the circuit everywhere", Duration::from_secs(5), || async {
+            circuit_of(replica).await == "open"
+        })
+        .await;
+    }
+
+    // After the next cool-down one probe succeeds and closes the circuit everywhere.
+    for replica in replicas.iter().chain([&bystander]) {
+        replica.advance(Duration::from_secs(31));
+    }
+    let (status, probed) = replicas[1].get_json("/balances?max_age=0").await;
+    assert_eq!((status, probed["accounts"][0]["status"].as_str()), (200, Some("fresh")));
+    for replica in replicas.iter().chain([&bystander]) {
+        eventually("the successful probe closes the circuit everywhere", Duration::from_secs(5), || async {
+            circuit_of(replica).await == "closed"
+        })
+        .await;
+        let (status, body) = replica.get_json("/balances").await;
+        assert_eq!((status, body["accounts"][0]["status"].as_str()), (200, Some("fresh")), "{body}");
+    }
+    assert_eq!(script.calls().len(), 5, "one successful probe, then figures from the store");
 }

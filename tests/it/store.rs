@@ -218,3 +218,21 @@ async fn an_unmigrated_store_is_not_ready() {
     let store = db.store();
     assert!(store.check_ready().await.is_err());
 }
+
+#[tokio::test]
+async fn a_fetch_lease_is_held_by_exactly_one_holder() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let store = migrated(&db).await;
+    let account: tally::domain::AccountId = "leanx-main".parse().unwrap();
+    let ttl = std::time::Duration::from_secs(60);
+    // Holders are fetches: the replica's id and the fetch's number.
+    assert!(store.try_lease(&account, "r1/1", ttl).await.unwrap());
+    assert!(!store.try_lease(&account, "r1/2", ttl).await.unwrap(), "another fetch of the same replica waits");
+    assert!(!store.try_lease(&account, "r1/1", ttl).await.unwrap(), "a lease is taken once, then renewed");
+    store.release_lease(&account, "r1/2").await.unwrap();
+    assert!(!store.try_lease(&account, "r2/1", ttl).await.unwrap(), "a non-holder's release frees nothing");
+    assert!(store.renew_lease(&account, "r1/1", ttl).await.unwrap());
+    assert!(!store.renew_lease(&account, "r1/2", ttl).await.unwrap(), "only the holder renews");
+    store.release_lease(&account, "r1/1").await.unwrap();
+    assert!(store.try_lease(&account, "r1/2", ttl).await.unwrap(), "released by its holder, it is free");
+}
