@@ -1,24 +1,25 @@
-//! The middleware stack around every route, outermost first: request id, tracing, panic
-//! catching, HTTP metrics, problem+json for bare errors, load shedding, the request deadline
-//! backstop, the body limit and gzip.
+//! The middleware around every route: gzip, then the envelope (request id, the request's span
+//! and log line, the body limit, load shedding, panic catching, the deadline backstop, HTTP
+//! metrics, problem+json for bare errors).
+//!
+//! The envelope is one middleware doing what tower-http's request-id, trace, timeout, body-limit
+//! and catch-panic layers and two `from_fn` layers did: each layer cloned, boxed or allocated on
+//! every request, and together they cost more than the cached `/balances` answer itself
+//! (BENCHMARKS.md).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use super::error::{ApiError, ErrorCode, PROBLEM_JSON};
 use crate::config::ServerSettings;
@@ -26,89 +27,212 @@ use crate::config::ServerSettings;
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn wrap(router: Router, server: &ServerSettings) -> Router {
-    // The service answers within request_timeout on its own; this is the backstop.
-    let backstop = server.request_timeout + Duration::from_secs(2);
-    router.layer(
-        ServiceBuilder::new()
-            .layer(SetRequestIdLayer::new(REQUEST_ID, SequentialIds::new()))
-            .layer(
-                // One line per request, whatever its status (a failure is logged where handled).
-                TraceLayer::new_for_http().make_span_with(span).on_request(()).on_response(on_response).on_failure(()),
-            )
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(CatchPanicLayer::custom(|_| ApiError::new(ErrorCode::Internal, "internal error").into_response()))
-            .layer(middleware::from_fn(metrics_and_problems))
-            .layer(middleware::from_fn_with_state(Arc::new(Semaphore::new(server.max_concurrent_requests)), shed_load))
-            .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, backstop))
-            .layer(RequestBodyLimitLayer::new(server.body_limit_bytes))
-            .layer(CompressionLayer::new().gzip(true)),
-    )
+    let state = Arc::new(Envelope {
+        permits: Semaphore::new(server.max_concurrent_requests),
+        // The service answers within request_timeout on its own; this is the backstop.
+        backstop: server.request_timeout + Duration::from_secs(2),
+        metrics: HttpMetrics::default(),
+        ids: RequestIds::new(),
+        body_limit: server.body_limit_bytes,
+    });
+    router.layer(ServiceBuilder::new().layer(CompressionLayer::new().gzip(true)).layer(EnvelopeLayer(state)))
 }
 
-fn span(request: &Request<Body>) -> tracing::Span {
-    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
-    tracing::info_span!("request", method = %request.method(), route = route.as_deref().unwrap_or("unmatched"),
-        request_id, caller = tracing::field::Empty)
-}
+/// The envelope as a tower layer: a hand-written service rather than `from_fn`, which boxes
+/// the service beneath it and its call on every request.
+#[derive(Clone)]
+struct EnvelopeLayer(Arc<Envelope>);
 
-fn on_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
-    tracing::info!(status = response.status().as_u16(), duration_ms = latency.as_millis() as u64, "answered");
-}
+impl<S> tower::Layer<S> for EnvelopeLayer {
+    type Service = EnvelopeService<S>;
 
-/// Sheds load instead of queueing without bound: past `max_concurrent_requests` in flight, a
-/// request gets 503 with `Retry-After` at once. Probes are never shed, so an orchestrator does
-/// not restart a replica for being busy.
-async fn shed_load(State(permits): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
-    if super::auth::PROBES.contains(&request.uri().path()) {
-        return next.run(request).await;
+    fn layer(&self, inner: S) -> Self::Service {
+        EnvelopeService { inner, envelope: Arc::clone(&self.0) }
     }
-    match permits.try_acquire() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            metrics::counter!("tally_http_shed_total").increment(1);
-            ApiError::new(ErrorCode::Overloaded, "too many requests in flight; try again shortly")
-                .retry_after(1)
-                .into_response()
+}
+
+#[derive(Clone)]
+struct EnvelopeService<S> {
+    inner: S,
+    envelope: Arc<Envelope>,
+}
+
+impl<S> tower::Service<Request> for EnvelopeService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The service that was polled ready is the one called; a clone takes its place.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        let envelope = Arc::clone(&self.envelope);
+        Box::pin(async move {
+            let next = |request| async move {
+                let mut ready = ready;
+                match tower::Service::call(&mut ready, request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            };
+            Ok(envelope.answer(request, next).await)
+        })
+    }
+}
+
+/// What every request passes through once routed.
+struct Envelope {
+    permits: Semaphore,
+    backstop: Duration,
+    metrics: HttpMetrics,
+    ids: RequestIds,
+    body_limit: usize,
+}
+
+impl Envelope {
+    /// Gives the request an id (the caller's `x-request-id`, else a new one) and returns it on
+    /// the answer; runs it in a span with one log line when answered; refuses a declared body over
+    /// `body_limit_bytes` (no route reads a body, so a body without a length is never buffered);
+    /// sheds load instead of queueing without bound (past `max_concurrent_requests` in flight a
+    /// request gets 503 with `Retry-After` at once; probes are never shed, so an orchestrator does
+    /// not restart a replica for being busy); turns a panic into a 500 problem; bounds the request
+    /// by the backstop; records the HTTP metrics; and gives errors produced by axum (405, a bare
+    /// 400 from an extractor) the problem+json shape.
+    async fn answer<F: Future<Output = Response>>(
+        &self,
+        request: Request,
+        next: impl FnOnce(Request) -> F,
+    ) -> Response {
+        let started = Instant::now();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(given) => given.clone(),
+            None => self.ids.next(),
+        };
+        let span = tracing::info_span!("request", method = %request.method(), route,
+        request_id = id.to_str().unwrap_or("(not text)"), caller = tracing::field::Empty);
+        let response = async {
+            if declared_length(&request).is_some_and(|len| len > self.body_limit as u64) {
+                return ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large").into_response();
+            }
+            let _permit = if super::auth::PROBES.contains(&request.uri().path()) {
+                None
+            } else {
+                let Ok(permit) = self.permits.try_acquire() else {
+                    metrics::counter!("tally_http_shed_total").increment(1);
+                    return ApiError::new(ErrorCode::Overloaded, "too many requests in flight; try again shortly")
+                        .retry_after(1)
+                        .into_response();
+                };
+                Some(permit)
+            };
+            within(started + self.backstop, unwinding_to_500(next(request))).await
         }
+        .instrument(span.clone())
+        .await;
+        let mut response = problem_for_bare_errors(response);
+        response.headers_mut().insert(REQUEST_ID, id);
+        let status = response.status().as_u16();
+        let elapsed = started.elapsed();
+        // One line per request, whatever its status (a failure is logged where handled).
+        span.in_scope(|| tracing::info!(status, duration_ms = elapsed.as_millis() as u64, "answered"));
+        self.metrics.record(route, status, elapsed);
+        response
+    }
+}
+
+fn declared_length(request: &Request) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A panic while answering becomes a 500 problem (its message stays in the log, written by the
+/// panic hook), and the process keeps serving.
+async fn unwinding_to_500(answer: impl Future<Output = Response>) -> Response {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(answer).catch_unwind().await.unwrap_or_else(|_| {
+        tracing::error!("a request handler panicked");
+        ApiError::new(ErrorCode::Internal, "internal error").into_response()
+    })
+}
+
+/// Runs `answer` until `deadline`, then answers 408. The timer is armed only when the answer
+/// is not ready at once: a cached answer never touches the runtime's timer wheel.
+async fn within(deadline: Instant, answer: impl Future<Output = Response>) -> Response {
+    let mut answer = std::pin::pin!(answer);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(answer.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(response) => response,
+        std::task::Poll::Pending => tokio::time::timeout_at(deadline.into(), answer)
+            .await
+            .unwrap_or_else(|_| ApiError::new(ErrorCode::RequestTimeout, "the request took too long").into_response()),
     }
 }
 
 /// Request ids unique to this process run: a random prefix and a counter. Cheaper than a v4
 /// UUID per request, and as useful for finding one request's log lines.
-#[derive(Clone)]
-struct SequentialIds {
-    prefix: Arc<str>,
-    next: Arc<std::sync::atomic::AtomicU64>,
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
 }
 
-impl SequentialIds {
+impl RequestIds {
     fn new() -> Self {
-        Self { prefix: format!("{:08x}", rand::random::<u32>()).into(), next: Arc::default() }
+        Self { prefix: rand::random(), next: AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = bytes::Bytes::from(format!("{:08x}-{n:012x}", self.prefix));
+        HeaderValue::from_maybe_shared(id).expect("hex is a valid header value")
     }
 }
 
-impl MakeRequestId for SequentialIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{}-{n:012x}", self.prefix);
-        Some(RequestId::new(axum::http::HeaderValue::from_str(&id).expect("hex is a valid header value")))
-    }
+/// HTTP metrics by matched route and status. The handles are registered once per route and
+/// status: looking a metric up by its labels on every request costs more than the rest of a
+/// cached answer's bookkeeping.
+#[derive(Default)]
+struct HttpMetrics(std::sync::RwLock<std::collections::HashMap<Box<str>, RouteMetrics>>);
+
+struct RouteMetrics {
+    duration: metrics::Histogram,
+    requests: Vec<(u16, metrics::Counter)>,
 }
 
-/// HTTP metrics by matched route and status, and the problem+json shape for errors produced
-/// by axum or tower (405, 408, 413, a bare 400 from an extractor). One middleware for both
-/// keeps the per-request cost of the stack down.
-async fn metrics_and_problems(request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let started = Instant::now();
-    let response = problem_for_bare_errors(next.run(request).await);
-    let route = metrics::SharedString::from(route.unwrap_or_else(|| "unmatched".to_owned()));
-    let status = metrics::SharedString::from(response.status().as_u16().to_string());
-    metrics::counter!("tally_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("tally_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    response
+impl HttpMetrics {
+    fn record(&self, route: &str, status: u16, elapsed: Duration) {
+        {
+            let known = self.0.read().expect("metrics lock is never held across a panic");
+            if let Some(m) = known.get(route)
+                && let Some((_, requests)) = m.requests.iter().find(|(s, _)| *s == status)
+            {
+                requests.increment(1);
+                m.duration.record(elapsed.as_secs_f64());
+                return;
+            }
+        }
+        let mut known = self.0.write().expect("metrics lock is never held across a panic");
+        let m = known.entry(route.into()).or_insert_with(|| RouteMetrics {
+            duration: metrics::histogram!("tally_http_request_duration_seconds", "route" => route.to_owned()),
+            requests: Vec::new(),
+        });
+        if !m.requests.iter().any(|(s, _)| *s == status) {
+            let counter = metrics::counter!("tally_http_requests_total",
+                "route" => route.to_owned(), "status" => status.to_string());
+            m.requests.push((status, counter));
+        }
+        let (_, requests) = m.requests.iter().find(|(s, _)| *s == status).expect("registered just above");
+        requests.increment(1);
+        m.duration.record(elapsed.as_secs_f64());
+    }
 }
 
 fn problem_for_bare_errors(response: Response) -> Response {
@@ -143,4 +267,30 @@ fn problem_for_bare_errors(response: Response) -> Response {
         problem.headers_mut().insert(header::ALLOW, allow.clone());
     }
     problem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backstop_answers_408_at_its_deadline_and_leaves_ready_answers_alone() {
+        let deadline = Instant::now() + Duration::from_secs(12);
+        // Paused time moves tokio's clock, not std's.
+        let started = tokio::time::Instant::now();
+        let ready = within(deadline, async { StatusCode::OK.into_response() }).await;
+        assert_eq!(ready.status(), StatusCode::OK);
+
+        let hung = within(deadline, std::future::pending::<Response>()).await;
+        assert_eq!(hung.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(hung.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert!(started.elapsed() >= Duration::from_secs(12), "answered at the deadline, not before");
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_answering_is_a_500_problem() {
+        let answer = unwinding_to_500(async { panic!("a bug") }).await;
+        assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
 }

@@ -24,16 +24,27 @@ use crate::store::MigrationGate;
 pub use auth::digest_hex;
 pub use error::{ApiError, ErrorCode, PROBLEM_JSON};
 
-/// What every handler can reach.
+/// What every handler can reach: one reference-counted value, since axum clones the state for
+/// every extraction.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub service: Arc<Service>,
-    pub api_keys: Arc<[ApiKey]>,
+    pub api_keys: Box<[ApiKey]>,
     pub metrics_require_auth: bool,
     pub metrics: PrometheusHandle,
-    pub balances_body: Arc<balances::BodyCache>,
-    pub openapi: Arc<OpenApiDocs>,
+    pub balances_body: balances::BodyCache,
+    pub openapi: OpenApiDocs,
     pub migrations: Arc<MigrationGate>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl AppState {
@@ -44,15 +55,15 @@ impl AppState {
         metrics: PrometheusHandle,
     ) -> Self {
         let auth = AuthPolicy { keys: !settings.auth.api_keys.is_empty(), metrics: settings.metrics.require_auth };
-        Self {
-            openapi: Arc::new(OpenApiDocs::new(&service, auth)),
+        Self(Arc::new(Shared {
+            openapi: OpenApiDocs::new(&service, auth),
             service,
             api_keys: settings.auth.api_keys.clone().into(),
             metrics_require_auth: settings.metrics.require_auth,
             metrics,
-            balances_body: Arc::default(),
+            balances_body: balances::BodyCache::default(),
             migrations,
-        }
+        }))
     }
 }
 
@@ -272,10 +283,13 @@ fn add_shared_responses(value: &mut serde_json::Value, instance: &Instance) {
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (routes, _) = api().split_for_parts();
     let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
-    let routes = routes
+    let mut routes = routes
         .route("/openapi.json", axum::routing::get(openapi_json))
         .merge(docs)
-        .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+        .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route") });
+    // Without keys every caller is anonymous: no layer to pass through on every request.
+    if !state.api_keys.is_empty() {
+        routes = routes.layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+    }
     layers::wrap(routes.with_state(state), &settings.server)
 }
