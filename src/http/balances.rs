@@ -1,6 +1,6 @@
 //! `GET /balances` and `GET /balances/history`.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use crate::domain::{AccountId, Currency, Provider};
-use crate::service::balances::{Selection, SelectionError};
+use crate::service::balances::{BalancesOutcome, BodyKey, Selection, SelectionError};
 use crate::service::report::BalancesReport;
 use crate::store::{HistoryPoint, HistoryQuery};
 
@@ -38,12 +38,9 @@ use crate::store::{HistoryPoint, HistoryQuery};
     ),
     security(("bearer" = []), ()),
 )]
-pub async fn get_balances(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let selection = selection(query.as_deref())?;
+pub async fn get_balances(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    // The request itself rather than extractors that copy its query and headers.
+    let selection = selection(request.uri().query())?;
     let outcome = state.service.balances(&selection).await.map_err(|e| match e {
         SelectionError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
     })?;
@@ -59,19 +56,18 @@ pub async fn get_balances(
                     .collect(),
             ));
     }
-    let etag = outcome.tag.clone();
-    let cache_control = format!("private, max-age={}", outcome.fresh_for.as_secs());
-    let mut response = if if_none_match(&headers, &etag) {
+    let (etag, body) = state.balances_body.answer(&outcome);
+    let cache_control = bytes::Bytes::from(format!("private, max-age={}", outcome.fresh_for.as_secs()));
+    let mut response = if if_none_match(request.headers(), etag.to_str().unwrap_or_default()) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let body = state.balances_body.body(&outcome);
         ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
     };
     let h = response.headers_mut();
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("a quoted hex digest is a valid header value"));
+    h.insert(header::ETAG, etag);
     h.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_str(&cache_control).expect("ASCII digits are a valid header value"),
+        HeaderValue::from_maybe_shared(cache_control).expect("ASCII digits are a valid header value"),
     );
     Ok(response)
 }
@@ -101,38 +97,61 @@ fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
     })
 }
 
-/// The last `/balances` body, so that dashboards polling the same figures are answered from
+/// The last `/balances` answer, so that dashboards polling the same figures are answered from
 /// bytes rather than by rebuilding and re-serializing the report. Reports with one
 /// `body_key` differ only in `generated_at`, which leads the body with a fixed width and is
-/// spliced in fresh for every answer.
+/// spliced in fresh; the spliced body is shared by every answer within one millisecond.
 #[derive(Default)]
-pub struct BodyCache(std::sync::Mutex<Option<(String, bytes::Bytes)>>);
+pub struct BodyCache(std::sync::Mutex<Option<CachedBody>>);
+
+struct CachedBody {
+    key: BodyKey,
+    etag: HeaderValue,
+    /// The body after the timestamp.
+    tail: bytes::Bytes,
+    /// The whole body for one `generated_at`.
+    spliced: (chrono::DateTime<chrono::Utc>, bytes::Bytes),
+}
 
 /// `{"generated_at":"` and the width of a timestamp with milliseconds.
 const HEAD: &[u8] = br#"{"generated_at":""#;
 const STAMP: usize = "2026-11-22T08:00:00.123Z".len();
 
 impl BodyCache {
-    fn body(&self, outcome: &crate::service::balances::BalancesOutcome) -> bytes::Bytes {
-        let cached = self.0.lock().expect("body cache lock is never held across a panic").clone();
-        let tail = match cached {
-            Some((key, tail)) if key == outcome.body_key => tail,
-            _ => {
-                let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
-                debug_assert!(body.starts_with(HEAD));
-                let tail = bytes::Bytes::copy_from_slice(&body[HEAD.len() + STAMP..]);
-                *self.0.lock().expect("body cache lock is never held across a panic") =
-                    Some((outcome.body_key.clone(), tail.clone()));
-                return body.into();
-            }
+    /// The `ETag` and the body of the answer to `outcome`.
+    fn answer(&self, outcome: &BalancesOutcome) -> (HeaderValue, bytes::Bytes) {
+        let now = outcome.generated_at();
+        let mut cached = self.0.lock().expect("body cache lock is never held across a panic");
+        let Some(hit) = cached.as_mut().filter(|c| c.key == outcome.body_key) else {
+            // Serialized under the lock: concurrent requests for one new report build it once.
+            let body = bytes::Bytes::from(serde_json::to_vec(&outcome.report()).expect("a report serializes"));
+            debug_assert!(body.starts_with(HEAD));
+            let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
+                .expect("a quoted hex digest is a valid header value");
+            let tail = body.slice(HEAD.len() + STAMP..);
+            *cached =
+                Some(CachedBody { key: outcome.body_key, etag: etag.clone(), tail, spliced: (now, body.clone()) });
+            return (etag, body);
         };
-        let stamp = outcome.generated_at().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut body = Vec::with_capacity(HEAD.len() + STAMP + tail.len());
-        body.extend_from_slice(HEAD);
-        body.extend_from_slice(stamp.as_bytes());
-        body.extend_from_slice(&tail);
-        body.into()
+        if hit.spliced.0 != now {
+            let mut stamp = [0u8; STAMP];
+            write_stamp(&mut stamp, now);
+            let mut body = Vec::with_capacity(HEAD.len() + STAMP + hit.tail.len());
+            body.extend_from_slice(HEAD);
+            body.extend_from_slice(&stamp);
+            body.extend_from_slice(&hit.tail);
+            hit.spliced = (now, bytes::Bytes::from(body));
+        }
+        (hit.etag.clone(), hit.spliced.1.clone())
     }
+}
+
+/// `generated_at` as the report serializes it (RFC 3339, milliseconds, `Z`), without
+/// allocating.
+fn write_stamp(out: &mut [u8; STAMP], at: chrono::DateTime<chrono::Utc>) {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    write!(cursor, "{}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ")).expect("a timestamp has a fixed width");
 }
 
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
@@ -241,6 +260,21 @@ impl From<HistoryPoint> for HistoryLine {
             blocked: p.entry.blocked,
             first_seen_at: p.first_seen_at,
             last_confirmed_at: p.last_confirmed_at,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spliced_stamp_is_what_the_report_serializes() {
+        for ms in [0, 1, 999, 1_764_000_000_000, 1_764_000_000_123, 4_102_444_799_999] {
+            let at = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+            let mut stamp = [0u8; STAMP];
+            write_stamp(&mut stamp, at);
+            assert_eq!(std::str::from_utf8(&stamp).unwrap(), at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         }
     }
 }

@@ -121,10 +121,14 @@ pub async fn accounts(State(state): State<AppState>) -> axum::Json<AccountsRespo
     security(("bearer" = []), ()))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let now = state.service.now();
-    // Gauges of state, computed at scrape time rather than on every request.
+    // Gauges of state and the per-account cache counts, published at scrape time rather than
+    // on every request.
     for a in state.service.accounts() {
         let account = a.id().to_string();
         metrics::gauge!("tally_circuit_state", "account" => account.clone()).set(a.circuit_state(now).gauge());
+        let (hits, misses) = a.cache_counts();
+        metrics::counter!("tally_cache_hits_total", "account" => account.clone()).absolute(hits);
+        metrics::counter!("tally_cache_misses_total", "account" => account.clone()).absolute(misses);
         if let Some(latest) = a.latest() {
             let age = (now - latest.fetched_at).to_std().unwrap_or_default();
             metrics::gauge!("tally_figure_age_seconds", "account" => account).set(age.as_secs_f64());

@@ -2,8 +2,10 @@
 //! concurrent fan-out within the request deadline, and the report.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::clock::{age, age_seconds};
@@ -33,6 +35,7 @@ pub enum SelectionError {
 /// The report itself is built on demand ([`report`](Self::report)): an HTTP layer that already
 /// holds the bytes of an identical answer does not need it.
 pub struct BalancesOutcome {
+    service: Arc<Service>,
     views: Vec<View>,
     selection: Selection,
     now: chrono::DateTime<chrono::Utc>,
@@ -42,17 +45,28 @@ pub struct BalancesOutcome {
     pub fresh_for: Duration,
     /// When to try again if nothing is servable.
     pub retry_after: Duration,
-    /// A tag of the report's content for `ETag`: the same figures, statuses and errors give
-    /// the same tag, whatever `generated_at`, ages or live-vs-cache.
-    pub tag: String,
-    /// Equal keys give reports identical but for `generated_at`: the tag, each account's
-    /// source, and the second of `now` (which fixes every `age_seconds`).
-    pub body_key: String,
+    /// A digest of the report's content for `ETag` ([`etag`](Self::etag)): the same figures,
+    /// statuses and errors give the same tag, whatever `generated_at`, ages or live-vs-cache.
+    pub tag: [u8; 16],
+    /// Equal keys give reports identical but for `generated_at`.
+    pub body_key: BodyKey,
+}
+
+/// What a report's body is a function of, but for `generated_at`: its content (the tag), each
+/// account's source, and the second of `now` (which fixes every `age_seconds`). Compared only
+/// within this process, so the sources need no cryptographic digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyKey {
+    tag: [u8; 16],
+    sources: u64,
+    second: i64,
 }
 
 /// One account's answer for one request.
 struct View {
-    account: Arc<AccountState>,
+    /// The account's position in [`Service::accounts`]: no reference count to move per
+    /// account on the hot path.
+    account: usize,
     status: AccountStatus,
     source: Option<Source>,
     snapshot: Option<Arc<AccountSnapshot>>,
@@ -61,7 +75,11 @@ struct View {
 }
 
 impl Service {
-    pub fn select(&self, selection: &Selection) -> Result<Vec<Arc<AccountState>>, SelectionError> {
+    /// The selected accounts with their positions in [`Service::accounts`], in config order.
+    fn select<'a>(
+        &'a self,
+        selection: &'a Selection,
+    ) -> Result<impl Iterator<Item = (usize, &'a Arc<AccountState>)> + 'a, SelectionError> {
         for id in &selection.accounts {
             if self.account(id).is_none() {
                 return Err(SelectionError::UnknownAccount(id.clone()));
@@ -70,31 +88,32 @@ impl Service {
         Ok(self
             .accounts
             .iter()
-            .filter(|a| selection.accounts.is_empty() || selection.accounts.contains(a.id()))
-            .filter(|a| selection.providers.is_empty() || selection.providers.contains(&a.provider()))
-            .cloned()
-            .collect())
+            .enumerate()
+            .filter(|(_, a)| selection.accounts.is_empty() || selection.accounts.contains(a.id()))
+            .filter(|(_, a)| selection.providers.is_empty() || selection.providers.contains(&a.provider())))
     }
 
     pub async fn balances(self: &Arc<Self>, selection: &Selection) -> Result<BalancesOutcome, SelectionError> {
-        let selected = self.select(selection)?;
         let deadline = Instant::now() + self.request_timeout;
-        let mut views: Vec<Option<View>> = selected.iter().map(|_| None).collect();
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, account) in selected.iter().enumerate() {
-            // A fresh figure is served inline: only accounts that need the store or a fetch
-            // get a task (the hot path of a polling dashboard spawns nothing).
+        let mut views: Vec<Option<View>> = Vec::with_capacity(self.accounts.len());
+        // A fresh figure is served inline: only accounts that need the store or a fetch get a
+        // task (the hot path of a polling dashboard spawns nothing and reads the clock once).
+        let now = self.clock.now();
+        let mut tasks = None;
+        for (index, account) in self.select(selection)? {
+            let i = views.len();
             let bound = selection.max_age.unwrap_or(account.config.freshness.ttl);
-            if let Some(view) = self.fresh_cached(account, bound) {
-                account.cache_hits.increment(1);
-                views[i] = Some(view);
+            if let Some(view) = self.fresh_cached_at(index, bound, now) {
+                account.cache_hits.fetch_add(1, Ordering::Relaxed);
+                views.push(Some(view));
                 continue;
             }
+            views.push(None);
             let service = Arc::clone(self);
             let account = Arc::clone(account);
             let max_age = selection.max_age;
-            tasks.spawn(async move {
-                let resolving = Arc::clone(&service).resolve(Arc::clone(&account), max_age, deadline);
+            tasks.get_or_insert_with(tokio::task::JoinSet::new).spawn(async move {
+                let resolving = Arc::clone(&service).resolve(index, max_age, deadline);
                 // Each account answers by the deadline, whatever it still waits for (every step
                 // of resolve() is bounded by it too; this is the backstop): with what is in
                 // memory.
@@ -102,33 +121,35 @@ impl Service {
                     Ok(view) => view,
                     Err(_) => {
                         let latest = account.latest();
-                        service.stale_view(account, service.deadline_failure(), latest)
+                        service.stale_view(index, service.deadline_failure(), latest)
                     }
                 };
                 (i, view)
             });
         }
-        while let Some(joined) = tasks.join_next().await {
+        while let Some(joined) = match tasks.as_mut() {
+            Some(tasks) => tasks.join_next().await,
+            None => None,
+        } {
             // resolve() does not panic; a JoinError would mean the runtime is shutting down.
             if let Ok((i, view)) = joined {
                 views[i] = Some(view);
             }
         }
         let views: Vec<View> = views.into_iter().flatten().collect();
-        Ok(self.outcome(views, selection))
+        // Served from memory alone, the report is as of the clock read above; after fetches,
+        // as of now.
+        let now = if tasks.is_some() { self.clock.now() } else { now };
+        Ok(self.outcome(views, selection, now))
     }
 
     /// Serves the account from cache when fresh enough, else refreshes it (joining a fetch in
     /// flight) and waits until the deadline; on failure serves the last figure as stale.
-    async fn resolve(
-        self: Arc<Self>,
-        account: Arc<AccountState>,
-        max_age: Option<Duration>,
-        deadline: Instant,
-    ) -> View {
+    async fn resolve(self: Arc<Self>, index: usize, max_age: Option<Duration>, deadline: Instant) -> View {
+        let account = Arc::clone(&self.accounts[index]);
         let bound = max_age.unwrap_or(account.config.freshness.ttl);
-        if let Some(view) = self.fresh_cached(&account, bound) {
-            account.cache_hits.increment(1);
+        if let Some(view) = self.fresh_cached(index, bound) {
+            account.cache_hits.fetch_add(1, Ordering::Relaxed);
             return view;
         }
         // Another replica sharing the store may hold a newer figure than this process. The
@@ -138,18 +159,18 @@ impl Service {
                 self.guarded_by(self.store.latest_balances(account.id()), Self::store_share(deadline)).await
         {
             account.offer(Arc::new(stored));
-            if let Some(view) = self.fresh_cached(&account, bound) {
-                account.cache_hits.increment(1);
+            if let Some(view) = self.fresh_cached(index, bound) {
+                account.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return view;
             }
         }
-        account.cache_misses.increment(1);
+        account.cache_misses.fetch_add(1, Ordering::Relaxed);
         let fetched = super::await_shared(self.refresh(&account, None, deadline), deadline).await;
         match fetched.unwrap_or_else(|| Err(self.deadline_failure())) {
             Ok(snapshot) => {
                 let fresh_for = freshness_bound(&account, max_age);
                 View {
-                    account,
+                    account: index,
                     status: AccountStatus::Fresh,
                     source: Some(Source::Live),
                     snapshot: Some(snapshot),
@@ -157,15 +178,21 @@ impl Service {
                     fresh_for,
                 }
             }
-            Err(failure) => self.stale(account, failure, deadline).await,
+            Err(failure) => self.stale(index, failure, deadline).await,
         }
     }
 
-    fn fresh_cached(&self, account: &Arc<AccountState>, bound: Duration) -> Option<View> {
+    fn fresh_cached(&self, index: usize, bound: Duration) -> Option<View> {
+        self.fresh_cached_at(index, bound, self.clock.now())
+    }
+
+    /// [`fresh_cached`](Self::fresh_cached) as of `now` (read once for all of a request's accounts).
+    fn fresh_cached_at(&self, index: usize, bound: Duration, now: DateTime<Utc>) -> Option<View> {
+        let account = &self.accounts[index];
         let snapshot = account.latest()?;
-        let age = age(self.clock.now(), snapshot.fetched_at);
+        let age = age(now, snapshot.fetched_at);
         (age <= bound && !bound.is_zero()).then(|| View {
-            account: Arc::clone(account),
+            account: index,
             status: AccountStatus::Fresh,
             source: Some(Source::Cache),
             snapshot: Some(snapshot),
@@ -181,7 +208,8 @@ impl Service {
 
     /// The last known figure (memory, else the store while the deadline allows) marked stale,
     /// or `failed` if none.
-    async fn stale(&self, account: Arc<AccountState>, failure: FetchFailure, deadline: Instant) -> View {
+    async fn stale(&self, index: usize, failure: FetchFailure, deadline: Instant) -> View {
+        let account = &self.accounts[index];
         let mut snapshot = account.latest();
         if snapshot.is_none()
             && Instant::now() < deadline
@@ -191,16 +219,11 @@ impl Service {
             account.offer(Arc::clone(&stored));
             snapshot = Some(stored);
         }
-        self.stale_view(account, failure, snapshot)
+        self.stale_view(index, failure, snapshot)
     }
 
     /// `snapshot` served as stale for `failure`, or the account `failed` without one.
-    fn stale_view(
-        &self,
-        account: Arc<AccountState>,
-        failure: FetchFailure,
-        snapshot: Option<Arc<AccountSnapshot>>,
-    ) -> View {
+    fn stale_view(&self, index: usize, failure: FetchFailure, snapshot: Option<Arc<AccountSnapshot>>) -> View {
         let FetchFailure { error, at } = failure;
         let error = Some(AccountError {
             code: error.code().to_owned(),
@@ -212,24 +235,44 @@ impl Service {
             Some(_) => (AccountStatus::Stale, Some(Source::Cache)),
             None => (AccountStatus::Failed, None),
         };
-        View { account, status, source, snapshot, error, fresh_for: Duration::ZERO }
+        View { account: index, status, source, snapshot, error, fresh_for: Duration::ZERO }
     }
 
-    fn outcome(&self, views: Vec<View>, selection: &Selection) -> BalancesOutcome {
-        let now = self.clock.now();
+    fn outcome(self: &Arc<Self>, views: Vec<View>, selection: &Selection, now: DateTime<Utc>) -> BalancesOutcome {
         let servable = views.is_empty() || views.iter().any(|v| v.snapshot.is_some());
         let fresh_for = views.iter().map(|v| v.fresh_for).min().unwrap_or_default();
-        let retry_after = views
-            .iter()
-            .filter_map(|v| v.account.circuit.lock().ok().and_then(|c| c.allow(now).err()))
-            .map(|at| age(at, now))
-            .min()
-            .unwrap_or(Duration::from_secs(5))
-            .max(Duration::from_secs(1));
-        let tag = content_tag(&views, selection);
-        let sources: String = views.iter().map(|v| if v.source == Some(Source::Live) { 'l' } else { 'c' }).collect();
-        let body_key = format!("{tag}{sources}{}", now.timestamp());
-        BalancesOutcome { views, selection: selection.clone(), now, servable, fresh_for, retry_after, tag, body_key }
+        // Only an answer with nothing to serve says when to try again.
+        let retry_after = if servable {
+            Duration::ZERO
+        } else {
+            views
+                .iter()
+                .filter_map(|v| self.accounts[v.account].circuit.lock().ok().and_then(|c| c.allow(now).err()))
+                .map(|at| age(at, now))
+                .min()
+                .unwrap_or(Duration::from_secs(5))
+                .max(Duration::from_secs(1))
+        };
+        let tag = content_tag(&self.accounts, &views, selection);
+        let sources = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            views.iter().for_each(|v| (v.source == Some(Source::Live)).hash(&mut h));
+            h.finish()
+        };
+        let body_key = BodyKey { tag, sources, second: now.timestamp() };
+        let service = Arc::clone(self);
+        BalancesOutcome {
+            service,
+            views,
+            selection: selection.clone(),
+            now,
+            servable,
+            fresh_for,
+            retry_after,
+            tag,
+            body_key,
+        }
     }
 }
 
@@ -238,16 +281,22 @@ impl BalancesOutcome {
         self.now
     }
 
+    /// The `ETag` header's value: the quoted hex of [`tag`](Self::tag).
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", hex::encode(self.tag))
+    }
+
     pub fn report(&self) -> BalancesReport {
         let (now, selection) = (self.now, &self.selection);
         let mut balances = Vec::new();
         let mut accounts = Vec::with_capacity(self.views.len());
         for view in &self.views {
+            let account = &self.service.accounts[view.account];
             if let Some(snapshot) = &view.snapshot {
                 let wanted = |c: &Currency| selection.currencies.is_empty() || selection.currencies.contains(c);
                 balances.extend(snapshot.entries.iter().filter(|e| wanted(&e.currency)).map(|e| BalanceLine {
-                    account: view.account.id().clone(),
-                    provider: view.account.provider(),
+                    account: account.id().clone(),
+                    provider: account.provider(),
                     wallet: e.wallet.clone(),
                     currency: e.currency.clone(),
                     available: e.available,
@@ -261,8 +310,8 @@ impl BalancesOutcome {
                 }));
             }
             accounts.push(AccountLine {
-                account: view.account.id().clone(),
-                provider: view.account.provider(),
+                account: account.id().clone(),
+                provider: account.provider(),
                 status: view.status,
                 source: view.source,
                 fetched_at: view.snapshot.as_ref().map(|s| s.fetched_at),
@@ -290,12 +339,13 @@ fn freshness_bound(account: &AccountState, max_age: Option<Duration>) -> Duratio
 
 /// What the report's content is a function of: each account's served snapshot (an account's
 /// snapshot is identified by its fetch time), status and error, and the selection's currency
-/// and raw filters. Hashing these is far cheaper than re-serializing the report.
-fn content_tag(views: &[View], selection: &Selection) -> String {
+/// and raw filters. Hashing these is far cheaper than re-serializing the report, and replicas
+/// holding the same snapshots give the same tag.
+fn content_tag(accounts: &[Arc<AccountState>], views: &[View], selection: &Selection) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for v in views {
-        h.update(v.account.id().as_str());
+        h.update(accounts[v.account].id().as_str());
         h.update([v.status as u8]);
         if let Some(s) = &v.snapshot {
             h.update(s.fetched_at.timestamp_micros().to_le_bytes());
@@ -311,5 +361,5 @@ fn content_tag(views: &[View], selection: &Selection) -> String {
         h.update([0xfe]);
     }
     h.update([u8::from(selection.include_raw)]);
-    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+    <[u8; 16]>::try_from(&h.finalize()[..16]).expect("a SHA-256 digest has 32 bytes")
 }
