@@ -242,24 +242,35 @@ impl Bench {
             }),
         );
         tokio::spawn(async move { axum::serve(bare, router).await });
-        // Interleaved (bare, tally, bare, tally; 5 s each) so that drift in the machine's speed
-        // falls on both alike; each side's figure is the mean of its two runs.
-        let (mut tally_rps, mut bare_rps) = (0.0, 0.0);
-        let mut tally_p99 = Duration::ZERO;
-        let mut bare_p99 = Duration::ZERO;
-        for _ in 0..2 {
-            let (rps, p99) = load(&bare_url, 64, Duration::from_secs(5)).await;
-            bare_rps += rps / 2.0;
-            bare_p99 = bare_p99.max(p99);
-            let (rps, p99) = load(&tally_url, 64, Duration::from_secs(5)).await;
-            tally_rps += rps / 2.0;
-            tally_p99 = tally_p99.max(p99);
+        // Ten rounds of one second each side, interleaved (bare, tally, bare, …), after a warm-up:
+        // drift in this machine's speed falls on both alike. Each side's figure is its total
+        // over its 10 s; the spread of the per-round ratios shows how steady the run was.
+        load(&bare_url, 64, Duration::from_secs(1)).await;
+        load(&tally_url, 64, Duration::from_secs(1)).await;
+        let (mut bare_total, mut tally_total) = (0.0, 0.0);
+        let (mut bare_latencies, mut tally_latencies) = (Vec::new(), Vec::new());
+        let mut round_ratios = Vec::new();
+        for _ in 0..10 {
+            let bare = load(&bare_url, 64, Duration::from_secs(1)).await;
+            let tally = load(&tally_url, 64, Duration::from_secs(1)).await;
+            round_ratios.push(tally.len() as f64 / bare.len() as f64);
+            (bare_total, tally_total) = (bare_total + bare.len() as f64, tally_total + tally.len() as f64);
+            bare_latencies.extend(bare);
+            tally_latencies.extend(tally);
         }
+        let (bare_rps, tally_rps) = (bare_total / 10.0, tally_total / 10.0);
+        let bare_p99 = percentile(&mut bare_latencies, 0.99);
+        let tally_p99 = percentile(&mut tally_latencies, 0.99);
         let ratio = tally_rps / bare_rps;
+        round_ratios.sort_by(f64::total_cmp);
+        let spread = format!("{:.2}–{:.2}", round_ratios[0], round_ratios[round_ratios.len() - 1]);
         vec![
             Row {
-                name: "Cached /balances throughput (10 warm accounts, 64 connections, 2 × 5 s interleaved) ÷ bare axum route, same bytes",
-                figure: format!("{tally_rps:.0} req/s vs {bare_rps:.0} req/s (bare p99 {:.2} ms)", ms(bare_p99)),
+                name: "Cached /balances throughput (10 warm accounts, 64 connections, 10 × 1 s interleaved) ÷ bare axum route, same bytes",
+                figure: format!(
+                    "{tally_rps:.0} req/s vs {bare_rps:.0} req/s (bare p99 {:.2} ms; per-round ratios {spread})",
+                    ms(bare_p99)
+                ),
                 limit: format!("{bare_rps:.0} req/s"),
                 ratio,
                 target: "≥ 0.6",
@@ -427,9 +438,9 @@ async fn forced_requests(replicas: &[&Tally], n: usize) {
 }
 
 /// Closed-loop load, as wrk makes it: `connections` workers, each with its own HTTP/1
-/// connection and a prepared request, for `duration`; requests per second and p99. Lean on
-/// purpose: on two cores the generator shares the CPU with the server it measures.
-async fn load(url: &str, connections: usize, duration: Duration) -> (f64, Duration) {
+/// connection and a prepared request, for `duration`; the latency of every request answered.
+/// Lean on purpose: on two cores the generator shares the CPU with the server it measures.
+async fn load(url: &str, connections: usize, duration: Duration) -> Vec<Duration> {
     use http_body_util::{BodyExt, Empty};
     let uri: axum::http::Uri = url.parse().unwrap();
     let authority = uri.authority().expect("an absolute URL").to_string();
@@ -464,7 +475,7 @@ async fn load(url: &str, connections: usize, duration: Duration) -> (f64, Durati
     for w in workers {
         all.extend(w.await.unwrap());
     }
-    (all.len() as f64 / duration.as_secs_f64(), percentile(&mut all, 0.99))
+    all
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> Duration {
