@@ -20,6 +20,11 @@ struct Row {
     met: bool,
 }
 
+/// The allocator the `tally` binary runs with (src/main.rs), so tally hosted in this process is
+/// measured as it runs in production.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     tally::install_crypto_provider();
