@@ -78,7 +78,8 @@ impl Application {
         let state = AppState::new(Arc::clone(&service), Arc::clone(&migrations), &settings, metrics.clone());
         let router = http::router(state, &settings);
         let addr = settings.server.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listen(addr, settings.server.max_concurrent_requests)
+            .map_err(|source| StartError::Bind { addr, source })?;
         Ok(Self { listener, router, service, store, migrations, metrics, settings })
     }
 
@@ -132,6 +133,23 @@ impl Application {
     }
 }
 
+/// Binds the API's listener with a backlog that holds a burst of callers. The default of the
+/// standard library and tokio's `bind` (128) overflowed under 1000 concurrent callers: the
+/// kernel dropped the connections beyond it, and their retried SYNs arrived a second later
+/// (BENCHMARKS.md). The kernel caps the backlog at `net.core.somaxconn`.
+fn listen(addr: SocketAddr, max_concurrent_requests: usize) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // A restarted tally can bind while connections of the previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let backlog = u32::try_from(max_concurrent_requests).unwrap_or(u32::MAX).max(LISTEN_BACKLOG);
+    socket.listen(backlog)
+}
+
+/// The smallest listen backlog tally asks for; more when `server.max_concurrent_requests` is
+/// higher.
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// How long shutdown waits for the store's pool to close.
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -175,4 +193,19 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_holds_a_burst_of_callers_it_has_not_accepted_yet() {
+        // Nothing accepts: every connection beyond the backlog would wait for a SYN retry.
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let burst = futures_util::future::join_all((0..600).map(|_| tokio::net::TcpStream::connect(addr)));
+        let connected = tokio::time::timeout(Duration::from_secs(10), burst).await.expect("no connection waits");
+        assert!(connected.iter().all(Result::is_ok));
+    }
 }
