@@ -1,4 +1,4 @@
-//! The middleware around every route: gzip, then the envelope (request id, the request's span
+//! The middleware around every route: gzip (for callers that accept it), then the envelope (request id, the request's span
 //! and log line, the body limit, load shedding, panic catching, the deadline backstop, HTTP
 //! metrics, problem+json for bare errors).
 //!
@@ -35,7 +35,70 @@ pub fn wrap(router: Router, server: &ServerSettings) -> Router {
         ids: RequestIds::new(),
         body_limit: server.body_limit_bytes,
     });
-    router.layer(ServiceBuilder::new().layer(CompressionLayer::new().gzip(true)).layer(EnvelopeLayer(state)))
+    router.layer(ServiceBuilder::new().layer(GzipWhenAcceptedLayer).layer(EnvelopeLayer(state)))
+}
+
+/// gzip for callers that accept it, and nothing in the way of those that do not: tower-http's
+/// compression wraps every answer's body, which then has to be boxed again, whether or not it
+/// compresses (the benchmark measured that on identity answers). The compression service
+/// still negotiates (`q` values, content types, sizes) for the requests it gets.
+#[derive(Clone, Copy)]
+struct GzipWhenAcceptedLayer;
+
+impl<S: Clone> tower::Layer<S> for GzipWhenAcceptedLayer {
+    type Service = GzipWhenAccepted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GzipWhenAccepted { gzip: CompressionLayer::new().gzip(true).layer(inner.clone()), plain: inner }
+    }
+}
+
+#[derive(Clone)]
+struct GzipWhenAccepted<S> {
+    plain: S,
+    gzip: tower_http::compression::Compression<S>,
+}
+
+type Compressed = Response<tower_http::compression::CompressionBody<axum::body::Body>>;
+
+impl<S> tower::Service<Request> for GzipWhenAccepted<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        S::Future,
+        futures_util::future::MapOk<
+            tower_http::compression::ResponseFuture<S::Future, tower_http::compression::DefaultPredicate>,
+            fn(Compressed) -> Response,
+        >,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        match self.plain.poll_ready(cx) {
+            std::task::Poll::Ready(Ok(())) => self.gzip.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        use futures_util::TryFutureExt;
+        if accepts_compression(&request) {
+            let boxed: fn(Compressed) -> Response = |response| response.map(axum::body::Body::new);
+            futures_util::future::Either::Right(self.gzip.call(request).map_ok(boxed))
+        } else {
+            futures_util::future::Either::Left(self.plain.call(request))
+        }
+    }
+}
+
+/// Whether `Accept-Encoding` names gzip or any encoding; the compression service decides the rest.
+fn accepts_compression(request: &Request) -> bool {
+    request.headers().get_all(header::ACCEPT_ENCODING).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.split(',').any(|e| matches!(e.split(';').next().map(str::trim), Some("gzip" | "*"))))
+    })
 }
 
 /// The envelope as a tower layer: a hand-written service rather than `from_fn`, which boxes
@@ -285,6 +348,23 @@ mod tests {
         assert_eq!(hung.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(hung.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
         assert!(started.elapsed() >= Duration::from_secs(12), "answered at the deadline, not before");
+    }
+
+    #[test]
+    fn only_callers_that_accept_gzip_or_anything_go_through_compression() {
+        let with = |value: Option<&str>| {
+            let mut request = Request::new(axum::body::Body::empty());
+            if let Some(v) = value {
+                request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            accepts_compression(&request)
+        };
+        for yes in ["gzip", "br, gzip;q=0.5", "*", "deflate, * ;q=0.1", "GZIP".to_lowercase().as_str()] {
+            assert!(with(Some(yes)), "{yes}");
+        }
+        for no in [None, Some("identity"), Some("br, deflate"), Some("x-gzip-like")] {
+            assert!(!with(no), "{no:?}");
+        }
     }
 
     #[tokio::test]
