@@ -11,6 +11,9 @@ use tally::domain::Provider;
 use tally::emulator::{Emulator, EmulatorOptions, Faults, credentials};
 use tokio::net::TcpListener;
 
+/// Everything after this line of BENCHMARKS.md is kept when the benchmark rewrites the table.
+const NOTES_MARKER: &str = "<!-- Notes: kept as they are when bench/run.sh rewrites the table above. -->";
+
 struct Row {
     name: &'static str,
     figure: String,
@@ -58,7 +61,13 @@ async fn main() {
         rows.push(bench.replicas().await);
     }
     let _ = std::fs::remove_dir_all(&bench.dir);
-    let report = report(&rows, started.elapsed());
+    // The table is rewritten; the notes after NOTES_MARKER (profiles, fixes, before/after) are
+    // kept from the previous BENCHMARKS.md.
+    let notes = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|old| old.find(NOTES_MARKER).map(|at| old[at..].to_owned()))
+        .unwrap_or_else(|| format!("{NOTES_MARKER}\n"));
+    let report = format!("{}\n{notes}", report(&rows, started.elapsed()));
     std::fs::write(&out, &report).unwrap();
     println!("{report}");
 }
