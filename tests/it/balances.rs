@@ -4,38 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wiremock::matchers::{header, method, path};
+use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{Script, StallingProxy, TestApp, TestDb, eventually, more_checks};
-
-const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
-
-/// A LeanX pool-balance answer, amounts written as exact JSON numbers.
-fn leanx_body(prefund: &str, transaction: &str) -> String {
-    format!(
-        r#"{{"response_code":2000,"description":"SUCCESS","app_version":"/api/v1","talk_to_server_before":"2024-08-09T13:18:02.305450",
-        "data":{{"transaction_balance":{{"value":{transaction},"pool_name":"TRANSACTION","api_key":"k","record_status":1,
-        "updated_at":"2024-04-25T13:30:00","account_id":57,"id":337,"pool_type":1,"created_at":"2024-01-03T11:58:03"}},
-        "prefund_balance":{prefund},"total_transaction_as_of_today":0}},"breakdown_errors":null,"token":""}}"#
-    )
-}
-
-fn ok(prefund: &str, transaction: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200).set_body_raw(leanx_body(prefund, transaction), "application/json")
-}
-
-async fn leanx(response: ResponseTemplate) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path(BALANCE_PATH))
-        .and(header("auth-token", "tok"))
-        .respond_with(response)
-        .mount(&server)
-        .await;
-    server
-}
+use crate::helpers::{BALANCE_PATH, Script, StallingProxy, TestApp, TestDb, eventually, leanx, more_checks, ok};
 
 /// A LeanX account on `server`; no retries unless `extra` sets `max_retries`.
 fn account(id: &str, server: &MockServer, extra: &str) -> String {

@@ -8,6 +8,8 @@ use sqlx::Connection;
 use tally::app::Application;
 use tally::service::ManualClock;
 use tokio::sync::oneshot;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// The environment variable naming an admin URL of a PostgreSQL server for tests; each test
 /// creates (and drops) its own database there.
@@ -350,4 +352,34 @@ async fn forward(
             return;
         }
     }
+}
+
+/// The documented LeanX balance path.
+pub const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
+
+/// A LeanX pool-balance answer, amounts written as exact JSON numbers.
+pub fn leanx_body(prefund: &str, transaction: &str) -> String {
+    format!(
+        r#"{{"response_code":2000,"description":"SUCCESS","app_version":"/api/v1","talk_to_server_before":"2024-08-09T13:18:02.305450",
+        "data":{{"transaction_balance":{{"value":{transaction},"pool_name":"TRANSACTION","api_key":"k","record_status":1,
+        "updated_at":"2024-04-25T13:30:00","account_id":57,"id":337,"pool_type":1,"created_at":"2024-01-03T11:58:03"}},
+        "prefund_balance":{prefund},"total_transaction_as_of_today":0}},"breakdown_errors":null,"token":""}}"#
+    )
+}
+
+/// A LeanX balance answer: 200 with [`leanx_body`].
+pub fn ok(prefund: &str, transaction: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(leanx_body(prefund, transaction), "application/json")
+}
+
+/// A fake LeanX answering `response` to a balance call with the token `tok`.
+pub async fn leanx(response: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(BALANCE_PATH))
+        .and(header("auth-token", "tok"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    server
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{self, TestApp, TestDb};
 
 /// The digest of the key "s3cret-key" (`echo -n s3cret-key | tally hash-key`).
 const KEY: &str = "s3cret-key";
@@ -126,9 +126,10 @@ async fn metrics_show_upstream_calls_http_requests_and_cache_use() {
     }
 }
 
+/// A LeanX account on `upstream`, with the token of [`helpers::leanx`]'s fake.
 fn leanx(id: &str, upstream: &MockServer) -> String {
     format!(
-        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\nmax_retries = 0\n",
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\nmax_retries = 0\n",
         upstream.uri()
     )
 }
@@ -198,15 +199,7 @@ async fn a_store_that_was_missing_at_start_is_migrated_once_it_exists() {
 
 #[tokio::test]
 async fn metrics_count_cache_hits_coalesced_waiters_and_figure_ages() {
-    let upstream = MockServer::start().await;
-    let body = r#"{"response_code":2000,"description":"SUCCESS","data":{"transaction_balance":{"value":1.50},"prefund_balance":2.25}}"#;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/merchant/overall-balance"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_raw(body, "application/json").set_delay(Duration::from_millis(500)),
-        )
-        .mount(&upstream)
-        .await;
+    let upstream = helpers::leanx(helpers::ok("2.25", "1.50").set_delay(Duration::from_millis(500))).await;
     let db = TestDb::sqlite();
     let app = TestApp::spawn(db.url(), &leanx("metrics-cache", &upstream)).await;
     // Two forced requests: the second arrives while the first one's fetch is in flight.

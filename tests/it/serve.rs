@@ -6,9 +6,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
 /// A `tally serve` process on an ephemeral port, logging JSON lines, killed on drop.
 struct Served {
     child: Child,
@@ -117,18 +114,10 @@ async fn tally_toml_in_the_working_directory_is_the_config() {
 
 #[tokio::test]
 async fn sigterm_lets_a_request_in_flight_finish_then_exits_zero() {
-    let upstream = MockServer::start().await;
-    let body = r#"{"response_code":2000,"description":"SUCCESS","data":{"transaction_balance":{"value":1.50},"prefund_balance":2.25}}"#;
-    Mock::given(method("POST"))
-        .and(path("/api/v1/merchant/overall-balance"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_raw(body, "application/json").set_delay(Duration::from_secs(1)),
-        )
-        .mount(&upstream)
-        .await;
+    let upstream = crate::helpers::leanx(crate::helpers::ok("2.25", "1.50").set_delay(Duration::from_secs(1))).await;
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[[accounts]]\nid = \"slow\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"t\"\n",
+        "[[accounts]]\nid = \"slow\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n",
         upstream.uri()
     );
     std::fs::write(dir.path().join("tally.toml"), config).unwrap();
