@@ -52,14 +52,14 @@ pub struct BalancesOutcome {
     pub body_key: BodyKey,
 }
 
-/// What a report's body is a function of, but for `generated_at`: its content (the tag), each
-/// account's source, and the second of `now` (which fixes every `age_seconds`). Compared only
-/// within this process, so the sources need no cryptographic digest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a report's body is a function of, but for `generated_at`: its content (the tag), and
+/// what the body shows beyond the content: each account's source, each figure's
+/// `age_seconds`, and each error's time and upstream status. Compared only within this
+/// process, so the rest needs no cryptographic digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BodyKey {
     tag: [u8; 16],
-    sources: u64,
-    second: i64,
+    shown: u64,
 }
 
 /// One account's answer for one request.
@@ -254,13 +254,17 @@ impl Service {
                 .max(Duration::from_secs(1))
         };
         let tag = content_tag(&self.accounts, &views, selection);
-        let sources = {
+        let shown = {
             use std::hash::{Hash, Hasher};
             let mut h = std::hash::DefaultHasher::new();
-            views.iter().for_each(|v| (v.source == Some(Source::Live)).hash(&mut h));
+            for v in &views {
+                (v.source == Some(Source::Live)).hash(&mut h);
+                v.snapshot.as_ref().map(|s| age_seconds(now, s.fetched_at)).hash(&mut h);
+                v.error.as_ref().map(|e| (e.at, e.upstream_status)).hash(&mut h);
+            }
             h.finish()
         };
-        let body_key = BodyKey { tag, sources, second: now.timestamp() };
+        let body_key = BodyKey { tag, shown };
         let service = Arc::clone(self);
         BalancesOutcome {
             service,

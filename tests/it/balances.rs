@@ -378,6 +378,29 @@ async fn a_repeated_answer_carries_its_own_generated_at_and_ages() {
     assert_eq!(later["balances"][0]["age_seconds"], 2, "a new second recomputes the ages");
 }
 
+#[tokio::test]
+async fn a_cached_answer_never_shows_an_age_it_no_longer_has() {
+    // A figure fetched at .700: within one second of the clock its age goes from 1 to 2.
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"1h\"")).await;
+    app.advance(Duration::from_millis(700));
+    let (_, fetched) = app.get_json("/balances").await;
+    assert_eq!(fetched["balances"][0]["fetched_at"], "2026-11-22T08:00:00.700Z");
+    app.advance(Duration::from_millis(1400));
+    let (_, early) = app.get_json("/balances").await;
+    assert_eq!(
+        (early["generated_at"].as_str(), early["balances"][0]["age_seconds"].as_u64()),
+        (Some("2026-11-22T08:00:02.100Z"), Some(1))
+    );
+    app.advance(Duration::from_millis(800));
+    let (_, late) = app.get_json("/balances").await;
+    assert_eq!(
+        (late["generated_at"].as_str(), late["balances"][0]["age_seconds"].as_u64()),
+        (Some("2026-11-22T08:00:02.900Z"), Some(2))
+    );
+}
+
 async fn scripted(answers: Vec<ResponseTemplate>) -> (MockServer, Script) {
     let server = MockServer::start().await;
     let script = Script::new(answers);
