@@ -34,42 +34,60 @@ pub fn latest_version(migrator: &Migrator) -> i64 {
 
 /// Applies the store's migrations once the store answers: at start, and again whenever asked
 /// (by a retry loop and by `/readyz`) until they succeed, so a store that was down when tally
-/// started becomes ready without a restart. One attempt runs at a time.
+/// started becomes ready without a restart.
+///
+/// One attempt runs at a time, in a task of its own: callers wait for it and may give up
+/// waiting (`/readyz` answers within 3 s), but never cancel it. A migration cancelled halfway
+/// would leave its connection holding PostgreSQL's migration advisory lock, stalling every
+/// later attempt; the connection's own timeouts bound how long an attempt can take.
 pub struct MigrationGate {
     store: std::sync::Arc<dyn super::Store>,
     done: std::sync::atomic::AtomicBool,
-    attempt: tokio::sync::Mutex<()>,
+    attempt: std::sync::Mutex<Option<Attempt>>,
 }
 
-impl MigrationGate {
-    /// Bound on one attempt, so a store that accepts connections and then stalls cannot hold
-    /// readiness checks.
-    const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+type Attempt = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<(), super::StoreError>>>;
 
+impl MigrationGate {
     pub fn new(store: std::sync::Arc<dyn super::Store>) -> Self {
-        Self { store, done: false.into(), attempt: tokio::sync::Mutex::new(()) }
+        Self { store, done: false.into(), attempt: std::sync::Mutex::new(None) }
     }
 
     pub fn is_done(&self) -> bool {
         self.done.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Migrates unless already done; a caller arriving during an attempt shares its wait.
-    pub async fn ensure(&self) -> Result<(), super::StoreError> {
+    /// Migrates unless already done; a caller arriving during an attempt shares it.
+    pub async fn ensure(self: &std::sync::Arc<Self>) -> Result<(), super::StoreError> {
+        use futures_util::FutureExt;
         if self.is_done() {
             return Ok(());
         }
-        let _attempt = self.attempt.lock().await;
-        if self.is_done() {
-            return Ok(());
-        }
-        let outcome = tokio::time::timeout(Self::ATTEMPT_TIMEOUT, self.store.migrate())
-            .await
-            .unwrap_or_else(|_| Err(super::StoreError::Unavailable("the store did not answer in time".into())));
-        if outcome.is_ok() {
-            self.done.store(true, std::sync::atomic::Ordering::Release);
-            tracing::info!("store migrations are applied");
-        }
-        outcome
+        let attempt = {
+            let mut current = self.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            current
+                .get_or_insert_with(|| {
+                    let gate = std::sync::Arc::clone(self);
+                    // Spawned under the lock: the task's last step takes it too, so it clears
+                    // the slot only after its own attempt is in it.
+                    let task = tokio::spawn(async move {
+                        let outcome = gate.store.migrate().await;
+                        if outcome.is_ok() {
+                            gate.done.store(true, std::sync::atomic::Ordering::Release);
+                            tracing::info!("store migrations are applied");
+                        }
+                        *gate.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                        outcome
+                    });
+                    async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(super::StoreError::Migration(format!("the attempt ended: {e}"))))
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        attempt.await
     }
 }

@@ -23,7 +23,7 @@ use crate::config::StoreSettings;
 use crate::domain::{AccountId, BalanceEntry, Currency, Payout, PayoutStatus, Provider, RawJson};
 
 /// A store failure. Messages come from the database driver and never hold the store URL.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the store is unreachable: {0}")]
     Unavailable(String),

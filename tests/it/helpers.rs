@@ -333,6 +333,11 @@ impl StallingProxy {
     pub fn stall(&self) {
         self.stalled.send_replace(true);
     }
+
+    /// Lets everything held go through, and what comes after.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
 }
 
 async fn forward(

@@ -236,3 +236,24 @@ async fn a_fetch_lease_is_held_by_exactly_one_holder() {
     store.release_lease(&account, "r1/1").await.unwrap();
     assert!(store.try_lease(&account, "r1/2", ttl).await.unwrap(), "released by its holder, it is free");
 }
+
+#[tokio::test]
+async fn a_migration_outlives_the_readiness_checks_that_give_up_on_it() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let proxy = crate::helpers::StallingProxy::start(&db).await;
+    let settings = tally::config::from_toml(&format!("[store]\nurl = \"{}\"\n", proxy.url())).unwrap();
+    let store = tally::store::open(&settings.store).unwrap();
+    let gate = std::sync::Arc::new(tally::store::MigrationGate::new(std::sync::Arc::clone(&store)));
+
+    // The store hangs: a caller stops waiting, as /readyz does after 3 s. Cancelling the
+    // migration itself could leave its connection holding the migration lock; the attempt
+    // carries on and finishes once the store answers, with nobody waiting for it.
+    proxy.stall();
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(100), gate.ensure()).await;
+    assert!(gave_up.is_err(), "the store was held");
+    proxy.resume();
+    crate::helpers::eventually("the attempt finishes", std::time::Duration::from_secs(10), || async { gate.is_done() })
+        .await;
+    store.check_ready().await.expect("migrated and ready");
+    gate.ensure().await.expect("done stays done");
+}
