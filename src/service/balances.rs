@@ -131,10 +131,8 @@ impl Service {
             Some(tasks) => tasks.join_next().await,
             None => None,
         } {
-            // resolve() does not panic; a JoinError would mean the runtime is shutting down.
-            if let Ok((i, view)) = joined {
-                views[i] = Some(view);
-            }
+            let (i, view) = super::joined(joined);
+            views[i] = Some(view);
         }
         let views: Vec<View> = views.into_iter().flatten().collect();
         // Served from memory alone, the report is as of the clock read above; after fetches,

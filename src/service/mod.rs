@@ -65,6 +65,17 @@ fn deadline_passed() -> UpstreamError {
     UpstreamError::timeout("no answer before the request deadline")
 }
 
+/// The value of one of a request's tasks. A task that panicked panics here too, so that the
+/// request answers 500 (the HTTP envelope catches it) rather than leaving an account out as if
+/// it had never been asked; a cancelled one means the runtime is going away.
+fn joined<T>(joined: Result<T, tokio::task::JoinError>) -> T {
+    match joined {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a task of this request was cancelled: {e}"),
+    }
+}
+
 /// Everything tally knows about one configured account at run time.
 pub struct AccountState {
     pub config: AccountConfig,
@@ -345,5 +356,18 @@ impl Service {
             }
             Err(e) => tracing::warn!(error = %e, "could not warm the balance cache from the store"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_task_that_panicked_panics_its_request_with_the_same_message() {
+        let task = tokio::spawn(async { panic!("a bug in resolve") });
+        let outcome = task.await;
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::joined::<()>(outcome)))
+            .expect_err("the panic goes on");
+        assert_eq!(caught.downcast_ref::<&str>(), Some(&"a bug in resolve"));
+        assert_eq!(super::joined(tokio::spawn(async { 7 }).await), 7);
     }
 }

@@ -92,7 +92,7 @@ impl Service {
         let mut found = Vec::new();
         let mut failed = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let Ok((id, per)) = joined else { continue };
+            let (id, per) = super::joined(joined);
             match per {
                 Per::Found(view) => found.push(view),
                 Per::NotFound => {}
