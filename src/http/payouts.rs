@@ -10,6 +10,7 @@ use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
+use crate::service::FetchFailure;
 use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutQueryError, PayoutView};
 use crate::service::report::AccountError;
 
@@ -127,12 +128,11 @@ pub async fn get_payout(
         )
         .with_accounts(accounts.into_iter().map(|a| problem_account(&state, a, None)).collect())),
         PayoutAnswer::Failed(errors) => {
-            let all_timeouts = errors.iter().all(|(_, e)| e.kind == UpstreamErrorKind::Timeout);
+            let all_timeouts = errors.iter().all(|(_, f)| f.error.kind == UpstreamErrorKind::Timeout);
             let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };
-            let at = state.service.now();
             let accounts = errors
                 .into_iter()
-                .map(|(a, e)| {
+                .map(|(a, FetchFailure { error: e, at })| {
                     let error = AccountError {
                         code: e.code().to_owned(),
                         message: e.message,

@@ -200,7 +200,7 @@ impl Service {
     }
 
     /// The failure of an account still unresolved at the request deadline.
-    fn deadline_failure(&self) -> FetchFailure {
+    pub(super) fn deadline_failure(&self) -> FetchFailure {
         FetchFailure { error: super::deadline_passed(), at: self.clock.now() }
     }
 

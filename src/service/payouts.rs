@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::clock::age;
 use super::coalesce::{Joined, Shared};
-use super::{AccountState, Service};
+use super::{AccountState, FetchFailure, Service};
 use crate::domain::{AccountId, Payout, PayoutLookup, PayoutStatus};
 use crate::providers::UpstreamError;
 use crate::store::StoredPayout;
@@ -21,7 +21,7 @@ use crate::store::StoredPayout;
 pub const DEFAULT_PAYOUT_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// The outcome of one upstream lookup, shared by coalesced callers.
-pub type LookupOutcome = Result<PayoutLookup, UpstreamError>;
+pub type LookupOutcome = Result<PayoutLookup, FetchFailure>;
 
 /// The key of a payout lookup in flight.
 pub type LookupKey = (AccountId, String);
@@ -53,15 +53,16 @@ pub enum PayoutAnswer {
     Found(Box<PayoutView>),
     NotFound,
     Ambiguous(Vec<AccountId>),
-    /// Nothing found, and at least one lookup failed with nothing stored for it.
-    Failed(Vec<(AccountId, UpstreamError)>),
+    /// Nothing found, and at least one lookup failed (when it failed) with nothing stored
+    /// for it.
+    Failed(Vec<(AccountId, FetchFailure)>),
 }
 
 /// One account's answer.
 enum Per {
     Found(PayoutView),
     NotFound,
-    Failed(UpstreamError),
+    Failed(FetchFailure),
 }
 
 impl Service {
@@ -85,7 +86,7 @@ impl Service {
                 // Every step of payout_on() keeps within the deadline; this is the backstop.
                 let per = tokio::time::timeout_at(deadline, service.payout_on(&account, &query, deadline))
                     .await
-                    .unwrap_or_else(|_| Per::Failed(super::deadline_passed()));
+                    .unwrap_or_else(|_| Per::Failed(service.deadline_failure()));
                 (account.id().clone(), per)
             });
         }
@@ -134,7 +135,7 @@ impl Service {
             }
         }
         let looked_up = super::await_shared(self.lookup(account, &query.id), deadline).await;
-        match (looked_up.unwrap_or_else(|| Err(super::deadline_passed())), stored) {
+        match (looked_up.unwrap_or_else(|| Err(self.deadline_failure())), stored) {
             (Ok(PayoutLookup::Found(payout)), stored) => {
                 Per::Found(self.observe(account, *payout, stored, deadline).await)
             }
@@ -200,12 +201,14 @@ impl Service {
                 tokio::time::timeout(timeout, account.client.lookup_payout(&key.1)).await.unwrap_or_else(|_| {
                     Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
                 });
+            // A failure is reported as of when it happened, to every caller sharing it.
+            let outcome = outcome.map_err(|error| FetchFailure { error, at: service.clock.now() });
             let result = match &outcome {
                 Ok(PayoutLookup::Found(_)) => "found",
                 Ok(PayoutLookup::NotFound) => "not_found",
-                Err(e) => e.code(),
+                Err(f) => f.error.code(),
             };
-            if let Err(e) = &outcome {
+            if let Err(FetchFailure { error: e, .. }) = &outcome {
                 tracing::warn!(account = %account.id(), code = e.code(), upstream_status = ?e.upstream_status,
                     "payout lookup failed: {}", e.message);
             }

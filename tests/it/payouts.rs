@@ -347,3 +347,32 @@ async fn luxtak_and_yedpay_payouts_read_back_normalized() {
     );
     assert_eq!(yed["created_at"], "2024-03-01T02:00:00Z");
 }
+
+#[tokio::test]
+async fn a_failed_lookup_is_reported_as_of_when_it_failed() {
+    let refused = MockServer::start().await;
+    Mock::given(method("POST")).and(path(LEANX_PAYOUT)).respond_with(ResponseTemplate::new(401)).mount(&refused).await;
+    let gate = Gate::default();
+    let held = MockServer::start().await;
+    Mock::given(method("POST")).and(path(LEANX_PAYOUT)).respond_with(gate.hold(not_found())).mount(&held).await;
+    let config = format!("{}{}", leanx_account("at-refused", &refused), leanx_account("at-held", &held))
+        .replace("timeout = \"1s\"", "timeout = \"30s\"");
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn_with(db.url(), "request_timeout = \"30s\"", &config).await;
+    let request = {
+        let (http, url) = (app.http.clone(), format!("{}/payouts/WHEN", app.base));
+        tokio::spawn(async move {
+            serde_json::from_slice::<Value>(&http.get(url).send().await.unwrap().bytes().await.unwrap()).unwrap()
+        })
+    };
+    // One account refuses at once; the answer leaves 5 s later, when the other one answers.
+    let series =
+        r#"tally_upstream_calls_total{provider="leanx",account="at-refused",operation="payout",outcome="upstream_auth_failed"}"#;
+    eventually("the refusal", Duration::from_secs(20), || async { app.counter(series).await == 1 }).await;
+    app.advance(Duration::from_secs(5));
+    gate.open();
+    let body = request.await.unwrap();
+    assert_eq!(body["code"], "upstream_failed", "{body}");
+    assert_eq!(body["accounts"][0]["account"], "at-refused");
+    assert_eq!(body["accounts"][0]["error"]["at"], "2026-11-22T08:00:00Z", "{body}");
+}
