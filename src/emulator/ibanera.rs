@@ -55,7 +55,7 @@ struct Login {
 
 async fn login(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let Ok(login) = serde_json::from_slice::<Login>(&body) else { return refused(StatusCode::BAD_REQUEST, "Required") };
-    let mut auth = shared.ibanera.lock().expect("emulator lock is never held across a panic");
+    let mut auth = shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if auth.locked_until.is_some_and(|until| Instant::now() < until) {
         return refused(StatusCode::BAD_REQUEST, "Account_Locked");
     }
@@ -95,7 +95,7 @@ async fn balances(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(p
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
     let live = token.is_some_and(|t| {
-        let auth = shared.ibanera.lock().expect("emulator lock is never held across a panic");
+        let auth = shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         auth.tokens.get(t).is_some_and(|expires| Instant::now() < *expires)
     });
     if !live {

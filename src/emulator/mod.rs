@@ -123,7 +123,7 @@ impl Emulator {
     }
 
     pub fn set_faults(&self, provider: Provider, faults: Faults) {
-        self.shared.faults.lock().expect("emulator lock is never held across a panic").insert(provider, faults);
+        self.shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(provider, faults);
     }
 
     /// Minutes since start: the demo balances are [`data`]'s figures at this minute.
@@ -144,7 +144,7 @@ impl Emulator {
     }
 
     pub fn expire_ibanera_tokens(&self) {
-        self.shared.ibanera.lock().expect("emulator lock is never held across a panic").tokens.clear();
+        self.shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tokens.clear();
     }
 
     /// `[[accounts]]` entries for the demo set, pointed at this emulator: two LeanX, one
@@ -249,7 +249,7 @@ async fn inject_faults(
 ) -> Response {
     shared.calls[&provider].fetch_add(1, Ordering::Relaxed);
     let faults = {
-        let mut all = shared.faults.lock().expect("emulator lock is never held across a panic");
+        let mut all = shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let f = all.entry(provider).or_default();
         let snapshot = f.clone();
         f.fail_next = f.fail_next.saturating_sub(1);
@@ -304,7 +304,7 @@ async fn put_faults(
     };
     match serde_json::from_slice::<Faults>(&body) {
         Ok(faults) => {
-            shared.faults.lock().expect("emulator lock is never held across a panic").insert(provider, faults);
+            shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(provider, faults);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
@@ -318,6 +318,6 @@ async fn get_calls(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn expire_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
-    shared.ibanera.lock().expect("emulator lock is never held across a panic").tokens.clear();
+    shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tokens.clear();
     StatusCode::NO_CONTENT
 }

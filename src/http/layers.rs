@@ -273,7 +273,7 @@ struct RouteMetrics {
 impl HttpMetrics {
     fn record(&self, route: &str, status: u16, elapsed: Duration) {
         {
-            let known = self.0.read().expect("metrics lock is never held across a panic");
+            let known = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(m) = known.get(route)
                 && let Some((_, requests)) = m.requests.iter().find(|(s, _)| *s == status)
             {
@@ -282,7 +282,7 @@ impl HttpMetrics {
                 return;
             }
         }
-        let mut known = self.0.write().expect("metrics lock is never held across a panic");
+        let mut known = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let m = known.entry(route.into()).or_insert_with(|| RouteMetrics {
             duration: metrics::histogram!("tally_http_request_duration_seconds", "route" => route.to_owned()),
             requests: Vec::new(),

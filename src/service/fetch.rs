@@ -79,7 +79,7 @@ impl Service {
     /// Refuses a fetch while the account's circuit is open.
     fn circuit_allows(&self, account: &AccountState) -> Result<(), FetchFailure> {
         let now = self.clock.now();
-        let Err(reopens_at) = account.circuit.lock().expect("circuit lock is never held across a panic").allow(now)
+        let Err(reopens_at) = account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).allow(now)
         else {
             return Ok(());
         };
@@ -115,14 +115,14 @@ impl Service {
                 });
                 self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
-                account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
-                account.health.lock().expect("health lock is never held across a panic").last_success_at = Some(now);
+                account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).on_success();
+                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_success_at = Some(now);
                 Ok(snapshot)
             }
             Err(error) => {
                 tracing::warn!(account = %id, provider, code = error.code(), upstream_status = ?error.upstream_status,
                     provider_code = ?error.provider_code, "balance fetch failed: {}", error.message);
-                account.health.lock().expect("health lock is never held across a panic").last_error =
+                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_error =
                     Some((error.clone(), now));
                 let failed = FailedFetch {
                     code: error.code().to_owned(),
@@ -142,7 +142,7 @@ impl Service {
                         if let Some(Err(e)) = recorded {
                             tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
                         }
-                        account.circuit.lock().expect("circuit lock is never held across a panic").on_failure(now);
+                        account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).on_failure(now);
                     }
                 }
                 Err(FetchFailure { error, at: now })
@@ -232,8 +232,8 @@ impl Service {
             {
                 let snapshot = Arc::new(snapshot);
                 account.offer(Arc::clone(&snapshot));
-                account.circuit.lock().expect("circuit lock is never held across a panic").on_success();
-                account.health.lock().expect("health lock is never held across a panic").last_success_at =
+                account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).on_success();
+                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_success_at =
                     Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
@@ -244,7 +244,7 @@ impl Service {
                 let failure = shared.failure;
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
-                account.health.lock().expect("health lock is never held across a panic").last_error =
+                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_error =
                     Some((error.clone(), failure.failed_at));
                 return Coordinated::Done(Err(FetchFailure { error, at: failure.failed_at }));
             }

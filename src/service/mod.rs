@@ -113,26 +113,26 @@ impl AccountState {
     }
 
     pub fn latest(&self) -> Option<Arc<AccountSnapshot>> {
-        self.latest.read().expect("latest lock is never held across a panic").clone()
+        self.latest.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Keeps the newer of the held and the offered snapshot.
     fn offer(&self, snapshot: Arc<AccountSnapshot>) {
-        let mut latest = self.latest.write().expect("latest lock is never held across a panic");
+        let mut latest = self.latest.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if latest.as_ref().is_none_or(|l| l.fetched_at <= snapshot.fetched_at) {
             *latest = Some(snapshot);
         }
     }
 
     pub fn health(&self) -> Health {
-        self.health.lock().expect("health lock is never held across a panic").clone()
+        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Takes the circuit as the cluster recorded it.
     fn adopt_circuit(&self, shared: &crate::store::SharedFailure) {
         self.circuit
             .lock()
-            .expect("circuit lock is never held across a panic")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .adopt(shared.consecutive_failures, shared.opened_at);
     }
 
@@ -148,7 +148,7 @@ impl AccountState {
     }
 
     pub fn circuit_state(&self, now: DateTime<Utc>) -> CircuitState {
-        self.circuit.lock().expect("circuit lock is never held across a panic").state(now)
+        self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).state(now)
     }
 }
 
@@ -167,7 +167,7 @@ const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
 
 impl StoreHealth {
     fn record<T>(&self, result: &Result<T, crate::store::StoreError>) {
-        let mut last = self.last_error.lock().expect("store health lock is never held across a panic");
+        let mut last = self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match result {
             Ok(_) => *last = None,
             Err(e) => *last = Some(e.to_string()),
@@ -175,7 +175,7 @@ impl StoreHealth {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("store health lock is never held across a panic").clone()
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// How long the next store call may take, from what is known of the store.

@@ -366,8 +366,7 @@ async fn a_failed_lookup_is_reported_as_of_when_it_failed() {
         })
     };
     // One account refuses at once; the answer leaves 5 s later, when the other one answers.
-    let series =
-        r#"tally_upstream_calls_total{provider="leanx",account="at-refused",operation="payout",outcome="upstream_auth_failed"}"#;
+    let series = r#"tally_upstream_calls_total{provider="leanx",account="at-refused",operation="payout",outcome="upstream_auth_failed"}"#;
     eventually("the refusal", Duration::from_secs(20), || async { app.counter(series).await == 1 }).await;
     app.advance(Duration::from_secs(5));
     gate.open();
