@@ -97,125 +97,21 @@ fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
     })
 }
 
-/// Recent `/balances` answers by body key, so that dashboards polling the same figures are
-/// answered from bytes rather than by rebuilding and re-serializing the report. Answers with
-/// one `body_key` differ only in `generated_at`, which leads the body with a fixed width and is
-/// spliced in fresh; the spliced body is shared by every answer within one millisecond.
-/// Several dashboards with different filters each keep theirs; past [`BODY_CACHE_ENTRIES`]
-/// answers or [`BODY_CACHE_BYTES`], the least recently used make room.
+/// Recent `/balances` bodies by selection (see [`super::body_cache`]).
 #[derive(Default)]
-pub struct BodyCache(std::sync::Mutex<Bodies<BodyKey>>);
-
-struct Bodies<K> {
-    by_key: std::collections::HashMap<K, CachedBody>,
-    bytes: usize,
-    /// A counter of uses: the entry with the smallest `used` was used least recently.
-    uses: u64,
-}
-
-struct CachedBody {
-    etag: HeaderValue,
-    /// The body after the timestamp.
-    tail: bytes::Bytes,
-    /// The whole body for one `generated_at`.
-    spliced: (chrono::DateTime<chrono::Utc>, bytes::Bytes),
-    used: u64,
-}
-
-const BODY_CACHE_ENTRIES: usize = 64;
-const BODY_CACHE_BYTES: usize = 16 << 20;
-
-/// `{"generated_at":"` and the width of a timestamp with milliseconds.
-const HEAD: &[u8] = br#"{"generated_at":""#;
-const STAMP: usize = "2026-11-22T08:00:00.123Z".len();
+pub struct BodyCache(super::body_cache::Bodies<u64, BodyKey>);
 
 impl BodyCache {
-    /// The `ETag` and the body of the answer to `outcome`. Serializing and splicing happen
-    /// outside the lock: a report with raw payloads can be megabytes.
+    /// The `ETag` and the body of the answer to `outcome`.
     fn answer(&self, outcome: &BalancesOutcome) -> (HeaderValue, bytes::Bytes) {
-        let now = outcome.generated_at();
-        let cached = {
-            let mut bodies = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            bodies.uses += 1;
-            let uses = bodies.uses;
-            bodies.by_key.get_mut(&outcome.body_key).map(|hit| {
-                hit.used = uses;
-                let spliced = (hit.spliced.0 == now).then(|| hit.spliced.1.clone());
-                (hit.etag.clone(), hit.tail.clone(), spliced)
-            })
-        };
-        match cached {
-            Some((etag, _, Some(body))) => (etag, body),
-            Some((etag, tail, None)) => {
-                let body = splice(now, &tail);
-                let mut bodies = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(hit) = bodies.by_key.get_mut(&outcome.body_key) {
-                    hit.spliced = (now, body.clone());
-                }
-                (etag, body)
-            }
-            None => {
-                let body = bytes::Bytes::from(serde_json::to_vec(&outcome.report()).expect("a report serializes"));
-                debug_assert!(body.starts_with(HEAD));
-                let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
-                    .expect("a quoted hex digest is a valid header value");
-                let tail = body.slice(HEAD.len() + STAMP..);
-                let mut bodies = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                bodies.keep(
-                    outcome.body_key,
-                    CachedBody { etag: etag.clone(), tail, spliced: (now, body.clone()), used: 0 },
-                );
-                (etag, body)
-            }
-        }
+        let key = outcome.body_key;
+        self.0.answer(key.selection(), key, outcome.generated_at(), || {
+            let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
+            let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
+                .expect("a quoted hex digest is a valid header value");
+            (etag, body)
+        })
     }
-}
-
-impl<K> Default for Bodies<K> {
-    fn default() -> Self {
-        Self { by_key: std::collections::HashMap::new(), bytes: 0, uses: 0 }
-    }
-}
-
-impl<K: std::hash::Hash + Eq + Copy> Bodies<K> {
-    fn keep(&mut self, key: K, mut body: CachedBody) {
-        let size = body.tail.len();
-        if size > BODY_CACHE_BYTES / 4 {
-            return;
-        }
-        if let Some(old) = self.by_key.remove(&key) {
-            self.bytes -= old.tail.len();
-        }
-        while !self.by_key.is_empty()
-            && (self.by_key.len() >= BODY_CACHE_ENTRIES || self.bytes + size > BODY_CACHE_BYTES)
-        {
-            let oldest = *self.by_key.iter().min_by_key(|(_, b)| b.used).map(|(k, _)| k).expect("not empty");
-            let evicted = self.by_key.remove(&oldest).expect("a key just listed");
-            self.bytes -= evicted.tail.len();
-        }
-        self.uses += 1;
-        body.used = self.uses;
-        self.bytes += size;
-        self.by_key.insert(key, body);
-    }
-}
-
-fn splice(now: chrono::DateTime<chrono::Utc>, tail: &[u8]) -> bytes::Bytes {
-    let mut stamp = [0u8; STAMP];
-    write_stamp(&mut stamp, now);
-    let mut body = Vec::with_capacity(HEAD.len() + STAMP + tail.len());
-    body.extend_from_slice(HEAD);
-    body.extend_from_slice(&stamp);
-    body.extend_from_slice(tail);
-    bytes::Bytes::from(body)
-}
-
-/// `generated_at` as the report serializes it (RFC 3339, milliseconds, `Z`), without
-/// allocating.
-fn write_stamp(out: &mut [u8; STAMP], at: chrono::DateTime<chrono::Utc>) {
-    use std::io::Write as _;
-    let mut cursor = std::io::Cursor::new(&mut out[..]);
-    write!(cursor, "{}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ")).expect("a timestamp has a fixed width");
 }
 
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
@@ -324,55 +220,6 @@ impl From<HistoryPoint> for HistoryLine {
             blocked: p.entry.blocked,
             first_seen_at: p.first_seen_at,
             last_confirmed_at: p.last_confirmed_at,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn body(size: usize) -> CachedBody {
-        let at = chrono::DateTime::from_timestamp_millis(0).unwrap();
-        CachedBody {
-            etag: HeaderValue::from_static("\"t\""),
-            tail: bytes::Bytes::from(vec![b' '; size]),
-            spliced: (at, bytes::Bytes::new()),
-            used: 0,
-        }
-    }
-
-    #[test]
-    fn the_body_cache_is_bounded_and_keeps_what_was_used_last() {
-        let mut bodies = Bodies::<u32>::default();
-        for key in 0..BODY_CACHE_ENTRIES as u32 {
-            bodies.keep(key, body(10));
-        }
-        // Key 0 used again: it stays, and the next new key evicts key 1 instead.
-        bodies.uses += 1;
-        bodies.by_key.get_mut(&0).unwrap().used = bodies.uses;
-        bodies.keep(1000, body(10));
-        assert_eq!(bodies.by_key.len(), BODY_CACHE_ENTRIES);
-        assert!(bodies.by_key.contains_key(&0) && !bodies.by_key.contains_key(&1));
-
-        // Bytes are bounded too; a body over a quarter of the budget is not kept at all.
-        bodies.keep(2000, body(BODY_CACHE_BYTES / 4));
-        bodies.keep(2001, body(BODY_CACHE_BYTES / 4));
-        bodies.keep(2002, body(BODY_CACHE_BYTES / 4));
-        bodies.keep(2003, body(BODY_CACHE_BYTES / 4));
-        assert!(bodies.bytes <= BODY_CACHE_BYTES);
-        assert_eq!(bodies.bytes, bodies.by_key.values().map(|b| b.tail.len()).sum::<usize>());
-        bodies.keep(3000, body(BODY_CACHE_BYTES / 4 + 1));
-        assert!(!bodies.by_key.contains_key(&3000));
-    }
-
-    #[test]
-    fn the_spliced_stamp_is_what_the_report_serializes() {
-        for ms in [0, 1, 999, 1_764_000_000_000, 1_764_000_000_123, 4_102_444_799_999] {
-            let at = chrono::DateTime::from_timestamp_millis(ms).unwrap();
-            let mut stamp = [0u8; STAMP];
-            write_stamp(&mut stamp, at);
-            assert_eq!(std::str::from_utf8(&stamp).unwrap(), at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 pub mod balances;
+mod body_cache;
 pub mod error;
 mod layers;
 pub mod ops;

@@ -52,14 +52,23 @@ pub struct BalancesOutcome {
     pub body_key: BodyKey,
 }
 
-/// What a report's body is a function of, but for `generated_at`: its content (the tag), and
-/// what the body shows beyond the content: each account's source, each figure's
-/// `age_seconds`, and each error's time and upstream status. Compared only within this
-/// process, so the rest needs no cryptographic digest.
+/// What a report's body is a function of, but for `generated_at`: what was selected (the
+/// accounts, currencies, `include`), the content (the tag), and what the body shows beyond
+/// the content: each account's source, each figure's `age_seconds`, and each error's time and
+/// upstream status. Compared only within this process, so the hashes need no cryptographic
+/// digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BodyKey {
+    selection: u64,
     tag: [u8; 16],
     shown: u64,
+}
+
+impl BodyKey {
+    /// Which answer this is a version of: requests with one selection share a body.
+    pub fn selection(&self) -> u64 {
+        self.selection
+    }
 }
 
 /// One account's answer for one request.
@@ -252,17 +261,20 @@ impl Service {
                 .max(Duration::from_secs(1))
         };
         let tag = content_tag(&self.accounts, &views, selection);
-        let shown = {
+        let (selected, shown) = {
             use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
+            let (mut selected, mut shown) = (std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
             for v in &views {
-                (v.source == Some(Source::Live)).hash(&mut h);
-                v.snapshot.as_ref().map(|s| age_seconds(now, s.fetched_at)).hash(&mut h);
-                v.error.as_ref().map(|e| (e.at, e.upstream_status)).hash(&mut h);
+                v.account.hash(&mut selected);
+                (v.source == Some(Source::Live)).hash(&mut shown);
+                v.snapshot.as_ref().map(|s| age_seconds(now, s.fetched_at)).hash(&mut shown);
+                v.error.as_ref().map(|e| (e.at, e.upstream_status)).hash(&mut shown);
             }
-            h.finish()
+            selection.currencies.hash(&mut selected);
+            selection.include_raw.hash(&mut selected);
+            (selected.finish(), shown.finish())
         };
-        let body_key = BodyKey { tag, shown };
+        let body_key = BodyKey { selection: selected, tag, shown };
         let service = Arc::clone(self);
         BalancesOutcome {
             service,
