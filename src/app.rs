@@ -67,8 +67,15 @@ impl Application {
         // A store that is down at start is not fatal: live figures are still served, /readyz
         // reports it, and the migrations are applied once it is back.
         let migrations = Arc::new(MigrationGate::new(Arc::clone(&store)));
-        if let Err(e) = migrations.ensure().await {
-            tracing::error!(error = %e, "could not migrate the store; serving live figures only until it is back");
+        // Bounded: a store that hangs does not keep tally from listening (the attempt goes on).
+        match tokio::time::timeout(Duration::from_secs(3), migrations.ensure()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not migrate the store; serving live figures only until it is back")
+            }
+            Err(_) => tracing::error!(
+                "the store did not answer in time; serving live figures only, migrating once it answers"
+            ),
         }
         // The recorder first: the service registers its per-account counters with it.
         let metrics = crate::telemetry::metrics_handle();

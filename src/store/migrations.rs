@@ -36,10 +36,11 @@ pub fn latest_version(migrator: &Migrator) -> i64 {
 /// (by a retry loop and by `/readyz`) until they succeed, so a store that was down when tally
 /// started becomes ready without a restart.
 ///
-/// One attempt runs at a time, in a task of its own: callers wait for it and may give up
-/// waiting (`/readyz` answers within 3 s), but never cancel it. A migration cancelled halfway
-/// would leave its connection holding PostgreSQL's migration advisory lock, stalling every
-/// later attempt; the connection's own timeouts bound how long an attempt can take.
+/// One attempt runs at a time, in a task of its own, bounded by [`Self::ATTEMPT_TIMEOUT`]:
+/// callers wait for it and may give up waiting (`/readyz` answers within 3 s, start-up goes on
+/// after 3 s), but never cancel it. The stores migrate on a connection that is closed, not
+/// returned to the pool, if an attempt is cut short: PostgreSQL then releases the migration's
+/// advisory lock with the session.
 pub struct MigrationGate {
     store: std::sync::Arc<dyn super::Store>,
     done: std::sync::atomic::AtomicBool,
@@ -49,6 +50,10 @@ pub struct MigrationGate {
 type Attempt = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<(), super::StoreError>>>;
 
 impl MigrationGate {
+    /// Bound on one attempt, so a store that accepts connections and then stalls cannot hold
+    /// the attempt (and every caller joining it) for ever.
+    pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
     pub fn new(store: std::sync::Arc<dyn super::Store>) -> Self {
         Self { store, done: false.into(), attempt: std::sync::Mutex::new(None) }
     }
@@ -59,35 +64,45 @@ impl MigrationGate {
 
     /// Migrates unless already done; a caller arriving during an attempt shares it.
     pub async fn ensure(self: &std::sync::Arc<Self>) -> Result<(), super::StoreError> {
-        use futures_util::FutureExt;
-        if self.is_done() {
-            return Ok(());
-        }
         let attempt = {
             let mut current = self.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            current
-                .get_or_insert_with(|| {
-                    let gate = std::sync::Arc::clone(self);
-                    // Spawned under the lock: the task's last step takes it too, so it clears
-                    // the slot only after its own attempt is in it.
-                    let task = tokio::spawn(async move {
-                        let outcome = gate.store.migrate().await;
-                        if outcome.is_ok() {
-                            gate.done.store(true, std::sync::atomic::Ordering::Release);
-                            tracing::info!("store migrations are applied");
-                        }
-                        *gate.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-                        outcome
-                    });
-                    async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(super::StoreError::Migration(format!("the attempt ended: {e}"))))
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+            // Checked under the lock: an attempt that just succeeded has cleared the slot.
+            if self.is_done() {
+                return Ok(());
+            }
+            current.get_or_insert_with(|| self.start()).clone()
         };
         attempt.await
+    }
+
+    /// Spawns an attempt; called with the slot locked, which the attempt's clean-up takes
+    /// too, so it clears the slot only after its own attempt is in it.
+    fn start(self: &std::sync::Arc<Self>) -> Attempt {
+        use futures_util::FutureExt;
+        let gate = std::sync::Arc::clone(self);
+        let task = tokio::spawn(async move {
+            // Clears the slot however the attempt ends (a panic or a cancelled task included),
+            // so the next caller starts a new one.
+            let _clear = ClearOnExit(std::sync::Arc::clone(&gate));
+            let outcome = tokio::time::timeout(Self::ATTEMPT_TIMEOUT, gate.store.migrate())
+                .await
+                .unwrap_or_else(|_| Err(super::StoreError::Unavailable("the store did not answer in time".into())));
+            if outcome.is_ok() {
+                gate.done.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("store migrations are applied");
+            }
+            outcome
+        });
+        async move { task.await.unwrap_or_else(|e| Err(super::StoreError::Migration(format!("the attempt ended: {e}")))) }
+            .boxed()
+            .shared()
+    }
+}
+
+struct ClearOnExit(std::sync::Arc<MigrationGate>);
+
+impl Drop for ClearOnExit {
+    fn drop(&mut self) {
+        *self.0.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }

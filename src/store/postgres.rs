@@ -165,7 +165,14 @@ impl Store for PostgresStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        migrations::postgres().run(&self.pool).await.map_err(|e| StoreError::Migration(e.to_string()))
+        // Closed after use rather than returned to the pool: a migration cut short could leave
+        // its connection holding the migration lock. Migrations run once per start.
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        migrations::postgres()
+            .run_direct(None, &mut *conn, false)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {

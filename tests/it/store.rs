@@ -257,3 +257,19 @@ async fn a_migration_outlives_the_readiness_checks_that_give_up_on_it() {
     store.check_ready().await.expect("migrated and ready");
     gate.ensure().await.expect("done stays done");
 }
+
+#[tokio::test]
+async fn tally_starts_listening_while_its_store_hangs_and_is_ready_once_it_answers() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let proxy = crate::helpers::StallingProxy::start(&db).await;
+    proxy.stall();
+    let app = crate::helpers::TestApp::spawn(proxy.url(), "").await;
+    assert_eq!(app.get_json("/healthz").await.0, 200);
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_ready")));
+    proxy.resume();
+    crate::helpers::eventually("ready once the store answers", std::time::Duration::from_secs(20), || async {
+        app.get_json("/readyz").await.0 == 200
+    })
+    .await;
+}
