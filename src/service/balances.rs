@@ -136,12 +136,11 @@ impl Service {
                 (i, view)
             });
         }
-        while let Some(joined) = match tasks.as_mut() {
-            Some(tasks) => tasks.join_next().await,
-            None => None,
-        } {
-            let (i, view) = super::joined(joined);
-            views[i] = Some(view);
+        if let Some(tasks) = tasks.as_mut() {
+            while let Some(joined) = tasks.join_next().await {
+                let (i, view) = super::joined(tasks, joined);
+                views[i] = Some(view);
+            }
         }
         let views: Vec<View> = views.into_iter().flatten().collect();
         // Served from memory alone, the report is as of the clock read above; after fetches,
@@ -254,7 +253,14 @@ impl Service {
         } else {
             views
                 .iter()
-                .filter_map(|v| self.accounts[v.account].circuit.lock().ok().and_then(|c| c.allow(now).err()))
+                .filter_map(|v| {
+                    self.accounts[v.account]
+                        .circuit
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .allow(now)
+                        .err()
+                })
                 .map(|at| age(at, now))
                 .min()
                 .unwrap_or(Duration::from_secs(5))

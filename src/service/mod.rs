@@ -67,12 +67,19 @@ fn deadline_passed() -> UpstreamError {
 
 /// The value of one of a request's tasks. A task that panicked panics here too, so that the
 /// request answers 500 (the HTTP envelope catches it) rather than leaving an account out as if
-/// it had never been asked; a cancelled one means the runtime is going away.
-fn joined<T>(joined: Result<T, tokio::task::JoinError>) -> T {
+/// it had never been asked; the other tasks are detached first, so that the other accounts'
+/// fetches and store writes finish rather than stop halfway. A cancelled task means the
+/// runtime is going away.
+fn joined<T: 'static>(tasks: &mut tokio::task::JoinSet<T>, joined: Result<T, tokio::task::JoinError>) -> T {
     match joined {
         Ok(value) => value,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("a task of this request was cancelled: {e}"),
+        Err(e) => {
+            tasks.detach_all();
+            match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("a task of this request was cancelled: {e}"),
+            }
+        }
     }
 }
 
@@ -362,12 +369,21 @@ impl Service {
 #[cfg(test)]
 mod tests {
     #[tokio::test]
-    async fn a_task_that_panicked_panics_its_request_with_the_same_message() {
-        let task = tokio::spawn(async { panic!("a bug in resolve") });
-        let outcome = task.await;
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::joined::<()>(outcome)))
+    async fn a_task_that_panicked_panics_its_request_and_leaves_the_others_running() {
+        let mut tasks = tokio::task::JoinSet::new();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tasks.spawn(async move {
+            let _ = wait.await;
+            let _ = done.send("the other account's work finished");
+        });
+        tasks.spawn(async { panic!("a bug in resolve") });
+        let outcome = tasks.join_next().await.expect("a task ends");
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::joined(&mut tasks, outcome)))
             .expect_err("the panic goes on");
         assert_eq!(caught.downcast_ref::<&str>(), Some(&"a bug in resolve"));
-        assert_eq!(super::joined(tokio::spawn(async { 7 }).await), 7);
+        drop(tasks);
+        go.send(()).expect("the other task still runs");
+        assert_eq!(finished.await, Ok("the other account's work finished"));
     }
 }

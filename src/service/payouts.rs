@@ -93,7 +93,7 @@ impl Service {
         let mut found = Vec::new();
         let mut failed = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let (id, per) = super::joined(joined);
+            let (id, per) = super::joined(&mut tasks, joined);
             match per {
                 Per::Found(view) => found.push(view),
                 Per::NotFound => {}
