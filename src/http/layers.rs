@@ -1,6 +1,7 @@
 //! The middleware around every route: the envelope (request id, the request's span and log
 //! line, the body limit, load shedding, panic catching, the deadline backstop, HTTP metrics,
-//! problem+json for bare errors), then gzip for callers that accept it.
+//! problem+json for bare errors), then gzip for callers that accept it (chosen inside the
+//! envelope; the body is compressed as it is sent, after the envelope has timed the answer).
 //!
 //! The envelope is one middleware doing what tower-http's request-id, trace, timeout, body-limit
 //! and catch-panic layers and two `from_fn` layers did: each layer cloned, boxed or allocated on
@@ -35,15 +36,14 @@ pub fn wrap(router: Router, server: &ServerSettings) -> Router {
         ids: RequestIds::new(),
         body_limit: server.body_limit_bytes,
     });
-    // Compression inside the envelope: shed, timed, logged and panic-caught like the rest.
+    // Inside the envelope: a shed request does not reach it.
     router.layer(ServiceBuilder::new().layer(EnvelopeLayer(state)).layer(GzipWhenAcceptedLayer))
 }
 
 /// gzip for callers that accept it, and nothing in the way of those that do not: tower-http's
 /// compression wraps every answer's body, which then has to be boxed again, whether or not it
-/// compresses (the benchmark measured that on identity answers). Requests that state no
-/// `Accept-Encoding` skip it; every other request goes through it, and it negotiates (names
-/// in any case, `x-gzip`, `q` values, content types, sizes).
+/// compresses (the benchmark measured that on identity answers). Requests that take gzip go
+/// through it, and it decides on content types and sizes.
 #[derive(Clone, Copy)]
 struct GzipWhenAcceptedLayer;
 
@@ -96,9 +96,30 @@ where
     }
 }
 
-/// Whether the request states what encodings it accepts; the compression service decides the rest.
+/// Whether `Accept-Encoding` takes gzip (RFC 9110 §12.5.3: `gzip` or `x-gzip` in any case,
+/// else `*`, with a `q` above 0). Any other request is answered as it is: a caller that refuses
+/// identity as well gets it anyway (which §12.5.3 allows) rather than a 406 made after the
+/// work is done.
 fn accepts_compression(request: &Request) -> bool {
-    request.headers().contains_key(header::ACCEPT_ENCODING)
+    let (mut gzip, mut any) = (None, None);
+    for value in request.headers().get_all(header::ACCEPT_ENCODING) {
+        let Ok(value) = value.to_str() else { continue };
+        for item in value.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or_default().trim();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f32>().ok());
+            let accepted = q.is_some_and(|q| q > 0.0);
+            if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = Some(gzip.unwrap_or(false) || accepted);
+            } else if coding == "*" {
+                any = Some(accepted);
+            }
+        }
+    }
+    gzip.or(any).unwrap_or(false)
 }
 
 /// The envelope as a tower layer: a hand-written service rather than `from_fn`, which boxes
@@ -363,13 +384,25 @@ mod tests {
                     request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static(v));
                 }
                 let response = tower::ServiceExt::oneshot(router, request).await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{accept:?} is answered, never refused");
                 response.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap().to_owned())
             }
         };
-        for gzip in ["gzip", "GZIP", "x-gzip", "br, gzip;q=0.5", "*", "deflate, * ;q=0.1"] {
+        for gzip in ["gzip", "GZIP", "x-gzip", "br, gzip;q=0.5", "*", "deflate, * ;q=0.1", "gzip;Q=1, identity;q=0"] {
             assert_eq!(encoding(Some(gzip)).await.as_deref(), Some("gzip"), "{gzip}");
         }
-        for plain in [None, Some("identity"), Some("br, deflate"), Some("gzip;q=0"), Some("x-gzip-like")] {
+        for plain in [
+            None,
+            Some("identity"),
+            Some("br, deflate"),
+            Some("gzip;q=0"),
+            Some("x-gzip-like"),
+            Some("identity;q=0"),
+            Some("br, identity;q=0"),
+            Some("*;q=0"),
+            Some("gzip;q=0, *"),
+            Some("gzip;q=nonsense"),
+        ] {
             assert_eq!(encoding(plain).await, None, "{plain:?}");
         }
     }
