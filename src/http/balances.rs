@@ -56,7 +56,7 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
                     .collect(),
             ));
     }
-    let (etag, body) = state.balances_body.answer(&outcome);
+    let (etag, body) = state.balances_body.answer(&outcome).await;
     let cache_control = bytes::Bytes::from(format!("private, max-age={}", outcome.fresh_for.as_secs()));
     let mut response = if if_none_match(request.headers(), etag.to_str().unwrap_or_default()) {
         StatusCode::NOT_MODIFIED.into_response()
@@ -103,14 +103,16 @@ pub struct BodyCache(super::body_cache::Bodies<u64, BodyKey>);
 
 impl BodyCache {
     /// The `ETag` and the body of the answer to `outcome`.
-    fn answer(&self, outcome: &BalancesOutcome) -> (HeaderValue, bytes::Bytes) {
+    async fn answer(&self, outcome: &BalancesOutcome) -> (HeaderValue, bytes::Bytes) {
         let key = outcome.body_key;
-        self.0.answer(key.selection(), key, outcome.generated_at(), || {
-            let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
-            let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
-                .expect("a quoted hex digest is a valid header value");
-            (etag, body)
-        })
+        self.0
+            .answer(key.selection(), key, outcome.generated_at(), || {
+                let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
+                let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
+                    .expect("a quoted hex digest is a valid header value");
+                (etag, body)
+            })
+            .await
     }
 }
 

@@ -6,13 +6,14 @@
 //! body is a function of its key (content, source, ages, errors) but for `generated_at`,
 //! which leads it with a fixed width and is spliced in fresh; one spliced body is shared by
 //! every answer within one millisecond. A body is serialized once per key, outside the map's
-//! lock: concurrent requests for a new body wait for the one serializing it. Past
+//! lock: concurrent requests for a new body wait (without holding a thread) for the one
+//! serializing it. Past
 //! [`ENTRIES`] selections or [`BYTES`] (each entry's body and latest splice), the least
 //! recently used make room; an entry over a quarter of the budget is not kept.
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -37,7 +38,7 @@ struct Lru<S, K> {
 
 struct Entry<K> {
     key: K,
-    built: Arc<OnceLock<Built>>,
+    built: Arc<tokio::sync::OnceCell<Built>>,
     /// The latest whole body and the `generated_at` it carries.
     spliced: Option<(DateTime<Utc>, Bytes)>,
     used: u64,
@@ -59,7 +60,7 @@ impl<S, K> Default for Bodies<S, K> {
 impl<S: Hash + Eq + Copy, K: Eq + Copy> Bodies<S, K> {
     /// The `ETag` and the body for `selection` and `key` as of `now`; `build` makes them
     /// (the body with `now` as its `generated_at`) when no entry has them.
-    pub fn answer(
+    pub async fn answer(
         &self,
         selection: S,
         key: K,
@@ -81,7 +82,7 @@ impl<S: Hash + Eq + Copy, K: Eq + Copy> Bodies<S, K> {
                     Arc::clone(&entry.built)
                 }
                 _ => {
-                    let built = Arc::new(OnceLock::new());
+                    let built = Arc::new(tokio::sync::OnceCell::new());
                     let entry = Entry { key, built: Arc::clone(&built), spliced: None, used: uses, bytes: 0 };
                     lru.put(selection, entry);
                     built
@@ -89,18 +90,20 @@ impl<S: Hash + Eq + Copy, K: Eq + Copy> Bodies<S, K> {
             }
         };
         let mut first = None;
-        let done = built.get_or_init(|| {
-            let (etag, mut body) = build();
-            // serde_json grows its buffer by doubling: what is kept is what is used.
-            body.shrink_to_fit();
-            let body = Bytes::from(body);
-            debug_assert!(body.starts_with(HEAD));
-            let tail = body.slice(HEAD.len() + STAMP..);
-            first = Some(body);
-            Built { etag, tail }
-        });
+        let done = built
+            .get_or_init(|| async {
+                let (etag, mut body) = build();
+                // serde_json grows its buffer by doubling: what is kept is what is used.
+                body.shrink_to_fit();
+                let body = Bytes::from(body);
+                debug_assert!(body.starts_with(HEAD));
+                let tail = body.slice(HEAD.len() + STAMP..);
+                first = Some(body);
+                Built { etag, tail }
+            })
+            .await;
         let body = first.unwrap_or_else(|| splice(now, &done.tail));
-        self.lock().spliced(selection, key, now, &body, done.tail.len());
+        self.lock().spliced(selection, &built, now, &body, done.tail.len());
         (done.etag.clone(), body)
     }
 
@@ -118,9 +121,18 @@ impl<S: Hash + Eq + Copy, K: Eq + Copy> Lru<S, K> {
         self.evict_for(selection);
     }
 
-    /// Records the latest splice of `selection`'s entry, if it still holds `key`.
-    fn spliced(&mut self, selection: S, key: K, now: DateTime<Utc>, body: &Bytes, tail: usize) {
-        let Some(entry) = self.by_selection.get_mut(&selection).filter(|e| e.key == key) else { return };
+    /// Records the latest splice of `selection`'s entry, if it still holds `built`.
+    fn spliced(
+        &mut self,
+        selection: S,
+        built: &Arc<tokio::sync::OnceCell<Built>>,
+        now: DateTime<Utc>,
+        body: &Bytes,
+        tail: usize,
+    ) {
+        let Some(entry) = self.by_selection.get_mut(&selection).filter(|e| Arc::ptr_eq(&e.built, built)) else {
+            return;
+        };
         // The first body and its tail share one buffer; later splices have their own.
         let size = body.len() + tail;
         self.bytes = self.bytes - entry.bytes + size;
@@ -165,7 +177,7 @@ fn write_stamp(out: &mut [u8; STAMP], at: DateTime<Utc>) {
 
 #[cfg(test)]
 mod tests {
-    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
 
@@ -181,73 +193,110 @@ mod tests {
     }
 
     /// Answers through `bodies`, counting the builds in `builds`.
-    fn ask(
+    async fn ask(
         bodies: &Bodies<u32, u32>,
-        builds: &Cell<u32>,
+        builds: &AtomicU32,
         (selection, key): (u32, u32),
         now: DateTime<Utc>,
         size: usize,
     ) -> Bytes {
-        let (_, answer) = bodies.answer(selection, key, now, || {
-            builds.set(builds.get() + 1);
-            (HeaderValue::from_static("\"t\""), body(now, size))
-        });
+        let (_, answer) = bodies
+            .answer(selection, key, now, || {
+                builds.fetch_add(1, Ordering::Relaxed);
+                (HeaderValue::from_static("\"t\""), body(now, size))
+            })
+            .await;
         assert_eq!(answer, body(now, size), "the answer is the body as of now");
         answer
     }
 
-    #[test]
-    fn a_body_is_built_once_per_key_and_spliced_for_each_new_time() {
-        let (bodies, builds) = (Bodies::default(), Cell::new(0));
-        let first = ask(&bodies, &builds, (1, 10), at(0), 100);
-        let again = ask(&bodies, &builds, (1, 10), at(0), 100);
+    #[tokio::test]
+    async fn a_body_is_built_once_per_key_and_spliced_for_each_new_time() {
+        let (bodies, builds) = (Bodies::default(), AtomicU32::new(0));
+        let first = ask(&bodies, &builds, (1, 10), at(0), 100).await;
+        let again = ask(&bodies, &builds, (1, 10), at(0), 100).await;
         assert!(first.as_ptr() == again.as_ptr(), "one millisecond shares one body");
-        ask(&bodies, &builds, (1, 10), at(1), 100);
-        assert_eq!(builds.get(), 1, "a new time is spliced, not rebuilt");
-        ask(&bodies, &builds, (1, 11), at(2), 100);
-        assert_eq!(builds.get(), 2, "a new key is built");
+        ask(&bodies, &builds, (1, 10), at(1), 100).await;
+        assert_eq!(builds.load(Ordering::Relaxed), 1, "a new time is spliced, not rebuilt");
+        ask(&bodies, &builds, (1, 11), at(2), 100).await;
+        assert_eq!(builds.load(Ordering::Relaxed), 2, "a new key is built");
         assert_eq!(bodies.lock().by_selection.len(), 1, "and replaces its selection's old body");
     }
 
-    #[test]
-    fn dashboards_with_different_selections_each_keep_theirs() {
-        let (bodies, builds) = (Bodies::default(), Cell::new(0));
-        for ms in 0..10 {
-            ask(&bodies, &builds, (1, 10), at(ms), 100);
-            ask(&bodies, &builds, (2, 20), at(ms), 100);
-        }
-        assert_eq!(builds.get(), 2);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_arriving_while_a_body_is_built_wait_for_it_without_holding_a_thread() {
+        let bodies = Arc::new(Bodies::<u32, u32>::default());
+        let builds = Arc::new(AtomicU32::new(0));
+        let (started, building) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let (bodies, builds) = (Arc::clone(&bodies), Arc::clone(&builds));
+            tokio::spawn(async move {
+                bodies
+                    .answer(1, 10, at(0), move || {
+                        builds.fetch_add(1, Ordering::Relaxed);
+                        started.send(()).unwrap();
+                        released.recv().unwrap();
+                        (HeaderValue::from_static("\"t\""), body(at(0), 100))
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || building.recv().unwrap()).await.unwrap();
+        // A second request for the same body while the first builds it: it waits, pending.
+        let mut second = std::pin::pin!(bodies.answer(1, 10, at(1), || {
+            builds.fetch_add(1, Ordering::Relaxed);
+            (HeaderValue::from_static("\"t\""), body(at(1), 100))
+        }));
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(second.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the second request waits for the build in progress");
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().1, body(at(0), 100));
+        assert_eq!(second.await.1, body(at(1), 100), "spliced from the one build");
+        assert_eq!(builds.load(Ordering::Relaxed), 1);
     }
 
-    #[test]
-    fn entries_and_bytes_are_bounded_and_the_least_recently_used_go_first() {
-        let (bodies, builds) = (Bodies::default(), Cell::new(0));
+    #[tokio::test]
+    async fn dashboards_with_different_selections_each_keep_theirs() {
+        let (bodies, builds) = (Bodies::default(), AtomicU32::new(0));
+        for ms in 0..10 {
+            ask(&bodies, &builds, (1, 10), at(ms), 100).await;
+            ask(&bodies, &builds, (2, 20), at(ms), 100).await;
+        }
+        assert_eq!(builds.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn entries_and_bytes_are_bounded_and_the_least_recently_used_go_first() {
+        let (bodies, builds) = (Bodies::default(), AtomicU32::new(0));
         for selection in 0..ENTRIES as u32 {
-            ask(&bodies, &builds, (selection, 0), at(0), 10);
+            ask(&bodies, &builds, (selection, 0), at(0), 10).await;
         }
         // Selection 0 is asked again: the next new selection evicts selection 1 instead.
-        ask(&bodies, &builds, (0, 0), at(1), 10);
-        ask(&bodies, &builds, (1000, 0), at(1), 10);
+        ask(&bodies, &builds, (0, 0), at(1), 10).await;
+        ask(&bodies, &builds, (1000, 0), at(1), 10).await;
         {
             let lru = bodies.lock();
             assert_eq!(lru.by_selection.len(), ENTRIES);
             assert!(lru.by_selection.contains_key(&0) && !lru.by_selection.contains_key(&1));
         }
-        ask(&bodies, &builds, (0, 0), at(2), 10);
-        assert_eq!(builds.get(), ENTRIES as u32 + 1, "selection 0 is still answered from its entry");
+        ask(&bodies, &builds, (0, 0), at(2), 10).await;
+        assert_eq!(builds.load(Ordering::Relaxed), ENTRIES as u32 + 1, "selection 0 is still answered from its entry");
 
-        // Every kept byte is counted (body and splice), and the budget holds.
+        // Each entry counts its body and its splice, and the budget holds.
         for selection in 2000..2010 {
-            ask(&bodies, &builds, (selection, 0), at(0), BYTES / 16);
-            ask(&bodies, &builds, (selection, 0), at(1), BYTES / 16);
+            ask(&bodies, &builds, (selection, 0), at(0), BYTES / 16).await;
+            ask(&bodies, &builds, (selection, 0), at(1), BYTES / 16).await;
         }
-        let lru = bodies.lock();
-        assert!(lru.bytes <= BYTES, "{} bytes kept", lru.bytes);
-        assert_eq!(lru.bytes, lru.by_selection.values().map(|e| e.bytes).sum::<usize>());
-        assert!(lru.by_selection.contains_key(&2009), "the newest stays");
-        drop(lru);
+        {
+            let lru = bodies.lock();
+            let kept: usize =
+                lru.by_selection.values().map(|e| e.spliced.as_ref().map_or(0, |(_, b)| b.len()) + BYTES / 16).sum();
+            assert!(lru.bytes <= BYTES && lru.bytes >= kept, "{} bytes counted, {kept} kept", lru.bytes);
+            assert!(lru.by_selection.contains_key(&2009), "the newest stays");
+        }
 
-        ask(&bodies, &builds, (3000, 0), at(0), BYTES / 4);
+        ask(&bodies, &builds, (3000, 0), at(0), BYTES / 4).await;
         assert!(!bodies.lock().by_selection.contains_key(&3000), "an entry over a quarter of the budget is not kept");
     }
 
