@@ -85,9 +85,12 @@ where
         }
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         use futures_util::TryFutureExt;
         if accepts_compression(&request) {
+            // The decision is made: tower-http reads the header again with a parser of its own
+            // and, where the two disagree, would turn a finished answer into a 406.
+            request.headers_mut().insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
             let boxed: fn(Compressed) -> Response = |response| response.map(axum::body::Body::new);
             futures_util::future::Either::Right(self.gzip.call(request).map_ok(boxed))
         } else {
@@ -388,7 +391,18 @@ mod tests {
                 response.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap().to_owned())
             }
         };
-        for gzip in ["gzip", "GZIP", "x-gzip", "br, gzip;q=0.5", "*", "deflate, * ;q=0.1", "gzip;Q=1, identity;q=0"] {
+        for gzip in [
+            "gzip",
+            "GZIP",
+            "x-gzip",
+            "br, gzip;q=0.5",
+            "*",
+            "deflate, * ;q=0.1",
+            "gzip;Q=1, identity;q=0",
+            "gzip;q=1.5, identity;q=0",
+            "gzip;level=1, identity;q=0",
+            "*;q=2, identity;q=0",
+        ] {
             assert_eq!(encoding(Some(gzip)).await.as_deref(), Some("gzip"), "{gzip}");
         }
         for plain in [
