@@ -535,7 +535,7 @@ fn report(rows: &[Row], took: Duration) -> String {
         cmd("nproc", &[]),
         mem.split_whitespace().skip(1).collect::<Vec<_>>().join(" ").replace("kB", "kB RAM"),
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        cmd("git", &["rev-parse", "--short", "HEAD"]),
+        cmd("git", &["describe", "--always", "--dirty"]),
     );
     for r in rows {
         out.push_str(&format!(

@@ -51,8 +51,9 @@ type Attempt = futures_util::future::Shared<futures_util::future::BoxFuture<'sta
 
 impl MigrationGate {
     /// Bound on one attempt, so a store that accepts connections and then stalls cannot hold
-    /// the attempt (and every caller joining it) for ever.
-    pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    /// the attempt (and every caller joining it) for ever; long enough for a migration that
+    /// rebuilds a large table.
+    pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
     pub fn new(store: std::sync::Arc<dyn super::Store>) -> Self {
         Self { store, done: false.into(), attempt: std::sync::Mutex::new(None) }
