@@ -13,7 +13,8 @@
 //! Beside them: [`domain`] (money, balances, payouts, ids), [`config`] (the validated config
 //! file), [`telemetry`] (logs and metrics), [`app`] (the composition root: store, service and
 //! router from settings, serving until shutdown), [`cli`] (the `tally` command), and
-//! [`emulator`] with [`demo`] (faithful fakes of the four providers, and `tally demo` on them).
+//! [`emulator`] with [`demo`] (faithful fakes of the four providers, and `tally demo` on them),
+//! and [`sync`] (locks that stay usable after a caught panic).
 
 pub mod app;
 pub mod cli;
@@ -25,6 +26,7 @@ pub mod http;
 pub mod providers;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 
 /// rustls needs one process-wide crypto provider; tally uses ring for reqwest and sqlx alike.

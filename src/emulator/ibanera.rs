@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::data::ibanera_accounts;
 use super::{Shared, credentials, json};
 use crate::providers::ibanera::totp;
+use crate::sync::MutexExt;
 
 /// Failed logins in a row that lock the account (the docs say "too many"; 5 is assumed).
 const LOCK_AFTER: u32 = 5;
@@ -55,7 +56,7 @@ struct Login {
 
 async fn login(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
     let Ok(login) = serde_json::from_slice::<Login>(&body) else { return refused(StatusCode::BAD_REQUEST, "Required") };
-    let mut auth = shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut auth = shared.ibanera.locked();
     if auth.locked_until.is_some_and(|until| Instant::now() < until) {
         return refused(StatusCode::BAD_REQUEST, "Account_Locked");
     }
@@ -95,7 +96,7 @@ async fn balances(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(p
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let token = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
     let live = token.is_some_and(|t| {
-        let auth = shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let auth = shared.ibanera.locked();
         auth.tokens.get(t).is_some_and(|expires| Instant::now() < *expires)
     });
     if !live {

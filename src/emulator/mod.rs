@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::domain::Provider;
+use crate::sync::MutexExt;
 
 pub use data::credentials;
 pub use faults::Faults;
@@ -123,7 +124,7 @@ impl Emulator {
     }
 
     pub fn set_faults(&self, provider: Provider, faults: Faults) {
-        self.shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(provider, faults);
+        self.shared.faults.locked().insert(provider, faults);
     }
 
     /// Minutes since start: the demo balances are [`data`]'s figures at this minute.
@@ -144,7 +145,7 @@ impl Emulator {
     }
 
     pub fn expire_ibanera_tokens(&self) {
-        self.shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tokens.clear();
+        self.shared.ibanera.locked().tokens.clear();
     }
 
     /// `[[accounts]]` entries for the demo set, pointed at this emulator: two LeanX, one
@@ -249,7 +250,7 @@ async fn inject_faults(
 ) -> Response {
     shared.calls[&provider].fetch_add(1, Ordering::Relaxed);
     let faults = {
-        let mut all = shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = shared.faults.locked();
         let f = all.entry(provider).or_default();
         let snapshot = f.clone();
         f.fail_next = f.fail_next.saturating_sub(1);
@@ -304,7 +305,7 @@ async fn put_faults(
     };
     match serde_json::from_slice::<Faults>(&body) {
         Ok(faults) => {
-            shared.faults.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(provider, faults);
+            shared.faults.locked().insert(provider, faults);
             StatusCode::NO_CONTENT.into_response()
         }
         Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
@@ -318,6 +319,6 @@ async fn get_calls(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn expire_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
-    shared.ibanera.lock().unwrap_or_else(std::sync::PoisonError::into_inner).tokens.clear();
+    shared.ibanera.locked().tokens.clear();
     StatusCode::NO_CONTENT
 }

@@ -13,8 +13,9 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
+use crate::sync::MutexExt;
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -108,7 +109,7 @@ impl<S: Hash + Eq + Copy, K: Eq + Copy> Bodies<S, K> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru<S, K>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0.locked()
     }
 }
 

@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::error::{ApiError, ErrorCode, PROBLEM_JSON};
 use crate::config::ServerSettings;
+use crate::sync::RwLockExt;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -297,7 +298,7 @@ struct RouteMetrics {
 impl HttpMetrics {
     fn record(&self, route: &str, status: u16, elapsed: Duration) {
         {
-            let known = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let known = self.0.read_locked();
             if let Some(m) = known.get(route)
                 && let Some((_, requests)) = m.requests.iter().find(|(s, _)| *s == status)
             {
@@ -306,7 +307,7 @@ impl HttpMetrics {
                 return;
             }
         }
-        let mut known = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut known = self.0.write_locked();
         let m = known.entry(route.into()).or_insert_with(|| RouteMetrics {
             duration: metrics::histogram!("tally_http_request_duration_seconds", "route" => route.to_owned()),
             requests: Vec::new(),

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use super::{AccountState, Service, clock};
 use crate::domain::AccountId;
 use crate::providers::{UpstreamError, UpstreamErrorKind};
+use crate::sync::MutexExt;
 
 impl Service {
     /// Starts the background tasks: periodic refresh of the accounts with a
@@ -57,7 +58,7 @@ impl Service {
     /// Takes the account's latest figure, circuit and health from the store.
     async fn sync_from_store(&self, account: &AccountState) {
         if let Ok(Some(snapshot)) = self.guarded(self.store.latest_balances(account.id())).await {
-            let mut health = account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut health = account.health.locked();
             health.last_success_at = health.last_success_at.max(Some(snapshot.fetched_at));
             drop(health);
             account.offer(Arc::new(snapshot));
@@ -65,7 +66,7 @@ impl Service {
         if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await {
             account.adopt_circuit(&shared);
             let failure = shared.failure;
-            let mut health = account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut health = account.health.locked();
             if health.last_error.as_ref().is_none_or(|(_, at)| *at < failure.failed_at) {
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);

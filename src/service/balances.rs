@@ -13,6 +13,7 @@ use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, Balan
 use super::{AccountState, FetchFailure, Service};
 use crate::domain::{AccountId, Currency, Provider};
 use crate::store::{AccountSnapshot, Backend};
+use crate::sync::MutexExt;
 
 /// What a `/balances` request asks for. Empty lists select everything.
 #[derive(Clone, Debug, Default)]
@@ -253,14 +254,7 @@ impl Service {
         } else {
             views
                 .iter()
-                .filter_map(|v| {
-                    self.accounts[v.account]
-                        .circuit
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .allow(now)
-                        .err()
-                })
+                .filter_map(|v| self.accounts[v.account].circuit.locked().allow(now).err())
                 .map(|at| age(at, now))
                 .min()
                 .unwrap_or(Duration::from_secs(5))

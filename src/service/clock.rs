@@ -4,6 +4,8 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::sync::MutexExt;
+
 pub trait Clock: Send + Sync {
     /// Now, to the millisecond (what the store keeps and the API shows).
     fn now(&self) -> DateTime<Utc>;
@@ -28,14 +30,14 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        let mut now = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = self.0.locked();
         *now += TimeDelta::from_std(by).expect("test durations are small");
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.0.locked()
     }
 }
 

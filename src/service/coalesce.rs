@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
+use crate::sync::MutexExt;
+
 /// Receives the outcome of a shared call; `None` until it finishes.
 pub type Shared<T> = watch::Receiver<Option<T>>;
 
@@ -42,7 +44,7 @@ impl<K: Eq + Hash + Clone, T> Default for Coalescer<K, T> {
 impl<K: Eq + Hash + Clone, T> Coalescer<K, T> {
     /// Joins the call in flight for `key`, or registers a new one for the caller to make.
     pub fn join_or_start(&self, key: &K) -> Joined<K, T> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inflight = self.inflight.locked();
         // A call whose task vanished (its sender dropped) is over too: never join it.
         if let Some(rx) = inflight.get(key)
             && rx.borrow().is_none()
@@ -64,7 +66,7 @@ impl<K: Eq + Hash + Clone, T> Coalescer<K, T> {
     }
 
     fn clear(&self, publisher: &Publisher<K, T>) {
-        let mut inflight = self.inflight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inflight = self.inflight.locked();
         if inflight.get(&publisher.key).is_some_and(|rx| rx.same_channel(&publisher.mine)) {
             inflight.remove(&publisher.key);
         }

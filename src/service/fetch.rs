@@ -12,6 +12,7 @@ use super::lease::{self, Lease};
 use super::{AccountState, FetchFailure, FetchOutcome, Service};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::store::{AccountSnapshot, FailedFetch};
+use crate::sync::MutexExt;
 
 impl Service {
     /// Joins the account's fetch in flight, or starts one. The fetch runs in its own task, so
@@ -79,8 +80,7 @@ impl Service {
     /// Refuses a fetch while the account's circuit is open.
     fn circuit_allows(&self, account: &AccountState) -> Result<(), FetchFailure> {
         let now = self.clock.now();
-        let Err(reopens_at) = account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).allow(now)
-        else {
+        let Err(reopens_at) = account.circuit.locked().allow(now) else {
             return Ok(());
         };
         metrics::counter!("tally_upstream_calls_total", "provider" => account.provider().as_str(),
@@ -115,15 +115,14 @@ impl Service {
                 });
                 self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
-                account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).on_success();
-                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_success_at = Some(now);
+                account.circuit.locked().on_success();
+                account.health.locked().last_success_at = Some(now);
                 Ok(snapshot)
             }
             Err(error) => {
                 tracing::warn!(account = %id, provider, code = error.code(), upstream_status = ?error.upstream_status,
                     provider_code = ?error.provider_code, "balance fetch failed: {}", error.message);
-                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_error =
-                    Some((error.clone(), now));
+                account.health.locked().last_error = Some((error.clone(), now));
                 let failed = FailedFetch {
                     code: error.code().to_owned(),
                     message: error.message.clone(),
@@ -142,7 +141,7 @@ impl Service {
                         if let Some(Err(e)) = recorded {
                             tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
                         }
-                        account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).on_failure(now);
+                        account.circuit.locked().on_failure(now);
                     }
                 }
                 Err(FetchFailure { error, at: now })
@@ -232,9 +231,8 @@ impl Service {
             {
                 let snapshot = Arc::new(snapshot);
                 account.offer(Arc::clone(&snapshot));
-                account.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).on_success();
-                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_success_at =
-                    Some(snapshot.fetched_at);
+                account.circuit.locked().on_success();
+                account.health.locked().last_success_at = Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
             if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await
@@ -244,8 +242,7 @@ impl Service {
                 let failure = shared.failure;
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
-                account.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).last_error =
-                    Some((error.clone(), failure.failed_at));
+                account.health.locked().last_error = Some((error.clone(), failure.failed_at));
                 return Coordinated::Done(Err(FetchFailure { error, at: failure.failed_at }));
             }
             // Nothing landed since we looked: with the lease, the fetch is ours.

@@ -35,6 +35,7 @@ use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
 use crate::store::{AccountSnapshot, Store};
+use crate::sync::{MutexExt, RwLockExt};
 
 pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -120,27 +121,24 @@ impl AccountState {
     }
 
     pub fn latest(&self) -> Option<Arc<AccountSnapshot>> {
-        self.latest.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.latest.read_locked().clone()
     }
 
     /// Keeps the newer of the held and the offered snapshot.
     fn offer(&self, snapshot: Arc<AccountSnapshot>) {
-        let mut latest = self.latest.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut latest = self.latest.write_locked();
         if latest.as_ref().is_none_or(|l| l.fetched_at <= snapshot.fetched_at) {
             *latest = Some(snapshot);
         }
     }
 
     pub fn health(&self) -> Health {
-        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.health.locked().clone()
     }
 
     /// Takes the circuit as the cluster recorded it.
     fn adopt_circuit(&self, shared: &crate::store::SharedFailure) {
-        self.circuit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .adopt(shared.consecutive_failures, shared.opened_at);
+        self.circuit.locked().adopt(shared.consecutive_failures, shared.opened_at);
     }
 
     /// Counts the background checks of this account as they finish: what a test of background
@@ -155,7 +153,7 @@ impl AccountState {
     }
 
     pub fn circuit_state(&self, now: DateTime<Utc>) -> CircuitState {
-        self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).state(now)
+        self.circuit.locked().state(now)
     }
 }
 
@@ -174,7 +172,7 @@ const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
 
 impl StoreHealth {
     fn record<T>(&self, result: &Result<T, crate::store::StoreError>) {
-        let mut last = self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last_error.locked();
         match result {
             Ok(_) => *last = None,
             Err(e) => *last = Some(e.to_string()),
@@ -182,7 +180,7 @@ impl StoreHealth {
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.last_error.locked().clone()
     }
 
     /// How long the next store call may take, from what is known of the store.

@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
+use crate::sync::MutexExt;
+
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = files
         .iter()
@@ -66,7 +68,7 @@ impl MigrationGate {
     /// Migrates unless already done; a caller arriving during an attempt shares it.
     pub async fn ensure(self: &std::sync::Arc<Self>) -> Result<(), super::StoreError> {
         let attempt = {
-            let mut current = self.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut current = self.attempt.locked();
             // Checked under the lock: an attempt that just succeeded has cleared the slot.
             if self.is_done() {
                 return Ok(());
@@ -104,6 +106,6 @@ struct ClearOnExit(std::sync::Arc<MigrationGate>);
 
 impl Drop for ClearOnExit {
     fn drop(&mut self) {
-        *self.0.attempt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self.0.attempt.locked() = None;
     }
 }
