@@ -173,7 +173,7 @@ pub async fn get_history(
         to: params.time("to")?,
         limit,
     };
-    let points = state.service.store().balance_history(&query).await.map_err(|e| {
+    let points = state.service.balance_history(&query).await.map_err(|e| {
         tracing::error!(error = %e, "balance history query failed");
         ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
     })?;

@@ -336,6 +336,16 @@ impl Service {
         self.clock.now()
     }
 
+    /// Stored change points, within the request deadline: a stalled store gets a 503 in time
+    /// rather than holding the request until the HTTP backstop.
+    pub async fn balance_history(
+        &self,
+        query: &crate::store::HistoryQuery,
+    ) -> Result<Vec<crate::store::HistoryPoint>, crate::store::StoreError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        self.guarded_by(self.store.balance_history(query), deadline).await
+    }
+
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }

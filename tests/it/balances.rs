@@ -531,6 +531,24 @@ async fn a_stalled_store_does_not_hold_balances_past_the_deadline() {
     assert_eq!(server.received_requests().await.unwrap().len(), 4);
 }
 
+#[tokio::test]
+async fn a_stalled_store_makes_history_a_503_within_the_deadline() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let proxy = StallingProxy::start(&db).await;
+    let app = TestApp::spawn_with(proxy.url(), "request_timeout = \"1s\"", "").await;
+    let (status, body) = app.get_json("/balances/history").await;
+    assert_eq!(status, 200, "{body}");
+
+    proxy.stall();
+    let started = Instant::now();
+    let r = app.get("/balances/history").await;
+    let took = started.elapsed();
+    assert_eq!((r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap())), (503, Some("5")));
+    let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["code"], "not_ready");
+    assert!(took < Duration::from_secs(2), "answered by the deadline, not the backstop: {took:?}");
+}
+
 async fn the_warm_up_serves_stored_figures_with_their_real_ages(db: &TestDb) {
     let store = db.store();
     store.migrate().await.unwrap();
