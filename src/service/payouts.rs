@@ -169,7 +169,9 @@ impl Service {
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
         let (store, observed) = (Arc::clone(&self.store), fresh.clone());
         let save = async move { store.save_payout(&observed, "lookup").await };
-        match self.write_behind(save, Self::write_until(deadline)).await {
+        // Until the deadline only: this runs within the request's own deadline (a lookup outlives
+        // no request), and a write still running then goes on while the payout is served.
+        match self.write_behind(save, deadline).await {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(account = %account.id(), error = %e, "could not store a payout observation")
