@@ -40,7 +40,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>,
     // A store that was down at start is migrated as soon as it answers again.
     let ready = async {
         state.migrations.ensure().await?;
-        state.service.store().check_ready().await
+        state.service.store_ready().await
     };
     match tokio::time::timeout(Duration::from_secs(3), ready).await {
         Ok(Ok(())) => Ok(axum::Json(Health { status: "ready" })),

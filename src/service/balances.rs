@@ -208,11 +208,6 @@ impl Service {
         })
     }
 
-    /// The failure of an account still unresolved at the request deadline.
-    pub(super) fn deadline_failure(&self) -> FetchFailure {
-        FetchFailure { error: super::deadline_passed(), at: self.clock.now() }
-    }
-
     /// The last known figure (memory, else the store while the deadline allows) marked stale,
     /// or `failed` if none.
     async fn stale(&self, index: usize, failure: FetchFailure, deadline: Instant) -> View {

@@ -61,11 +61,6 @@ async fn await_shared<T: Clone>(mut rx: coalesce::Shared<T>, deadline: tokio::ti
     waited.ok().flatten()
 }
 
-/// The error of a caller that stopped waiting at its deadline.
-fn deadline_passed() -> UpstreamError {
-    UpstreamError::timeout("no answer before the request deadline")
-}
-
 /// The value of one of a request's tasks. A task that panicked panics here too, so that the
 /// request answers 500 (the HTTP envelope catches it) rather than leaving an account out as if
 /// it had never been asked; the other tasks are detached first, so that the other accounts'
@@ -272,8 +267,9 @@ impl Service {
         self.by_id.get(id).map(|&i| &self.accounts[i])
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// Whether the store answers and holds the schema this build expects (for `/readyz`).
+    pub async fn store_ready(&self) -> Result<(), crate::store::StoreError> {
+        self.store.check_ready().await
     }
 
     pub fn store_health(&self) -> &StoreHealth {
@@ -334,6 +330,11 @@ impl Service {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The failure of an account still unresolved at the request deadline, as of now.
+    fn deadline_failure(&self) -> FetchFailure {
+        FetchFailure { error: UpstreamError::timeout("no answer before the request deadline"), at: self.clock.now() }
     }
 
     /// Stored change points, within the request deadline: a stalled store gets a 503 in time
