@@ -127,13 +127,9 @@ impl Emulator {
         self.shared.faults.locked().insert(provider, faults);
     }
 
-    /// Minutes since start: the demo balances are [`data`]'s figures at this minute.
-    pub fn minute(&self) -> u64 {
-        self.shared.minute()
-    }
-
-    /// Reads [`minute`](Self::minute) without borrowing the emulator (`tally demo` moves it into
-    /// its server task), so a test can tell which minute's figures it was served.
+    /// Reads the minutes since start (the demo balances are [`data`]'s figures at that minute)
+    /// without borrowing the emulator (`tally demo` moves it into its server task), so a test
+    /// can tell which minute's figures it was served.
     pub fn minute_reader(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
         let shared = Arc::clone(&self.shared);
         move || shared.minute()

@@ -16,7 +16,7 @@ pub fn generator(secret: &SecretString) -> Result<Totp, String> {
     Ok(Builder::new()
         .with_algorithm(Algorithm::SHA1)
         .with_digits(6)
-        .with_step_duration(30)
+        .with_step_duration(STEP_SECONDS)
         .with_secret(bytes)
         .build_noncompliant())
 }

@@ -106,7 +106,7 @@ impl LuxtakClient {
         params.insert(key.into(), json!(id));
         let answer = self.call("/api/payout/status", params).await?;
         let transient = UpstreamError::from_status(answer.status, None).is_some();
-        if !answer.envelope.is_success() && !transient && is_miss(&answer.envelope) {
+        if !transient && is_miss(&answer.envelope) {
             return Ok(None);
         }
         let status: LuxtakPayoutStatus = Self::data(&answer)?;

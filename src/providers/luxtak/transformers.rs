@@ -95,21 +95,23 @@ impl LuxtakEnvelope {
     }
 
     /// Classifies a non-success envelope by Luxtak's API codes (PROVIDERS.md §2.6). The
-    /// answer's `Retry-After` is kept whatever the HTTP status: 4004029 is the rate limit even
-    /// when it does not ride on a 429.
+    /// answer's `Retry-After` goes with 4004029 whatever the HTTP status: it is the rate limit
+    /// even when it does not ride on a 429.
     pub fn error(&self, http_status: u16, retry_after: Option<Duration>) -> UpstreamError {
         let reason = self.reason();
         let error = match self.code {
             4_004_001..=4_004_003 | 4_004_100 | 4_004_101 | 4_004_103 => {
                 UpstreamError::auth_failed(format!("Luxtak refused the credentials: {reason}"))
             }
-            4_004_029 => UpstreamError::rate_limited(format!("Luxtak is rate limiting: {reason}")),
+            4_004_029 => {
+                UpstreamError::rate_limited(format!("Luxtak is rate limiting: {reason}")).with_retry_after(retry_after)
+            }
             _ if reason.contains("request has expired") => UpstreamError::rejected(format!(
                 "Luxtak rejected the request timestamp ({reason}); check this host's clock (NTP)"
             )),
             _ => UpstreamError::rejected(format!("Luxtak answered {}: {reason}", self.code)),
         };
-        error.with_status(http_status).with_retry_after(retry_after).with_provider_code(self.code.to_string())
+        error.with_status(http_status).with_provider_code(self.code.to_string())
     }
 }
 
