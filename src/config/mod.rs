@@ -185,24 +185,28 @@ pub fn load(path: Option<&Path>) -> Result<(Settings, Source), ConfigError> {
         None => Source::BuiltInDefaults,
     };
     builder = builder.add_source(environment());
-    let cfg = builder.build().map_err(|e| ConfigError::new(file_key(&source), e.to_string()))?;
-    let raw: RawConfig = serde_path_to_error::deserialize(cfg).map_err(|e| {
-        let key = e.path().to_string();
-        ConfigError::new(if key == "." { file_key(&source) } else { key }, e.into_inner().to_string())
-    })?;
-    Ok((validate::validate(raw)?, source))
+    Ok((settings_from(builder, &file_key(&source))?, source))
 }
 
 /// Parses settings from TOML text alone (no environment layer): for tests and the demo.
 pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
     check_syntax("(config)", text)?;
-    let cfg = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .map_err(|e| ConfigError::new("(config)", e.to_string()))?;
+    settings_from(
+        config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)),
+        "(config)",
+    )
+}
+
+/// Builds, reads and validates the layered sources; an error of the whole document (not of
+/// one key) is named by `whole`, the file it came from.
+fn settings_from(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    whole: &str,
+) -> Result<Settings, ConfigError> {
+    let cfg = builder.build().map_err(|e| ConfigError::new(whole, e.to_string()))?;
     let raw: RawConfig = serde_path_to_error::deserialize(cfg).map_err(|e| {
         let key = e.path().to_string();
-        ConfigError::new(if key == "." { "(config)".to_owned() } else { key }, e.into_inner().to_string())
+        ConfigError::new(if key == "." { whole.to_owned() } else { key }, e.into_inner().to_string())
     })?;
     validate::validate(raw)
 }
