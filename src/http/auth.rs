@@ -22,7 +22,7 @@ pub struct Authenticated;
 
 /// Routes that hold no data: the probes, the API description and its page (which loads the
 /// description without a key), and the metrics unless `metrics.require_auth`.
-fn is_open(path: &str, metrics_require_auth: bool) -> bool {
+pub(super) fn is_open(path: &str, metrics_require_auth: bool) -> bool {
     PROBES.contains(&path)
         || path == "/openapi.json"
         || path == "/docs"

@@ -157,8 +157,9 @@ struct AuthPolicy {
 }
 
 impl AuthPolicy {
+    /// The rule the auth middleware applies, for the document.
     fn required(self, path: &str) -> bool {
-        self.keys && (path != "/metrics" || self.metrics)
+        self.keys && !auth::is_open(path, self.metrics)
     }
 }
 
