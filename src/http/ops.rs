@@ -99,12 +99,7 @@ pub async fn accounts(State(state): State<AppState>) -> axum::Json<AccountsRespo
                 timeout_ms: f.timeout.as_millis() as u64,
                 refresh_interval_seconds: f.refresh_interval.as_secs(),
                 last_success_at: health.last_success_at,
-                last_error: health.last_error.map(|(e, at)| AccountError {
-                    code: e.code().to_owned(),
-                    message: e.message,
-                    upstream_status: e.upstream_status,
-                    at,
-                }),
+                last_error: health.last_error.map(|(e, at)| AccountError::new(e, at)),
                 circuit: a.circuit_state(now),
             }
         })

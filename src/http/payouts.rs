@@ -132,15 +132,7 @@ pub async fn get_payout(
             let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };
             let accounts = errors
                 .into_iter()
-                .map(|(a, FetchFailure { error: e, at })| {
-                    let error = AccountError {
-                        code: e.code().to_owned(),
-                        message: e.message,
-                        upstream_status: e.upstream_status,
-                        at,
-                    };
-                    problem_account(&state, a, Some(error))
-                })
+                .map(|(a, FetchFailure { error, at })| problem_account(&state, a, Some(AccountError::new(error, at))))
                 .collect();
             let detail = "no account found the payout, and a lookup failed with nothing stored: it may be there";
             Err(ApiError::new(code, detail).with_accounts(accounts))

@@ -226,13 +226,7 @@ impl Service {
 
     /// `snapshot` served as stale for `failure`, or the account `failed` without one.
     fn stale_view(&self, index: usize, failure: FetchFailure, snapshot: Option<Arc<AccountSnapshot>>) -> View {
-        let FetchFailure { error, at } = failure;
-        let error = Some(AccountError {
-            code: error.code().to_owned(),
-            message: error.message,
-            upstream_status: error.upstream_status,
-            at,
-        });
+        let error = Some(AccountError::new(failure.error, failure.at));
         let (status, source) = match snapshot {
             Some(_) => (AccountStatus::Stale, Some(Source::Cache)),
             None => (AccountStatus::Failed, None),

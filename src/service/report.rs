@@ -122,6 +122,13 @@ pub struct AccountError {
     pub at: DateTime<Utc>,
 }
 
+impl AccountError {
+    /// An upstream failure as the API shows it, at the time it happened.
+    pub fn new(error: crate::providers::UpstreamError, at: DateTime<Utc>) -> Self {
+        Self { code: error.code().to_owned(), message: error.message, upstream_status: error.upstream_status, at }
+    }
+}
+
 /// RFC 3339 with exactly three fractional digits, so the field has a fixed width.
 fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
