@@ -12,3 +12,21 @@ pub fn account(provider: &str, base_url: &str, fields: &str) -> AccountConfig {
 pub fn http() -> UpstreamHttp {
     UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES)
 }
+
+/// A 401 and a 403 without any documented body, as a gateway in front of a provider sends
+/// them: each must come out of `balance_error` as an auth failure carrying its status, whatever
+/// order the client reads status and body in.
+pub async fn bare_refusals_are_auth_failures<F, Fut>(balance_error: F)
+where
+    F: Fn(wiremock::ResponseTemplate) -> Fut,
+    Fut: std::future::Future<Output = crate::providers::UpstreamError>,
+{
+    let refusals = [
+        (401, wiremock::ResponseTemplate::new(401).set_body_raw("<html>Unauthorized</html>", "text/html")),
+        (403, wiremock::ResponseTemplate::new(403)),
+    ];
+    for (status, response) in refusals {
+        let e = balance_error(response).await;
+        assert_eq!((e.kind, e.upstream_status), (crate::providers::UpstreamErrorKind::AuthFailed, Some(status)), "{e}");
+    }
+}

@@ -290,11 +290,7 @@ async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
             ResponseTemplate::new(403),
         ]
     };
-    for response in refusals() {
-        let e = balance_error(response).await;
-        assert_eq!(e.kind, UpstreamErrorKind::AuthFailed, "{e}");
-        assert!(matches!(e.upstream_status, Some(401 | 403)));
-    }
+    crate::providers::test_support::bare_refusals_are_auth_failures(balance_error).await;
     for response in refusals() {
         let server = MockServer::start().await;
         Mock::given(method("POST")).and(path(PAYOUT_PATH)).respond_with(response).mount(&server).await;

@@ -221,10 +221,7 @@ async fn every_documented_status_maps() {
 
 #[tokio::test]
 async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
-    let e = balance_error(ResponseTemplate::new(401).set_body_raw("<html>Unauthorized</html>", "text/html")).await;
-    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(401)));
-    let e = balance_error(ResponseTemplate::new(403)).await;
-    assert_eq!((e.kind, e.upstream_status), (UpstreamErrorKind::AuthFailed, Some(403)));
+    crate::providers::test_support::bare_refusals_are_auth_failures(balance_error).await;
 }
 
 /// Mounts one answer to a status lookup by `payout_id` and another by `custom_code`.
