@@ -77,7 +77,7 @@ impl Application {
                 "the store did not answer in time; serving live figures only, migrating once it answers"
             ),
         }
-        // The recorder first: the service registers its per-account counters with it.
+        // The recorder first: whatever the service records before it is installed is lost.
         let metrics = crate::telemetry::metrics_handle();
         let service =
             Service::new(&settings, Arc::clone(&store), clock, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES));

@@ -164,8 +164,8 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        // Closed after use rather than returned to the pool: a migration cut short could leave
-        // its connection holding the migration lock. Migrations run once per start.
+        // Closed after use, as on PostgreSQL: a migration cut short leaves nothing half-done
+        // on a pooled connection. Migrations run once per start.
         let mut conn = self.pool.acquire().await?;
         conn.close_on_drop();
         migrations::sqlite().run_direct(None, &mut *conn, false).await.map_err(|e| StoreError::Migration(e.to_string()))
