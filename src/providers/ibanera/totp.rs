@@ -39,6 +39,13 @@ pub fn code_for_step(totp: &Totp, step: u64) -> String {
     code_at(totp, step * STEP_SECONDS)
 }
 
+/// Whether `code` is the code of the step of `unix_seconds` or of one within `skew` steps of
+/// it, as servers allow for clock skew (the emulator, and tests of the client).
+pub fn accepts(totp: &Totp, code: &str, unix_seconds: u64, skew: u64) -> bool {
+    let step = step_at(unix_seconds);
+    (step.saturating_sub(skew)..=step + skew).any(|s| code_for_step(totp, s) == code)
+}
+
 /// Config validation: the secret must decode.
 pub fn secret_is_valid(secret: &SecretString) -> Result<(), String> {
     generator(secret).map(|_| ())
@@ -67,6 +74,15 @@ mod tests {
         assert_eq!(code_for_step(&totp, step_at(59)), "287082");
         assert_eq!(code_for_step(&totp, 2), code_at(&totp, 89));
         assert_ne!(code_for_step(&totp, 2), code_for_step(&totp, 3));
+    }
+
+    #[test]
+    fn a_code_is_accepted_within_the_allowed_skew_only() {
+        let totp = generator(&SecretString::from("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ")).unwrap();
+        let previous = code_at(&totp, 59);
+        assert!(accepts(&totp, &previous, 60, 1) && accepts(&totp, &previous, 30, 0));
+        assert!(!accepts(&totp, &previous, 60, 0) && !accepts(&totp, &previous, 90, 1));
+        assert!(accepts(&totp, &code_at(&totp, 0), 0, 1), "no step before the first");
     }
 
     #[test]
