@@ -98,7 +98,7 @@ impl Service {
             return wait;
         }
         let mut lease = None;
-        if self.store_health.last_error().is_none() && self.store.fetch_events().is_some() {
+        if self.store_health.last_error().is_none() && self.store_is_shared() {
             match self.take_lease(account).await {
                 // Another fetch holds it: its figure lands soon; look again then.
                 Ok(None) => return period / 10,

@@ -12,7 +12,7 @@ use super::clock::{age, age_seconds};
 use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, BalancesReport, Source, totals};
 use super::{AccountState, FetchFailure, Service};
 use crate::domain::{AccountId, Currency, Provider};
-use crate::store::{AccountSnapshot, Backend};
+use crate::store::AccountSnapshot;
 use crate::sync::MutexExt;
 
 /// What a `/balances` request asks for. Empty lists select everything.
@@ -161,7 +161,7 @@ impl Service {
         }
         // Another replica sharing the store may hold a newer figure than this process. The
         // store gets a share of the time, the rest is left for fetching.
-        if self.store.backend() == Backend::Postgres
+        if self.store_is_shared()
             && let Ok(Some(stored)) =
                 self.guarded_by(self.store.latest_balances(account.id()), Self::store_share(deadline)).await
         {

@@ -347,6 +347,12 @@ impl Service {
         self.guarded_by(self.store.balance_history(query), deadline).await
     }
 
+    /// Whether other replicas may share this store (PostgreSQL), and so hold newer figures or
+    /// an account's lease; with SQLite this process is alone.
+    fn store_is_shared(&self) -> bool {
+        self.store.backend() == crate::store::Backend::Postgres
+    }
+
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
     }
