@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::clock::age;
 use super::coalesce::{Joined, Shared};
 use super::{AccountState, FetchFailure, Service};
-use crate::domain::{AccountId, Payout, PayoutLookup, PayoutStatus};
+use crate::domain::{AccountId, Payout, PayoutLookup};
 use crate::providers::UpstreamError;
 use crate::store::StoredPayout;
 
@@ -158,7 +158,7 @@ impl Service {
     ) -> PayoutView {
         let now = self.clock.now();
         if let Some(previous) = &stored
-            && regresses(&previous.payout, &payout)
+            && crate::store::decide::regresses(&previous.payout, &payout)
         {
             tracing::warn!(account = %account.id(), payout = %payout.id, stored = previous.payout.status.as_str(),
                 reported = payout.status.as_str(), provider_status = %payout.provider_status,
@@ -223,44 +223,5 @@ impl Service {
             service.payout_lookups.finish(publisher, outcome);
         });
         rx
-    }
-}
-
-/// A final status may only be followed by another final one; of those only a refund after a
-/// success (`succeeded` → `reversed`) is expected, and the rest are still taken as reported.
-fn regresses(stored: &Payout, reported: &Payout) -> bool {
-    stored.is_final
-        && !reported.is_final
-        && !(stored.status == PayoutStatus::Succeeded && reported.status == PayoutStatus::Reversed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn payout(status: PayoutStatus, is_final: bool) -> Payout {
-        Payout {
-            id: "p".into(),
-            reference: None,
-            status,
-            provider_status: status.as_str().into(),
-            is_final,
-            amount: None,
-            currency: None,
-            fee: None,
-            failure: None,
-            created_at: None,
-            updated_at: None,
-        }
-    }
-
-    #[test]
-    fn a_final_status_never_goes_back_to_a_non_final_one() {
-        let succeeded = payout(PayoutStatus::Succeeded, true);
-        assert!(regresses(&succeeded, &payout(PayoutStatus::Pending, false)));
-        assert!(regresses(&payout(PayoutStatus::Failed, true), &payout(PayoutStatus::Processing, false)));
-        assert!(!regresses(&succeeded, &payout(PayoutStatus::Reversed, true)), "refunds after payment exist");
-        assert!(!regresses(&payout(PayoutStatus::Pending, false), &succeeded));
-        assert!(!regresses(&payout(PayoutStatus::Pending, false), &payout(PayoutStatus::Processing, false)));
     }
 }

@@ -1,11 +1,17 @@
 //! Persistence: the only module with SQL. One small interface ([`Store`]) with two
-//! implementations chosen by the URL scheme: [`sqlite`] (embedded default) and [`postgres`]
-//! (production, shared by replicas).
+//! implementations chosen by the URL scheme:
+//!
+//! - [`sqlite`]: the embedded default;
+//! - [`postgres`]: production, shared by replicas;
+//! - [`decide`]: what a write keeps (change point or confirmation, payout transition or not,
+//!   a final status regressing), decided once for both; the backends hold SQL only;
+//! - `migrations`: the schema of each backend, applied once however many callers ask.
 //!
 //! Balance figures are kept as change points: a new row only when an
 //! `(account, wallet, currency)` figure set changes, otherwise the row's `last_confirmed_at`
 //! moves. The latest fetch of an account is the set of rows confirmed at its `fetched_at`.
 
+pub mod decide;
 mod migrations;
 
 pub use migrations::MigrationGate;
@@ -232,11 +238,6 @@ pub fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
     } else {
         Ok(Arc::new(postgres::PostgresStore::open(url, settings.max_connections)?))
     }
-}
-
-/// Changes of a fetched entry against the last stored point of its series.
-fn unchanged(stored: &BalanceEntry, fetched: &BalanceEntry) -> bool {
-    stored.same_figures(fetched)
 }
 
 fn parse_provider(text: &str) -> Result<Provider, StoreError> {

@@ -98,12 +98,11 @@ async fn upsert_point(
     .bind(e.currency.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    if let Some(row) = last
-        && unchanged(&entry(&row)?, e)
-    {
+    let last = last.map(|row| Ok::<_, StoreError>((row.try_get::<i64, _>("id")?, entry(&row)?))).transpose()?;
+    if let decide::Point::Confirms(id) = decide::point(last, e) {
         sqlx::query("UPDATE balance_points SET last_confirmed_at = ?1 WHERE id = ?2 AND last_confirmed_at < ?1")
             .bind(at)
-            .bind(row.try_get::<i64, _>("id")?)
+            .bind(id)
             .execute(&mut **tx)
             .await?;
         return Ok(());
@@ -296,8 +295,7 @@ impl Store for SqliteStore {
         .bind(micros(p.fetched_at))
         .execute(&mut *tx)
         .await?;
-        let changed = previous.is_none_or(|(s, ps)| s != po.status.as_str() || ps != po.provider_status);
-        if changed {
+        if decide::is_transition(previous, po) {
             sqlx::query(
                 "INSERT INTO payout_transitions (account, payout_id, observed_at, provider_status, status, source)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

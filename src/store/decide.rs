@@ -1,0 +1,99 @@
+//! What a write keeps, decided once for both backends: [`sqlite`](super::sqlite) and
+//! [`postgres`](super::postgres) read the stored row, ask here, and run the statement that the
+//! answer names. Keeping the rules out of the SQL keeps the twins from drifting apart.
+
+use crate::domain::{BalanceEntry, Payout, PayoutStatus};
+
+/// What a fetched figure set is to the last stored point of its series.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Point<Id> {
+    /// The same figures (scale included): the stored point, by its row id, is confirmed until
+    /// the fetch's time.
+    Confirms(Id),
+    /// New figures, or a series never seen: a new change point starts at the fetch's time.
+    Changes,
+}
+
+/// Decides between confirming the last stored point of a series (`last`: its row id and
+/// figures, if any) and starting a new one for `fetched`.
+pub fn point<Id>(last: Option<(Id, BalanceEntry)>, fetched: &BalanceEntry) -> Point<Id> {
+    match last {
+        Some((id, stored)) if stored.same_figures(fetched) => Point::Confirms(id),
+        _ => Point::Changes,
+    }
+}
+
+/// Whether saving `saved` over the stored `(status, provider_status)` of the payout (`None`:
+/// first sight) is a transition to append to its history. A change of the provider's own
+/// status counts even when it maps to the same status.
+pub fn is_transition(previous: Option<(String, String)>, saved: &Payout) -> bool {
+    previous.is_none_or(|(status, provider_status)| {
+        status != saved.status.as_str() || provider_status != saved.provider_status
+    })
+}
+
+/// Whether a `reported` status would take a `stored` payout back from a final status: a final
+/// status may only be followed by another final one; of those only a refund after a success
+/// (`succeeded` → `reversed`) is expected, and the rest are still taken as reported.
+pub fn regresses(stored: &Payout, reported: &Payout) -> bool {
+    stored.is_final
+        && !reported.is_final
+        && !(stored.status == PayoutStatus::Succeeded && reported.status == PayoutStatus::Reversed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payout(status: PayoutStatus, is_final: bool) -> Payout {
+        Payout {
+            id: "p".into(),
+            reference: None,
+            status,
+            provider_status: status.as_str().into(),
+            is_final,
+            amount: None,
+            currency: None,
+            fee: None,
+            failure: None,
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn a_final_status_never_goes_back_to_a_non_final_one() {
+        let succeeded = payout(PayoutStatus::Succeeded, true);
+        assert!(regresses(&succeeded, &payout(PayoutStatus::Pending, false)));
+        assert!(regresses(&payout(PayoutStatus::Failed, true), &payout(PayoutStatus::Processing, false)));
+        assert!(!regresses(&succeeded, &payout(PayoutStatus::Reversed, true)), "refunds after payment exist");
+        assert!(!regresses(&payout(PayoutStatus::Pending, false), &succeeded));
+        assert!(!regresses(&payout(PayoutStatus::Pending, false), &payout(PayoutStatus::Processing, false)));
+    }
+
+    #[test]
+    fn a_save_is_a_transition_on_first_sight_and_when_either_status_changes() {
+        let pending = payout(PayoutStatus::Pending, false);
+        assert!(is_transition(None, &pending));
+        assert!(!is_transition(Some(("pending".into(), "pending".into())), &pending));
+        assert!(is_transition(Some(("processing".into(), "pending".into())), &pending));
+        assert!(is_transition(Some(("pending".into(), "QUEUED".into())), &pending), "the provider's status moved");
+    }
+
+    #[test]
+    fn the_same_figures_confirm_the_last_point_and_others_start_one() {
+        let entry = |amount: &str| BalanceEntry {
+            wallet: "prefund".into(),
+            currency: "MYR".parse().unwrap(),
+            available: Some(crate::domain::parse_decimal(amount).unwrap()),
+            pending: None,
+            reserved: None,
+            total: None,
+            blocked: false,
+        };
+        assert_eq!(point(Some((7, entry("1.00"))), &entry("1.00")), Point::Confirms(7));
+        assert_eq!(point(Some((7, entry("1.00"))), &entry("1.0")), Point::Changes, "the scale is part of a figure");
+        assert_eq!(point(Some((7, entry("1.00"))), &entry("2.00")), Point::Changes);
+        assert_eq!(point::<i64>(None, &entry("1.00")), Point::Changes);
+    }
+}
