@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{AccountState, Service, clock};
+use super::{AccountState, Service, Within, clock};
 use crate::domain::AccountId;
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::sync::MutexExt;
@@ -57,13 +57,13 @@ impl Service {
 
     /// Takes the account's latest figure, circuit and health from the store.
     async fn sync_from_store(&self, account: &AccountState) {
-        if let Ok(Some(snapshot)) = self.guarded(self.store.latest_balances(account.id())).await {
+        if let Ok(Some(snapshot)) = self.store.latest_balances(account.id(), Within::Health).await {
             let mut health = account.health.locked();
             health.last_success_at = health.last_success_at.max(Some(snapshot.fetched_at));
             drop(health);
             account.offer(Arc::new(snapshot));
         }
-        if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await {
+        if let Ok(Some(shared)) = self.store.last_failure(account.id(), Within::Health).await {
             account.adopt_circuit(&shared);
             let failure = shared.failure;
             let mut health = account.health.locked();
@@ -98,12 +98,12 @@ impl Service {
             return wait;
         }
         let mut lease = None;
-        if self.store_health.last_error().is_none() && self.store_is_shared() {
+        if !self.store.health().is_failing() && self.store.is_shared() {
             match self.take_lease(account).await {
                 // Another fetch holds it: its figure lands soon; look again then.
                 Ok(None) => return period / 10,
                 Ok(Some(held)) => {
-                    if let Ok(Some(stored)) = self.guarded(self.store.latest_balances(account.id())).await {
+                    if let Ok(Some(stored)) = self.store.latest_balances(account.id(), Within::Health).await {
                         account.offer(Arc::new(stored));
                     }
                     // Dropping the lease releases it.

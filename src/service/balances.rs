@@ -161,9 +161,8 @@ impl Service {
         }
         // Another replica sharing the store may hold a newer figure than this process. The
         // store gets a share of the time, the rest is left for fetching.
-        if self.store_is_shared()
-            && let Ok(Some(stored)) =
-                self.guarded_by(self.store.latest_balances(account.id()), Self::store_share(deadline)).await
+        if self.store.is_shared()
+            && let Ok(Some(stored)) = self.store.latest_balances(account.id(), super::Within::share_of(deadline)).await
         {
             account.offer(Arc::new(stored));
             if let Some(view) = self.fresh_cached(index, bound) {
@@ -215,7 +214,7 @@ impl Service {
         let mut snapshot = account.latest();
         if snapshot.is_none()
             && Instant::now() < deadline
-            && let Ok(Some(stored)) = self.guarded_by(self.store.latest_balances(account.id()), deadline).await
+            && let Ok(Some(stored)) = self.store.latest_balances(account.id(), super::Within::Until(deadline)).await
         {
             let stored = Arc::new(stored);
             account.offer(Arc::clone(&stored));

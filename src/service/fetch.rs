@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::coalesce::{Joined, Shared};
 use super::lease::{self, Lease};
-use super::{AccountState, FetchFailure, FetchOutcome, Service};
+use super::{AccountState, FetchFailure, FetchOutcome, Service, Within};
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::store::{AccountSnapshot, FailedFetch};
 use crate::sync::MutexExt;
@@ -62,7 +62,7 @@ impl Service {
         if lease.is_some() {
             // Under the lease the cluster's circuit decides: failures seen by other replicas
             // count here, and one probe per cool-down is made in the whole cluster.
-            let shared = self.guarded_by(self.store.last_failure(account.id()), Self::store_share(deadline)).await;
+            let shared = self.store.last_failure(account.id(), Within::share_of(deadline)).await;
             if let Ok(Some(shared)) = shared {
                 account.adopt_circuit(&shared);
             }
@@ -130,10 +130,8 @@ impl Service {
                     failed_at: now,
                 };
                 let threshold = account.config.circuit.failure_threshold;
-                let (store, account_id) = (Arc::clone(&self.store), account.id().clone());
-                let record = async move { store.record_failure(&account_id, &failed, threshold).await };
                 // With a shared store the failure counts in the cluster's run; alone, here.
-                match self.write_behind(record, Self::write_until(deadline)).await {
+                match self.store.record_failure(account.id(), failed, threshold, deadline).await {
                     Some(Ok(Some(shared))) => account.adopt_circuit(&shared),
                     // Not shared, or not recorded (yet: once it lands, following the cluster's
                     // announcements adopts the recorded run).
@@ -152,23 +150,19 @@ impl Service {
     /// Takes the account's cluster-wide lease for one fetch, unless another fetch holds it
     /// (with SQLite, always granted). Dropping the lease releases it.
     pub async fn take_lease(&self, account: &AccountState) -> Result<Option<Lease>, crate::store::StoreError> {
-        self.take_lease_by(account, None).await
+        self.take_lease_by(account, Within::Health).await
     }
 
     /// [`take_lease`](Self::take_lease), giving up on the store at `by`.
     async fn take_lease_by(
         &self,
         account: &AccountState,
-        by: Option<Instant>,
+        by: Within,
     ) -> Result<Option<Lease>, crate::store::StoreError> {
         let token = lease::token(&self.replica_id, self.lease_sequence.fetch_add(1, Ordering::Relaxed));
         let ttl = lease::lease_ttl(self.request_timeout);
-        let call = self.store.try_lease(account.id(), &token, ttl);
-        let granted = match by {
-            Some(by) => self.guarded_by(call, by).await?,
-            None => self.guarded(call).await?,
-        };
-        Ok(granted.then(|| Lease::granted(&self.store, account.id(), token, ttl)))
+        let granted = self.store.try_lease(account.id(), &token, ttl, by).await?;
+        Ok(granted.then(|| Lease::granted(self.store.unguarded(), account.id(), token, ttl)))
     }
 
     /// How long a replica waits for the holder of an account's lease before fetching itself:
@@ -187,22 +181,20 @@ impl Service {
     ///
     /// [`longest_wait`]: Self::longest_wait
     async fn coordinate(&self, account: &AccountState, deadline: Instant) -> Coordinated {
-        let Some(mut events) = self.store_health.last_error().is_none().then(|| self.store.fetch_events()).flatten()
-        else {
+        let Some(mut events) = (!self.store.health().is_failing()).then(|| self.store.fetch_events()).flatten() else {
             return Coordinated::Alone;
         };
         // What the store held before asking for the lease: a result landing any time after
         // this, even before the wait starts, is the holder's.
-        let share = Self::store_share(deadline);
-        let (Ok(before_snapshot), Ok(before_failure)) = (
-            self.guarded_by(self.store.latest_balances(account.id()), share).await,
-            self.guarded_by(self.store.last_failure(account.id()), share).await,
-        ) else {
+        let share = Within::share_of(deadline);
+        let (Ok(before_snapshot), Ok(before_failure)) =
+            (self.store.latest_balances(account.id(), share).await, self.store.last_failure(account.id(), share).await)
+        else {
             return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
         let before_failure = before_failure.map(|f| f.failure.failed_at);
-        let mut lease = match self.take_lease_by(account, Some(share)).await {
+        let mut lease = match self.take_lease_by(account, share).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
@@ -226,7 +218,7 @@ impl Service {
                     () = tokio::time::sleep_until(until) => return Coordinated::Alone,
                 }
             }
-            if let Ok(Some(snapshot)) = self.guarded(self.store.latest_balances(account.id())).await
+            if let Ok(Some(snapshot)) = self.store.latest_balances(account.id(), Within::Health).await
                 && Some(snapshot.fetched_at) != before_snapshot
             {
                 let snapshot = Arc::new(snapshot);
@@ -235,7 +227,7 @@ impl Service {
                 account.health.locked().last_success_at = Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
-            if let Ok(Some(shared)) = self.guarded(self.store.last_failure(account.id())).await
+            if let Ok(Some(shared)) = self.store.last_failure(account.id(), Within::Health).await
                 && Some(shared.failure.failed_at) != before_failure
             {
                 account.adopt_circuit(&shared);
@@ -306,9 +298,7 @@ impl Service {
     /// by `/readyz`, but never keeps a live figure from being served: past the deadline the
     /// figure is served while its write goes on.
     async fn persist(&self, snapshot: &Arc<AccountSnapshot>, deadline: Instant) {
-        let (store, stored) = (Arc::clone(&self.store), Arc::clone(snapshot));
-        let write = async move { store.record_balances(&stored).await };
-        match self.write_behind(write, Self::write_until(deadline)).await {
+        match self.store.record_balances(snapshot, deadline).await {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot")

@@ -6,6 +6,8 @@
 //!   report of SPEC §3 (entries, per-currency totals, per-account status);
 //! - [`payouts`]: one payout status across accounts;
 //! - `coalesce`: one call in flight per key, shared by its callers;
+//! - [`guarded_store`]: the store with its health: every call bounded by what is known of the
+//!   store and by the time its caller has left;
 //! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
 //! - `background`: periodic refresh, and following other replicas' fetches;
 //! - [`circuit`] and [`clock`]: the breaker (shared through the store by replicas) and
@@ -19,6 +21,7 @@ pub mod circuit;
 pub mod clock;
 mod coalesce;
 mod fetch;
+pub mod guarded_store;
 pub mod lease;
 pub mod payouts;
 pub mod report;
@@ -39,6 +42,7 @@ use crate::sync::{MutexExt, RwLockExt};
 
 pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use guarded_store::{GuardedStore, StoreHealth, Within};
 
 /// The result of one fetch, shared by every request that waited for it.
 pub type FetchOutcome = Result<Arc<AccountSnapshot>, FetchFailure>;
@@ -152,68 +156,13 @@ impl AccountState {
     }
 }
 
-/// Whether the store answered the last time it was used (for `/readyz` and logs).
-#[derive(Default)]
-pub struct StoreHealth {
-    last_error: Mutex<Option<String>>,
-}
-
-/// How long a store call may take while the store answers.
-const STORE_BOUND: Duration = Duration::from_secs(5);
-/// How long a store call may take once the store is known to be failing, so an outage does
-/// not add its connection timeout to every answer. A call given at least this long that does
-/// not answer marks the store as failing.
-const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
-
-impl StoreHealth {
-    fn record<T>(&self, result: &Result<T, crate::store::StoreError>) {
-        let mut last = self.last_error.locked();
-        match result {
-            Ok(_) => *last = None,
-            Err(e) => *last = Some(e.to_string()),
-        }
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.locked().clone()
-    }
-
-    /// How long the next store call may take, from what is known of the store.
-    fn bound(&self) -> Duration {
-        if self.last_error().is_some() { FAILING_STORE_BOUND } else { STORE_BOUND }
-    }
-
-    /// Runs a store call for at most `bound`, recording the result. A call cut short before
-    /// [`FAILING_STORE_BOUND`] (the caller had no more time) says nothing about the store.
-    async fn run<T>(
-        &self,
-        bound: Duration,
-        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
-    ) -> Result<T, crate::store::StoreError> {
-        match tokio::time::timeout(bound, call).await {
-            Ok(result) => {
-                self.record(&result);
-                result
-            }
-            Err(_) => {
-                let late = Err(crate::store::StoreError::Unavailable("the store did not answer in time".into()));
-                if bound >= FAILING_STORE_BOUND {
-                    self.record(&late);
-                }
-                late
-            }
-        }
-    }
-}
-
 pub struct Service {
     accounts: Vec<Arc<AccountState>>,
     by_id: HashMap<AccountId, usize>,
-    store: Arc<dyn Store>,
+    store: GuardedStore,
     clock: Arc<dyn Clock>,
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
-    store_health: Arc<StoreHealth>,
     /// This process's name in fetch lease tokens.
     replica_id: String,
     /// Numbers this process's fetches, so each holds a lease under its own token.
@@ -247,11 +196,10 @@ impl Service {
         Arc::new(Self {
             accounts,
             by_id,
-            store,
+            store: GuardedStore::new(store),
             clock,
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
-            store_health: Default::default(),
             replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             lease_sequence: Default::default(),
             fetches: Default::default(),
@@ -273,59 +221,7 @@ impl Service {
     }
 
     pub fn store_health(&self) -> &StoreHealth {
-        &self.store_health
-    }
-
-    /// A store call bounded by what is known of the store's health: a store already known to
-    /// be failing gets a short bound, so an outage does not add its connection timeout to
-    /// every answer; each result updates what is known.
-    async fn guarded<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
-    ) -> Result<T, crate::store::StoreError> {
-        self.store_health.run(self.store_health.bound(), call).await
-    }
-
-    /// A store call on a request's path: bounded as [`guarded`](Self::guarded), and by `by`,
-    /// the time this step of the request may take, so a stalled store cannot hold an answer
-    /// past its deadline.
-    async fn guarded_by<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
-        by: tokio::time::Instant,
-    ) -> Result<T, crate::store::StoreError> {
-        let left = by.saturating_duration_since(tokio::time::Instant::now());
-        self.store_health.run(self.store_health.bound().min(left), call).await
-    }
-
-    /// A store write that must not be lost because a request stopped waiting for it: it runs
-    /// in its own task (bounded as [`guarded`](Self::guarded)), and the caller waits for it
-    /// until `by`. `None` when the caller stopped waiting first; the write goes on.
-    async fn write_behind<T: Send + 'static>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, crate::store::StoreError>> + Send + 'static,
-        by: tokio::time::Instant,
-    ) -> Option<Result<T, crate::store::StoreError>> {
-        let health = Arc::clone(&self.store_health);
-        let write = tokio::spawn(async move { health.run(health.bound(), call).await });
-        match tokio::time::timeout_at(by, write).await {
-            Ok(joined) => Some(joined.unwrap_or_else(|e| Err(crate::store::StoreError::Unavailable(e.to_string())))),
-            Err(_) => None,
-        }
-    }
-
-    /// The part of the time left before `deadline` that a request spends on the store before
-    /// fetching: a quarter, so that a stalled store leaves the upstream call most of it.
-    fn store_share(deadline: tokio::time::Instant) -> tokio::time::Instant {
-        let now = tokio::time::Instant::now();
-        now + deadline.saturating_duration_since(now) / 4
-    }
-
-    /// How long a step that must finish before answering may wait for a store write: until
-    /// the deadline, and at least [`FAILING_STORE_BOUND`] (the fetch outlived the request that
-    /// started it; later requests joining it want the write too).
-    fn write_until(deadline: tokio::time::Instant) -> tokio::time::Instant {
-        deadline.max(tokio::time::Instant::now() + FAILING_STORE_BOUND)
+        self.store.health()
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -344,13 +240,7 @@ impl Service {
         query: &crate::store::HistoryQuery,
     ) -> Result<Vec<crate::store::HistoryPoint>, crate::store::StoreError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        self.guarded_by(self.store.balance_history(query), deadline).await
-    }
-
-    /// Whether other replicas may share this store (PostgreSQL), and so hold newer figures or
-    /// an account's lease; with SQLite this process is alone.
-    fn store_is_shared(&self) -> bool {
-        self.store.backend() == crate::store::Backend::Postgres
+        self.store.balance_history(query, Within::Until(deadline)).await
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -362,10 +252,7 @@ impl Service {
     pub async fn warm_up(&self) {
         // Start listening for other replicas' fetches before any request needs them.
         drop(self.store.fetch_events());
-        let loaded = self.store.all_latest_balances().await;
-        // A store that is down at start is known to be failing from the first request on.
-        self.store_health.record(&loaded);
-        match loaded {
+        match self.store.all_latest_balances().await {
             Ok(snapshots) => {
                 let mut loaded = 0;
                 for snapshot in snapshots {

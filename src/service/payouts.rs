@@ -118,7 +118,7 @@ impl Service {
     }
 
     async fn payout_on(self: &Arc<Self>, account: &Arc<AccountState>, query: &PayoutQuery, deadline: Instant) -> Per {
-        let found = self.guarded_by(self.store.find_payout(account.id(), &query.id), Self::store_share(deadline)).await;
+        let found = self.store.find_payout(account.id(), &query.id, super::Within::share_of(deadline)).await;
         let stored = match found {
             Ok(stored) => stored,
             Err(e) => {
@@ -167,11 +167,9 @@ impl Service {
         }
         let fresh =
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
-        let (store, observed) = (Arc::clone(&self.store), fresh.clone());
-        let save = async move { store.save_payout(&observed, "lookup").await };
         // Until the deadline only: this runs within the request's own deadline (a lookup outlives
         // no request), and a write still running then goes on while the payout is served.
-        match self.write_behind(save, deadline).await {
+        match self.store.save_payout(&fresh, "lookup", deadline).await {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(account = %account.id(), error = %e, "could not store a payout observation")

@@ -1,0 +1,242 @@
+//! The store as the service uses it: every call bounded, by what is known of the store's
+//! health and by the time its caller has left, and every result recorded in that health (for
+//! `/readyz` and logs). A store already known to be failing gets a short bound, so an outage
+//! does not add its connection timeout to every answer; a stalled store cannot hold an answer
+//! past its deadline; and a write that must not be lost runs on after its caller stops waiting.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::domain::AccountId;
+use crate::store::{
+    AccountSnapshot, FailedFetch, HistoryPoint, HistoryQuery, SharedFailure, Store, StoreError, StoredPayout,
+};
+use crate::sync::MutexExt;
+
+/// How long a store call may take while the store answers.
+const STORE_BOUND: Duration = Duration::from_secs(5);
+/// How long a store call may take once the store is known to be failing, so an outage does
+/// not add its connection timeout to every answer. A call given at least this long that does
+/// not answer marks the store as failing.
+const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
+
+/// Whether the store answered the last time it was used (for `/readyz` and logs).
+#[derive(Default)]
+pub struct StoreHealth {
+    last_error: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    fn record<T>(&self, result: &Result<T, StoreError>) {
+        let mut last = self.last_error.locked();
+        match result {
+            Ok(_) => *last = None,
+            Err(e) => *last = Some(e.to_string()),
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.locked().clone()
+    }
+
+    /// Whether the last store call failed: then there is nothing to coordinate replicas through.
+    pub fn is_failing(&self) -> bool {
+        self.last_error.locked().is_some()
+    }
+
+    /// How long the next store call may take, from what is known of the store.
+    fn bound(&self) -> Duration {
+        if self.is_failing() { FAILING_STORE_BOUND } else { STORE_BOUND }
+    }
+
+    /// Runs a store call for at most the health's bound, and until `within` allows, recording
+    /// the result. A call cut short before [`FAILING_STORE_BOUND`] (the caller had no more
+    /// time) says nothing about the store.
+    pub(super) async fn run<T>(
+        &self,
+        within: Within,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let bound = match within {
+            Within::Health => self.bound(),
+            Within::Until(by) => self.bound().min(by.saturating_duration_since(Instant::now())),
+        };
+        match tokio::time::timeout(bound, call).await {
+            Ok(result) => {
+                self.record(&result);
+                result
+            }
+            Err(_) => {
+                let late = Err(StoreError::Unavailable("the store did not answer in time".into()));
+                if bound >= FAILING_STORE_BOUND {
+                    self.record(&late);
+                }
+                late
+            }
+        }
+    }
+
+    /// A store write that must not be lost because a request stopped waiting for it: it runs
+    /// in its own task (bounded by the health only), and the caller waits for it until `by`.
+    /// `None` when the caller stopped waiting first; the write goes on.
+    pub(super) async fn behind<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+        by: Instant,
+    ) -> Option<Result<T, StoreError>> {
+        let health = Arc::clone(self);
+        let write = tokio::spawn(async move { health.run(Within::Health, call).await });
+        match tokio::time::timeout_at(by, write).await {
+            Ok(joined) => Some(joined.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())))),
+            Err(_) => None,
+        }
+    }
+}
+
+/// How long a store call may wait, besides the bound the store's health sets.
+#[derive(Clone, Copy, Debug)]
+pub enum Within {
+    /// The health's bound only: work no request waits on.
+    Health,
+    /// Until this instant: a step of a request, which a stalled store must not hold past it.
+    Until(Instant),
+}
+
+impl Within {
+    /// The part of the time left before `deadline` that a request spends on the store before
+    /// fetching: a quarter, so that a stalled store leaves the upstream call most of it. Taken
+    /// once per step: the step's store calls share it.
+    pub fn share_of(deadline: Instant) -> Self {
+        let now = Instant::now();
+        Self::Until(now + deadline.saturating_duration_since(now) / 4)
+    }
+}
+
+/// How long a step that must finish before answering may wait for the write of a fetch's
+/// result: until the deadline, and at least [`FAILING_STORE_BOUND`] (the fetch outlived the
+/// request that started it; later requests joining it want the write too).
+fn write_until(deadline: Instant) -> Instant {
+    deadline.max(Instant::now() + FAILING_STORE_BOUND)
+}
+
+/// The store with its health: the bounded store calls the service makes.
+pub struct GuardedStore {
+    store: Arc<dyn Store>,
+    health: Arc<StoreHealth>,
+}
+
+impl GuardedStore {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, health: Default::default() }
+    }
+
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
+    }
+
+    /// The store unguarded, for a lease's heartbeat and release, which bound their own calls.
+    pub(super) fn unguarded(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Whether other replicas may share this store (PostgreSQL), and so hold newer figures or
+    /// an account's lease; with SQLite this process is alone.
+    pub fn is_shared(&self) -> bool {
+        self.store.backend() == crate::store::Backend::Postgres
+    }
+
+    /// Whether the store answers and holds the schema this build expects (for `/readyz`,
+    /// which bounds it, and which must not be cut short by what was known of the store).
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        self.store.check_ready().await
+    }
+
+    /// The last stored figures of every account, unbounded: read once at start, before
+    /// serving. A store that is down then is known to be failing from the first request on.
+    pub async fn all_latest_balances(&self) -> Result<Vec<AccountSnapshot>, StoreError> {
+        let loaded = self.store.all_latest_balances().await;
+        self.health.record(&loaded);
+        loaded
+    }
+
+    pub async fn latest_balances(
+        &self,
+        account: &AccountId,
+        within: Within,
+    ) -> Result<Option<AccountSnapshot>, StoreError> {
+        self.health.run(within, self.store.latest_balances(account)).await
+    }
+
+    pub async fn balance_history(&self, query: &HistoryQuery, within: Within) -> Result<Vec<HistoryPoint>, StoreError> {
+        self.health.run(within, self.store.balance_history(query)).await
+    }
+
+    pub async fn find_payout(
+        &self,
+        account: &AccountId,
+        id: &str,
+        within: Within,
+    ) -> Result<Option<StoredPayout>, StoreError> {
+        self.health.run(within, self.store.find_payout(account, id)).await
+    }
+
+    /// Persists a fetch's figures, waited for until [`write_until`] the fetch's `deadline`;
+    /// `None` if the write was still running then (it goes on).
+    pub async fn record_balances(
+        &self,
+        snapshot: &Arc<AccountSnapshot>,
+        deadline: Instant,
+    ) -> Option<Result<(), StoreError>> {
+        let (store, stored) = (Arc::clone(&self.store), Arc::clone(snapshot));
+        let write = async move { store.record_balances(&stored).await };
+        self.health.behind(write, write_until(deadline)).await
+    }
+
+    /// Saves a payout observation, waited for until `deadline` only: a lookup outlives no
+    /// request, and a write still running then goes on while the payout is served.
+    pub async fn save_payout(
+        &self,
+        payout: &StoredPayout,
+        source: &'static str,
+        deadline: Instant,
+    ) -> Option<Result<(), StoreError>> {
+        let (store, observed) = (Arc::clone(&self.store), payout.clone());
+        let save = async move { store.save_payout(&observed, source).await };
+        self.health.behind(save, deadline).await
+    }
+
+    pub async fn last_failure(&self, account: &AccountId, within: Within) -> Result<Option<SharedFailure>, StoreError> {
+        self.health.run(within, self.store.last_failure(account)).await
+    }
+
+    pub async fn try_lease(
+        &self,
+        account: &AccountId,
+        holder: &str,
+        ttl: Duration,
+        within: Within,
+    ) -> Result<bool, StoreError> {
+        self.health.run(within, self.store.try_lease(account, holder, ttl)).await
+    }
+
+    /// Records a failed fetch for the cluster, waited for until [`write_until`] the fetch's
+    /// `deadline`; `None` if the write was still running then (it goes on).
+    pub async fn record_failure(
+        &self,
+        account: &AccountId,
+        failed: FailedFetch,
+        threshold: u32,
+        deadline: Instant,
+    ) -> Option<Result<Option<SharedFailure>, StoreError>> {
+        let (store, account) = (Arc::clone(&self.store), account.clone());
+        let record = async move { store.record_failure(&account, &failed, threshold).await };
+        self.health.behind(record, write_until(deadline)).await
+    }
+
+    pub fn fetch_events(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.store.fetch_events()
+    }
+}
