@@ -27,8 +27,8 @@ impl Service {
                 tokio::spawn(async move { service.refresh_periodically(account).await })
             })
             .collect();
-        if let Some(events) = self.store.fetch_events() {
-            tasks.push(tokio::spawn(Arc::clone(self).follow_cluster(events)));
+        if let Some(cluster) = &self.cluster {
+            tasks.push(tokio::spawn(Arc::clone(self).follow_cluster(cluster.events())));
         }
         tasks
     }
@@ -63,7 +63,9 @@ impl Service {
             drop(health);
             account.offer(Arc::new(snapshot));
         }
-        if let Ok(Some(shared)) = self.store.last_failure(account.id(), Within::Health).await {
+        if let Some(cluster) = &self.cluster
+            && let Ok(Some(shared)) = cluster.last_failure(account.id(), Within::Health).await
+        {
             account.adopt_circuit(&shared);
             let failure = shared.failure;
             let mut health = account.health.locked();
@@ -98,8 +100,8 @@ impl Service {
             return wait;
         }
         let mut lease = None;
-        if !self.store.health().is_failing() && self.store.is_shared() {
-            match self.take_lease(account).await {
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| !self.store.health().is_failing()) {
+            match cluster.take_lease(account.id()).await {
                 // Another fetch holds it: its figure lands soon; look again then.
                 Ok(None) => return period / 10,
                 Ok(Some(held)) => {

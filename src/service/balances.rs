@@ -161,7 +161,7 @@ impl Service {
         }
         // Another replica sharing the store may hold a newer figure than this process. The
         // store gets a share of the time, the rest is left for fetching.
-        if self.store.is_shared()
+        if self.cluster.is_some()
             && let Ok(Some(stored)) = self.store.latest_balances(account.id(), super::Within::share_of(deadline)).await
         {
             account.offer(Arc::new(stored));

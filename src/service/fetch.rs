@@ -2,7 +2,6 @@
 //! retries for transient failures, the circuit breaker, and persistence before serving.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -59,10 +58,12 @@ impl Service {
                 Coordinated::Alone => None,
             },
         };
-        if lease.is_some() {
+        if lease.is_some()
+            && let Some(cluster) = &self.cluster
+        {
             // Under the lease the cluster's circuit decides: failures seen by other replicas
             // count here, and one probe per cool-down is made in the whole cluster.
-            let shared = self.store.last_failure(account.id(), Within::share_of(deadline)).await;
+            let shared = cluster.last_failure(account.id(), Within::share_of(deadline)).await;
             if let Ok(Some(shared)) = shared {
                 account.adopt_circuit(&shared);
             }
@@ -130,10 +131,14 @@ impl Service {
                     failed_at: now,
                 };
                 let threshold = account.config.circuit.failure_threshold;
-                // With a shared store the failure counts in the cluster's run; alone, here.
-                match self.store.record_failure(account.id(), failed, threshold, deadline).await {
-                    Some(Ok(Some(shared))) => account.adopt_circuit(&shared),
-                    // Not shared, or not recorded (yet: once it lands, following the cluster's
+                // With replicas the failure counts in the cluster's run; alone, here.
+                let recorded = match &self.cluster {
+                    Some(cluster) => cluster.record_failure(account.id(), failed, threshold, deadline).await,
+                    None => None,
+                };
+                match recorded {
+                    Some(Ok(shared)) => account.adopt_circuit(&shared),
+                    // Alone, or not recorded (yet: once it lands, following the cluster's
                     // announcements adopts the recorded run).
                     recorded => {
                         if let Some(Err(e)) = recorded {
@@ -145,24 +150,6 @@ impl Service {
                 Err(FetchFailure { error, at: now })
             }
         }
-    }
-
-    /// Takes the account's cluster-wide lease for one fetch, unless another fetch holds it
-    /// (with SQLite, always granted). Dropping the lease releases it.
-    pub async fn take_lease(&self, account: &AccountState) -> Result<Option<Lease>, crate::store::StoreError> {
-        self.take_lease_by(account, Within::Health).await
-    }
-
-    /// [`take_lease`](Self::take_lease), giving up on the store at `by`.
-    async fn take_lease_by(
-        &self,
-        account: &AccountState,
-        by: Within,
-    ) -> Result<Option<Lease>, crate::store::StoreError> {
-        let token = lease::token(&self.replica_id, self.lease_sequence.fetch_add(1, Ordering::Relaxed));
-        let ttl = lease::lease_ttl(self.request_timeout);
-        let granted = self.store.try_lease(account.id(), &token, ttl, by).await?;
-        Ok(granted.then(|| Lease::granted(self.store.unguarded(), account.id(), token, ttl)))
     }
 
     /// How long a replica waits for the holder of an account's lease before fetching itself:
@@ -181,20 +168,21 @@ impl Service {
     ///
     /// [`longest_wait`]: Self::longest_wait
     async fn coordinate(&self, account: &AccountState, deadline: Instant) -> Coordinated {
-        let Some(mut events) = (!self.store.health().is_failing()).then(|| self.store.fetch_events()).flatten() else {
+        let Some(cluster) = self.cluster.as_ref().filter(|_| !self.store.health().is_failing()) else {
             return Coordinated::Alone;
         };
+        let mut events = cluster.events();
         // What the store held before asking for the lease: a result landing any time after
         // this, even before the wait starts, is the holder's.
         let share = Within::share_of(deadline);
         let (Ok(before_snapshot), Ok(before_failure)) =
-            (self.store.latest_balances(account.id(), share).await, self.store.last_failure(account.id(), share).await)
+            (self.store.latest_balances(account.id(), share).await, cluster.last_failure(account.id(), share).await)
         else {
             return Coordinated::Alone;
         };
         let before_snapshot = before_snapshot.map(|s| s.fetched_at);
         let before_failure = before_failure.map(|f| f.failure.failed_at);
-        let mut lease = match self.take_lease_by(account, share).await {
+        let mut lease = match cluster.take_lease_within(account.id(), share).await {
             Ok(lease) => lease,
             Err(e) => {
                 tracing::warn!(account = %account.id(), error = %e, "could not take the fetch lease; fetching anyway");
@@ -227,7 +215,7 @@ impl Service {
                 account.health.locked().last_success_at = Some(snapshot.fetched_at);
                 return Coordinated::Done(Ok(snapshot));
             }
-            if let Ok(Some(shared)) = self.store.last_failure(account.id(), Within::Health).await
+            if let Ok(Some(shared)) = cluster.last_failure(account.id(), Within::Health).await
                 && Some(shared.failure.failed_at) != before_failure
             {
                 account.adopt_circuit(&shared);
@@ -241,7 +229,7 @@ impl Service {
             if let Some(lease) = lease {
                 return Coordinated::Leased(lease);
             }
-            lease = self.take_lease(account).await.ok().flatten();
+            lease = cluster.take_lease(account.id()).await.ok().flatten();
         }
     }
 

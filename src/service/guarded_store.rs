@@ -11,9 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::domain::AccountId;
-use crate::store::{
-    AccountSnapshot, FailedFetch, HistoryPoint, HistoryQuery, SharedFailure, Store, StoreError, StoredPayout,
-};
+use crate::store::{AccountSnapshot, Cluster, HistoryPoint, HistoryQuery, Store, StoreError, StoredPayout};
 use crate::sync::MutexExt;
 
 /// How long a store call may take while the store answers.
@@ -118,7 +116,7 @@ impl Within {
 /// How long a step that must finish before answering may wait for the write of a fetch's
 /// result: until the deadline, and at least [`FAILING_STORE_BOUND`] (the fetch outlived the
 /// request that started it; later requests joining it want the write too).
-fn write_until(deadline: Instant) -> Instant {
+pub(super) fn write_until(deadline: Instant) -> Instant {
     deadline.max(Instant::now() + FAILING_STORE_BOUND)
 }
 
@@ -137,15 +135,10 @@ impl GuardedStore {
         &self.health
     }
 
-    /// The store unguarded, for a lease's heartbeat and release, which bound their own calls.
-    pub(super) fn unguarded(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// Whether other replicas may share this store (PostgreSQL), and so hold newer figures or
-    /// an account's lease; with SQLite this process is alone.
-    pub fn is_shared(&self) -> bool {
-        self.store.backend() == crate::store::Backend::Postgres
+    /// The coordination of the replicas sharing this store, if they can share it (PostgreSQL),
+    /// with the health it is guarded by: the store's own, for they are one database.
+    pub(super) fn cluster(&self) -> Option<(Arc<dyn Cluster>, Arc<StoreHealth>)> {
+        Some((self.store.cluster()?, Arc::clone(&self.health)))
     }
 
     /// Whether the store answers and holds the schema this build expects (for `/readyz`,
@@ -206,37 +199,5 @@ impl GuardedStore {
         let (store, observed) = (Arc::clone(&self.store), payout.clone());
         let save = async move { store.save_payout(&observed, source).await };
         self.health.behind(save, deadline).await
-    }
-
-    pub async fn last_failure(&self, account: &AccountId, within: Within) -> Result<Option<SharedFailure>, StoreError> {
-        self.health.run(within, self.store.last_failure(account)).await
-    }
-
-    pub async fn try_lease(
-        &self,
-        account: &AccountId,
-        holder: &str,
-        ttl: Duration,
-        within: Within,
-    ) -> Result<bool, StoreError> {
-        self.health.run(within, self.store.try_lease(account, holder, ttl)).await
-    }
-
-    /// Records a failed fetch for the cluster, waited for until [`write_until`] the fetch's
-    /// `deadline`; `None` if the write was still running then (it goes on).
-    pub async fn record_failure(
-        &self,
-        account: &AccountId,
-        failed: FailedFetch,
-        threshold: u32,
-        deadline: Instant,
-    ) -> Option<Result<Option<SharedFailure>, StoreError>> {
-        let (store, account) = (Arc::clone(&self.store), account.clone());
-        let record = async move { store.record_failure(&account, &failed, threshold).await };
-        self.health.behind(record, write_until(deadline)).await
-    }
-
-    pub fn fetch_events(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        self.store.fetch_events()
     }
 }

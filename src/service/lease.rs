@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::domain::AccountId;
-use crate::store::Store;
+use crate::store::Cluster;
 
 /// How long a lease lasts without renewal: a quarter of the request deadline (within 0.5 s to
 /// 5 s), so that a replica waiting on a dead holder takes over with time left to fetch.
@@ -28,17 +28,18 @@ pub fn lease_ttl(request_timeout: Duration) -> Duration {
 const RELEASE_BOUND: Duration = Duration::from_secs(2);
 
 pub struct Lease {
-    store: Arc<dyn Store>,
+    cluster: Arc<dyn Cluster>,
     account: AccountId,
     token: String,
     heartbeat: JoinHandle<()>,
 }
 
 impl Lease {
-    /// A lease the store just granted to `token`: renewed every third of its ttl until dropped.
-    pub(super) fn granted(store: &Arc<dyn Store>, account: &AccountId, token: String, ttl: Duration) -> Self {
-        let heartbeat = tokio::spawn(heartbeat(Arc::clone(store), account.clone(), token.clone(), ttl));
-        Self { store: Arc::clone(store), account: account.clone(), token, heartbeat }
+    /// A lease the cluster just granted to `token`: renewed every third of its ttl until
+    /// dropped.
+    pub(super) fn granted(cluster: &Arc<dyn Cluster>, account: &AccountId, token: String, ttl: Duration) -> Self {
+        let heartbeat = tokio::spawn(heartbeat(Arc::clone(cluster), account.clone(), token.clone(), ttl));
+        Self { cluster: Arc::clone(cluster), account: account.clone(), token, heartbeat }
     }
 }
 
@@ -49,10 +50,10 @@ impl Drop for Lease {
         // announcement, not by the release, so nothing needs to wait for it. Without a runtime
         // (shutting down) the lease simply lapses.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (store, account, token) =
-                (Arc::clone(&self.store), self.account.clone(), std::mem::take(&mut self.token));
+            let (cluster, account, token) =
+                (Arc::clone(&self.cluster), self.account.clone(), std::mem::take(&mut self.token));
             runtime.spawn(async move {
-                match tokio::time::timeout(RELEASE_BOUND, store.release_lease(&account, &token)).await {
+                match tokio::time::timeout(RELEASE_BOUND, cluster.release_lease(&account, &token)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(account = %account, error = %e, "could not release a fetch lease; it will lapse")
@@ -64,13 +65,13 @@ impl Drop for Lease {
     }
 }
 
-async fn heartbeat(store: Arc<dyn Store>, account: AccountId, token: String, ttl: Duration) {
+async fn heartbeat(cluster: Arc<dyn Cluster>, account: AccountId, token: String, ttl: Duration) {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        match tokio::time::timeout(ttl / 3, store.renew_lease(&account, &token, ttl)).await {
+        match tokio::time::timeout(ttl / 3, cluster.renew_lease(&account, &token, ttl)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 // It lapsed and another fetch took it: that one is now the holder.

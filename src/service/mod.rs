@@ -8,7 +8,9 @@
 //! - `coalesce`: one call in flight per key, shared by its callers;
 //! - [`guarded_store`]: the store with its health: every call bounded by what is known of the
 //!   store and by the time its caller has left;
-//! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
+//! - [`cluster`]: coordination with the replicas sharing the store (PostgreSQL only): leases,
+//!   the shared failures and circuit, fetch announcements;
+//! - [`lease`]: a fetch's cluster-wide lease on an account;
 //! - `background`: periodic refresh, and following other replicas' fetches;
 //! - [`circuit`] and [`clock`]: the breaker (shared through the store by replicas) and
 //!   injectable time.
@@ -19,6 +21,7 @@ mod background;
 pub mod balances;
 pub mod circuit;
 pub mod clock;
+pub mod cluster;
 mod coalesce;
 mod fetch;
 pub mod guarded_store;
@@ -163,10 +166,9 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
-    /// This process's name in fetch lease tokens.
-    replica_id: String,
-    /// Numbers this process's fetches, so each holds a lease under its own token.
-    lease_sequence: std::sync::atomic::AtomicU64,
+    /// Present when replicas share the store (PostgreSQL): whether another replica may hold
+    /// newer figures or an account's lease.
+    cluster: Option<cluster::GuardedCluster>,
     /// One balance fetch in flight per account.
     fetches: coalesce::Coalescer<AccountId, FetchOutcome>,
     /// One payout lookup in flight per account and id.
@@ -193,15 +195,16 @@ impl Service {
             })
             .collect();
         let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id().clone(), i)).collect();
+        let store = GuardedStore::new(store);
+        let cluster = cluster::GuardedCluster::of(&store, settings.server.request_timeout);
         Arc::new(Self {
             accounts,
             by_id,
-            store: GuardedStore::new(store),
+            store,
+            cluster,
             clock,
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
-            replica_id: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
-            lease_sequence: Default::default(),
             fetches: Default::default(),
             payout_lookups: Default::default(),
         })
@@ -222,6 +225,12 @@ impl Service {
 
     pub fn store_health(&self) -> &StoreHealth {
         self.store.health()
+    }
+
+    /// The coordination of the replicas sharing the store; `None` when this process is alone
+    /// with it (SQLite).
+    pub fn cluster(&self) -> Option<&cluster::GuardedCluster> {
+        self.cluster.as_ref()
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -251,7 +260,9 @@ impl Service {
     /// is logged and skipped: tally then starts cold and fetches live.
     pub async fn warm_up(&self) {
         // Start listening for other replicas' fetches before any request needs them.
-        drop(self.store.fetch_events());
+        if let Some(cluster) = &self.cluster {
+            drop(cluster.events());
+        }
         match self.store.all_latest_balances().await {
             Ok(snapshots) => {
                 let mut loaded = 0;

@@ -3,6 +3,8 @@
 //!
 //! - [`sqlite`]: the embedded default;
 //! - [`postgres`]: production, shared by replicas;
+//! - [`cluster`]: the coordination of replicas sharing a store (leases, shared failures and
+//!   circuit, fetch announcements): a [`Cluster`] only PostgreSQL has;
 //! - [`decide`]: what a write keeps (change point or confirmation, payout transition or not,
 //!   a final status regressing), decided once for both; the backends hold SQL only;
 //! - `migrations`: the schema of each backend, applied once however many callers ask.
@@ -11,9 +13,11 @@
 //! `(account, wallet, currency)` figure set changes, otherwise the row's `last_confirmed_at`
 //! moves. The latest fetch of an account is the set of rows confirmed at its `fetched_at`.
 
+pub mod cluster;
 pub mod decide;
 mod migrations;
 
+pub use cluster::{Cluster, FETCH_EVENTS, FailedFetch, SharedFailure};
 pub use migrations::MigrationGate;
 pub mod postgres;
 pub mod sqlite;
@@ -107,39 +111,8 @@ pub struct PayoutTransition {
     pub source: String,
 }
 
-/// A failed fetch, to record for other replicas.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FailedFetch {
-    pub code: String,
-    pub message: String,
-    pub upstream_status: Option<u16>,
-    pub failed_at: DateTime<Utc>,
-}
-
-/// An account's last failed fetch as recorded, with the account's circuit as the cluster sees
-/// it: the run of consecutive failures (0 after a success) and when the circuit opened.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedFailure {
-    pub failure: FailedFetch,
-    pub consecutive_failures: u32,
-    /// When the circuit (re)opened; `None` while it is closed.
-    pub opened_at: Option<DateTime<Utc>>,
-}
-
-/// The channel on which the store announces that an account's fetch finished (succeeded or
-/// failed) somewhere in the cluster; the payload is the account id.
-pub const FETCH_EVENTS: &str = "tally_fetches";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 #[async_trait]
 pub trait Store: Send + Sync {
-    fn backend(&self) -> Backend;
-
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 
@@ -175,58 +148,9 @@ pub trait Store: Send + Sync {
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
 
-    // Coordination of replicas sharing the store. A single-process store (SQLite) needs none:
-    // it grants every lease and announces nothing.
-
-    /// Takes the cluster-wide lease on fetching `account` for `holder` (one fetch), unless a
-    /// lease on it has not expired, whoever holds it.
-    async fn try_lease(
-        &self,
-        _account: &AccountId,
-        _holder: &str,
-        _ttl: std::time::Duration,
-    ) -> Result<bool, StoreError> {
-        Ok(true)
-    }
-
-    /// Extends `holder`'s lease by `ttl` from now; false if it is no longer the holder.
-    async fn renew_lease(
-        &self,
-        _account: &AccountId,
-        _holder: &str,
-        _ttl: std::time::Duration,
-    ) -> Result<bool, StoreError> {
-        Ok(true)
-    }
-
-    /// Ends `holder`'s lease; a lease held by another holder is left alone.
-    async fn release_lease(&self, _account: &AccountId, _holder: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Records a failed fetch and announces it, counting it in the account's run of failures:
-    /// the circuit opens when the run reaches `threshold`, and re-opens at once on a failed
-    /// probe. Returns the circuit as recorded, or `None` if the store does not share it.
-    async fn record_failure(
-        &self,
-        _account: &AccountId,
-        _failure: &FailedFetch,
-        _threshold: u32,
-    ) -> Result<Option<SharedFailure>, StoreError> {
-        Ok(None)
-    }
-
-    /// The last recorded failure and the shared circuit (a success resets its run, not the
-    /// failure's details).
-    async fn last_failure(&self, _account: &AccountId) -> Result<Option<SharedFailure>, StoreError> {
-        Ok(None)
-    }
-
-    /// Announcements of finished fetches across the cluster (account ids), if the store
-    /// coordinates replicas.
-    fn fetch_events(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
-        None
-    }
+    /// The coordination of replicas sharing this store (PostgreSQL); `None` when this process
+    /// is alone with its store (SQLite).
+    fn cluster(&self) -> Option<Arc<dyn Cluster>>;
 }
 
 /// Opens the store named by `store.url` (without migrating). Connections are made lazily, so

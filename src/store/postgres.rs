@@ -1,4 +1,6 @@
 //! The PostgreSQL store: shared by replicas; amounts as NUMERIC, times as TIMESTAMPTZ.
+//! Its [`PostgresCluster`] is how those replicas coordinate (leases, shared failures and
+//! circuit, `LISTEN`/`NOTIFY`).
 //!
 //! Amounts cross the driver as text (`$n::numeric`, `col::text`): sqlx's binary Decimal
 //! codec drops the scale of zero (`0.00` comes back `0`), and the scale is part of a figure.
@@ -17,6 +19,13 @@ use super::*;
 
 pub struct PostgresStore {
     pool: PgPool,
+    cluster: Arc<PostgresCluster>,
+}
+
+/// The coordination of the replicas sharing this database: its own tables (`fetch_leases`,
+/// `fetch_failures`) and `LISTEN`/`NOTIFY`.
+pub struct PostgresCluster {
+    pool: PgPool,
     /// Fetch announcements from `LISTEN tally_fetches`, started on first subscription.
     events: OnceLock<(broadcast::Sender<String>, tokio::task::JoinHandle<()>)>,
 }
@@ -32,7 +41,8 @@ impl PostgresStore {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
-        Ok(Self { pool, events: OnceLock::new() })
+        let cluster = Arc::new(PostgresCluster { pool: pool.clone(), events: OnceLock::new() });
+        Ok(Self { pool, cluster })
     }
 
     /// The pool, for PostgreSQL-only coordination between replicas.
@@ -159,10 +169,6 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
-    }
-
     async fn migrate(&self) -> Result<(), StoreError> {
         // Closed after use rather than returned to the pool: a migration cut short could leave
         // its connection holding the migration lock. Migrations run once per start.
@@ -372,12 +378,19 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         // The listener holds a pooled connection; the pool closes only once it is returned.
-        if let Some((_, listener)) = self.events.get() {
+        if let Some((_, listener)) = self.cluster.events.get() {
             listener.abort();
         }
         self.pool.close().await;
     }
 
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        Some(Arc::clone(&self.cluster) as Arc<dyn Cluster>)
+    }
+}
+
+#[async_trait]
+impl Cluster for PostgresCluster {
     async fn try_lease(&self, account: &AccountId, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
         let granted: Option<String> = sqlx::query_scalar(
             "INSERT INTO fetch_leases (account, holder, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))
@@ -419,7 +432,7 @@ impl Store for PostgresStore {
         account: &AccountId,
         failure: &FailedFetch,
         threshold: u32,
-    ) -> Result<Option<SharedFailure>, StoreError> {
+    ) -> Result<SharedFailure, StoreError> {
         let mut tx = self.pool.begin().await?;
         // One statement, so concurrent failures (replicas fetching alone while the store was
         // unreachable) each count once.
@@ -443,7 +456,7 @@ impl Store for PostgresStore {
         .await?;
         sqlx::query("SELECT pg_notify($1, $2)").bind(FETCH_EVENTS).bind(account.as_str()).execute(&mut *tx).await?;
         tx.commit().await?;
-        shared_failure(&row).map(Some)
+        shared_failure(&row)
     }
 
     async fn last_failure(&self, account: &AccountId) -> Result<Option<SharedFailure>, StoreError> {
@@ -457,13 +470,13 @@ impl Store for PostgresStore {
         row.as_ref().map(shared_failure).transpose()
     }
 
-    fn fetch_events(&self) -> Option<broadcast::Receiver<String>> {
+    fn fetch_events(&self) -> broadcast::Receiver<String> {
         let (sender, _) = self.events.get_or_init(|| {
             let (sender, _) = broadcast::channel(1024);
             let listener = tokio::spawn(listen(self.pool.clone(), sender.clone()));
             (sender, listener)
         });
-        Some(sender.subscribe())
+        sender.subscribe()
     }
 }
 

@@ -158,10 +158,6 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
-    }
-
     async fn migrate(&self) -> Result<(), StoreError> {
         // Closed after use, as on PostgreSQL: a migration cut short leaves nothing half-done
         // on a pooled connection. Migrations run once per start.
@@ -352,5 +348,10 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// One process with its own file: nothing to coordinate.
+    fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        None
     }
 }

@@ -167,13 +167,14 @@ async fn two_fetches_of_one_replica_exclude_each_other_through_the_lease() {
     let Some(db) = TestDb::postgres().await else { return };
     let upstream = slow_upstream(Duration::ZERO).await;
     let app = TestApp::spawn(db.url(), &accounts(&[&upstream], "")).await;
-    let account = app.service.account(&"acct-0".parse().unwrap()).unwrap();
-    let first = app.service.take_lease(account).await.unwrap().expect("the first fetch takes the lease");
-    let second = app.service.take_lease(account).await.unwrap();
+    let account = app.service.account(&"acct-0".parse().unwrap()).unwrap().id();
+    let cluster = app.service.cluster().expect("replicas share PostgreSQL");
+    let first = cluster.take_lease(account).await.unwrap().expect("the first fetch takes the lease");
+    let second = cluster.take_lease(account).await.unwrap();
     assert!(second.is_none(), "a second fetch of the same replica does not share the first one's lease");
     drop(first);
     eventually("the released lease is free again", Duration::from_secs(5), || async {
-        app.service.take_lease(account).await.unwrap().is_some()
+        cluster.take_lease(account).await.unwrap().is_some()
     })
     .await;
 }

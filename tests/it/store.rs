@@ -223,6 +223,7 @@ async fn an_unmigrated_store_is_not_ready() {
 async fn a_fetch_lease_is_held_by_exactly_one_holder() {
     let Some(db) = TestDb::postgres().await else { return };
     let store = migrated(&db).await;
+    let store = store.cluster().expect("replicas coordinate through PostgreSQL");
     let account: tally::domain::AccountId = "leanx-main".parse().unwrap();
     let ttl = std::time::Duration::from_secs(60);
     // Holders are fetches: the replica's id and the fetch's number.
@@ -279,4 +280,12 @@ async fn tally_starts_listening_while_its_migrations_wait_and_is_ready_once_they
         app.get_json("/readyz").await.0 == 200
     })
     .await;
+}
+
+#[tokio::test]
+async fn only_a_store_shared_by_replicas_coordinates_them() {
+    let sqlite = TestDb::sqlite();
+    assert!(sqlite.store().cluster().is_none(), "a SQLite file belongs to one process");
+    let Some(db) = TestDb::postgres().await else { return };
+    assert!(db.store().cluster().is_some());
 }
