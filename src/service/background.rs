@@ -100,7 +100,7 @@ impl Service {
             return wait;
         }
         let mut lease = None;
-        if let Some(cluster) = self.cluster.as_ref().filter(|_| !self.store.health().is_failing()) {
+        if let Some(cluster) = self.cluster.as_ref().filter(|cluster| cluster.answers()) {
             match cluster.take_lease(account.id()).await {
                 // Another fetch holds it: its figure lands soon; look again then.
                 Ok(None) => return period / 10,

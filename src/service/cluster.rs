@@ -43,6 +43,12 @@ impl GuardedCluster {
         })
     }
 
+    /// Whether there is anything to coordinate through now: not while the store (the cluster's
+    /// database) is failing; each replica then goes alone.
+    pub(super) fn answers(&self) -> bool {
+        !self.health.is_failing()
+    }
+
     /// Takes the account's cluster-wide lease for one fetch, unless another fetch holds it.
     /// Dropping the lease releases it.
     pub async fn take_lease(&self, account: &AccountId) -> Result<Option<Lease>, StoreError> {
@@ -69,9 +75,10 @@ impl GuardedCluster {
         self.health.run(within, self.cluster.last_failure(account)).await
     }
 
-    /// Records a failed fetch in the cluster's run of failures, waited for until
-    /// [`write_until`] the fetch's `deadline`; `None` if the write was still running then (it
-    /// goes on, and its announcement brings the recorded run to every replica).
+    /// Records a failed fetch in the cluster's run of failures, waited for until the fetch's
+    /// `deadline` and at least the failing-store bound ([`write_until`]); `None` if the write
+    /// was still running then (it goes on, and its announcement brings the recorded run to
+    /// every replica).
     pub(super) async fn record_failure(
         &self,
         account: &AccountId,

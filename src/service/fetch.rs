@@ -168,7 +168,7 @@ impl Service {
     ///
     /// [`longest_wait`]: Self::longest_wait
     async fn coordinate(&self, account: &AccountState, deadline: Instant) -> Coordinated {
-        let Some(cluster) = self.cluster.as_ref().filter(|_| !self.store.health().is_failing()) else {
+        let Some(cluster) = self.cluster.as_ref().filter(|cluster| cluster.answers()) else {
             return Coordinated::Alone;
         };
         let mut events = cluster.events();

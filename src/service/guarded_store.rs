@@ -176,8 +176,9 @@ impl GuardedStore {
         self.health.run(within, self.store.find_payout(account, id)).await
     }
 
-    /// Persists a fetch's figures, waited for until [`write_until`] the fetch's `deadline`;
-    /// `None` if the write was still running then (it goes on).
+    /// Persists a fetch's figures, waited for until the fetch's `deadline` and at least the
+    /// failing-store bound (`write_until`); `None` if the write was still running then (it goes
+    /// on).
     pub async fn record_balances(
         &self,
         snapshot: &Arc<AccountSnapshot>,

@@ -1,8 +1,20 @@
-//! What a write keeps, decided once for both backends: [`sqlite`](super::sqlite) and
-//! [`postgres`](super::postgres) read the stored row, ask here, and run the statement that the
-//! answer names. Keeping the rules out of the SQL keeps the twins from drifting apart.
+//! What a write keeps, and whether the schema is ready, decided once for both backends:
+//! [`sqlite`](super::sqlite) and [`postgres`](super::postgres) read the stored row, ask here,
+//! and run the statement that the answer names. Keeping the rules out of the SQL keeps the
+//! twins from drifting apart.
 
+use super::StoreError;
 use crate::domain::{BalanceEntry, Payout, PayoutStatus};
+
+/// Whether a schema whose newest applied migration is `applied` (`None`: none applied) is
+/// ready for a build whose newest migration is `expected`. A schema migrated further, by a
+/// newer build, counts as ready too.
+pub fn schema_ready(applied: Option<i64>, expected: i64) -> Result<(), StoreError> {
+    match applied {
+        Some(v) if v >= expected => Ok(()),
+        _ => Err(StoreError::NotMigrated(format!("expected version {expected}, found {applied:?}"))),
+    }
+}
 
 /// What a fetched figure set is to the last stored point of its series.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,6 +71,14 @@ mod tests {
             created_at: None,
             updated_at: None,
         }
+    }
+
+    #[test]
+    fn a_schema_is_ready_once_this_build_s_migrations_are_applied() {
+        assert!(schema_ready(Some(3), 3).is_ok());
+        assert!(schema_ready(Some(4), 3).is_ok(), "migrated further by a newer build");
+        assert!(matches!(schema_ready(Some(2), 3), Err(StoreError::NotMigrated(_))));
+        assert!(matches!(schema_ready(None, 3), Err(StoreError::NotMigrated(_))));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`cluster`]: the coordination of replicas sharing a store (leases, shared failures and
 //!   circuit, fetch announcements): a [`Cluster`] only PostgreSQL has;
 //! - [`decide`]: what a write keeps (change point or confirmation, payout transition or not,
-//!   a final status regressing), decided once for both; the backends hold SQL only;
+//!   a final status regressing) and whether the schema is ready, decided once for both; the
+//!   backends hold SQL only;
 //! - `migrations`: the schema of each backend, applied once however many callers ask.
 //!
 //! Balance figures are kept as change points: a new row only when an

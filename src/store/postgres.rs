@@ -44,11 +44,6 @@ impl PostgresStore {
         let cluster = Arc::new(PostgresCluster { pool: pool.clone(), events: OnceLock::new() });
         Ok(Self { pool, cluster })
     }
-
-    /// The pool, for PostgreSQL-only coordination between replicas.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 fn entry(row: &PgRow) -> Result<BalanceEntry, StoreError> {
@@ -188,11 +183,7 @@ impl Store for PostgresStore {
                 StoreError::Unavailable(m) if m.contains("_sqlx_migrations") => StoreError::NotMigrated(m),
                 other => other,
             })?;
-        let expected = migrations::latest_version(&migrations::postgres());
-        match applied {
-            Some(v) if v >= expected => Ok(()),
-            _ => Err(StoreError::NotMigrated(format!("expected version {expected}, found {applied:?}"))),
-        }
+        decide::schema_ready(applied, migrations::latest_version(&migrations::postgres()))
     }
 
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {

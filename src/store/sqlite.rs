@@ -171,11 +171,7 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| StoreError::NotMigrated(e.to_string()))?;
-        let expected = migrations::latest_version(&migrations::sqlite());
-        match applied {
-            Some(v) if v >= expected => Ok(()),
-            _ => Err(StoreError::NotMigrated(format!("expected version {expected}, found {applied:?}"))),
-        }
+        decide::schema_ready(applied, migrations::latest_version(&migrations::sqlite()))
     }
 
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
