@@ -45,7 +45,8 @@ use crate::sync::{MutexExt, RwLockExt};
 
 pub use circuit::CircuitState;
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use guarded_store::{GuardedStore, StoreHealth, Within};
+pub use guarded_store::StoreHealth;
+use guarded_store::{GuardedStore, Within};
 
 /// The result of one fetch, shared by every request that waited for it.
 pub type FetchOutcome = Result<Arc<AccountSnapshot>, FetchFailure>;
