@@ -14,10 +14,12 @@
 //! file), [`telemetry`] (logs and metrics), [`app`] (the composition root: store, service and
 //! router from settings, serving until shutdown), [`cli`] (the `tally` command), and
 //! [`emulator`] with [`demo`] (faithful fakes of the four providers, and `tally demo` on them),
-//! and [`sync`] (locks that stay usable after a caught panic).
+//! [`clock`] (injectable wall-clock time) and [`sync`] (locks that stay usable after a caught
+//! panic), on the ground floor: any module may use them, and they import nothing above them.
 
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domain;

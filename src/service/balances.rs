@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::clock::{age, age_seconds};
 use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, BalancesReport, Source, totals};
 use super::{AccountState, FetchFailure, Service};
+use crate::clock::{age, age_seconds};
 use crate::domain::{AccountId, Currency, Provider};
 use crate::store::AccountSnapshot;
 use crate::sync::MutexExt;

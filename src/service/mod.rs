@@ -8,15 +8,13 @@
 //! - `coalesce`: one call in flight per key, shared by its callers;
 //! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
 //! - `background`: periodic refresh, and following other replicas' fetches;
-//! - [`circuit`] and [`clock`]: the breaker (shared through the store by replicas) and
-//!   injectable time.
+//! - [`circuit`]: the breaker (shared through the store by replicas).
 //!
 //! Every store call on a request's path is bounded by the request's deadline.
 
 mod background;
 pub mod balances;
 pub mod circuit;
-pub mod clock;
 mod coalesce;
 mod fetch;
 pub mod lease;
@@ -31,6 +29,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, watch};
 
+use crate::clock::Clock;
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
@@ -38,7 +37,6 @@ use crate::store::{AccountSnapshot, Store};
 use crate::sync::{MutexExt, RwLockExt};
 
 pub use circuit::CircuitState;
-pub use clock::{Clock, ManualClock, SystemClock};
 
 /// The result of one fetch, shared by every request that waited for it.
 pub type FetchOutcome = Result<Arc<AccountSnapshot>, FetchFailure>;

@@ -17,10 +17,10 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
 use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
-use crate::service::{Clock, SystemClock};
 use transformers::{IbaneraBalance, IbaneraEnvelope, IbaneraLogin};
 
 const LOGIN_PATH: &str = "/api/v1/public/auth/login";

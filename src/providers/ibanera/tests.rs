@@ -153,8 +153,8 @@ async fn a_refused_cached_token_leads_to_one_new_login_and_one_retry() {
 /// A fixed time in the middle of a TOTP step.
 const NOW: i64 = 1_700_000_015;
 
-fn at(server: &MockServer, unix: i64) -> (IbaneraClient, Arc<crate::service::ManualClock>) {
-    let clock = Arc::new(crate::service::ManualClock::new(chrono::DateTime::from_timestamp(unix, 0).unwrap()));
+fn at(server: &MockServer, unix: i64) -> (IbaneraClient, Arc<crate::clock::ManualClock>) {
+    let clock = Arc::new(crate::clock::ManualClock::new(chrono::DateTime::from_timestamp(unix, 0).unwrap()));
     let mut c = client(server);
     c.clock = clock.clone();
     (c, clock)
