@@ -14,7 +14,7 @@
 //! file), [`telemetry`] (logs and metrics), [`app`] (the composition root: store, service and
 //! router from settings, serving until shutdown), [`cli`] (the `tally` command), and
 //! [`emulator`] with [`demo`] (faithful fakes of the four providers, and `tally demo` on them),
-//! [`clock`] (injectable wall-clock time) and [`sync`] (locks that stay usable after a caught
+//! [`clock`] (injectable wall-clock time), [`secret`] (secret config values) and [`sync`] (locks that stay usable after a caught
 //! panic), on the ground floor: any module may use them, and they import nothing above them.
 
 pub mod app;
@@ -26,6 +26,7 @@ pub mod domain;
 pub mod emulator;
 pub mod http;
 pub mod providers;
+pub mod secret;
 pub mod service;
 pub mod store;
 pub mod sync;

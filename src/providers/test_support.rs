@@ -1,12 +1,30 @@
 //! Shared by the provider client tests: accounts pointed at a fake upstream.
 
-use crate::config::{AccountConfig, from_toml};
-use crate::providers::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp};
+use std::time::Duration;
 
-/// One account of `provider` with `fields` (credentials etc.), its base URL at `base_url`.
-pub fn account(provider: &str, base_url: &str, fields: &str) -> AccountConfig {
-    let toml = format!("[[accounts]]\nid = \"test\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\n{fields}\n");
-    from_toml(&toml).unwrap_or_else(|e| panic!("test account: {e}")).accounts.remove(0)
+use crate::providers::{ClientContext, DEFAULT_MAX_RESPONSE_BYTES, ProviderSettings, UpstreamHttp, registration};
+
+/// One account's settings of provider `S`, read from `fields` (TOML keys as in an
+/// `[[accounts]]` entry), and its client context pointed at `base_url`. A `timeout` key is the
+/// account's own (default 5 s); the other keys are the provider's.
+pub fn account<S: ProviderSettings>(base_url: &str, fields: &str) -> (S, ClientContext) {
+    let mut keys: serde_json::Map<String, serde_json::Value> = config::Config::builder()
+        .add_source(config::File::from_str(fields, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_else(|e| panic!("test account: {e}"));
+    let timeout = keys.remove("timeout").map_or(Duration::from_secs(5), |t| {
+        humantime::parse_duration(t.as_str().expect("a timeout is text")).expect("a timeout is a duration")
+    });
+    let settings = S::deserialize(serde_json::Value::Object(keys)).unwrap_or_else(|e| panic!("test account: {e}"));
+    settings.check().unwrap_or_else(|e| panic!("test account: {e:?}"));
+    let context = ClientContext {
+        base_url: base_url.parse().expect("a test base URL is a URL"),
+        utc_offset: registration(S::PROVIDER).expect("a registered provider").default_utc_offset,
+        timeout,
+        http: http(),
+    };
+    (settings, context)
 }
 
 pub fn http() -> UpstreamHttp {

@@ -32,7 +32,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::clock::Clock;
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
+use crate::providers::{Capabilities, ClientContext, ProviderClient, UpstreamError, UpstreamHttp};
 use crate::store::{AccountSnapshot, Store};
 use crate::sync::{MutexExt, RwLockExt};
 
@@ -110,7 +110,7 @@ impl AccountState {
     }
 
     pub fn capabilities(&self) -> Capabilities {
-        self.client.capabilities()
+        self.config.provider.capabilities()
     }
 
     pub fn latest(&self) -> Option<Arc<AccountSnapshot>> {
@@ -232,7 +232,12 @@ impl Service {
                 Arc::new(AccountState {
                     cache_hits: AtomicU64::new(0),
                     cache_misses: AtomicU64::new(0),
-                    client: crate::providers::client_for(config, http),
+                    client: config.provider.client(ClientContext {
+                        base_url: config.base_url.clone(),
+                        utc_offset: config.utc_offset,
+                        timeout: config.freshness.timeout,
+                        http: http.clone(),
+                    }),
                     latest: RwLock::new(None),
                     circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
                     health: Mutex::new(Health::default()),

@@ -2,6 +2,7 @@
 //! sends `Authorization: Bearer <token>` and a fresh TOTP in `otp`. Repeated failed logins lock
 //! the account for 10 minutes, so a failed login is never retried before a cool-down.
 
+mod config;
 #[cfg(test)]
 mod tests;
 pub mod totp;
@@ -18,9 +19,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
+use crate::providers::{ClientContext, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
+pub use config::IbaneraSettings;
 use transformers::{IbaneraBalance, IbaneraEnvelope, IbaneraLogin};
 
 const LOGIN_PATH: &str = "/api/v1/public/auth/login";
@@ -52,18 +53,15 @@ struct Session {
 }
 
 impl IbaneraClient {
-    pub fn new(account: &AccountConfig, http: UpstreamHttp) -> Self {
-        let ProviderConfig::Ibanera { username, password, totp_secret, page_size } = &account.provider else {
-            unreachable!("client_for builds an Ibanera client only for an Ibanera account")
-        };
+    pub fn new(settings: &IbaneraSettings, account: ClientContext) -> Self {
         Self {
-            http,
-            base_url: account.base_url.clone(),
-            timeout: account.freshness.timeout,
-            username: username.clone(),
-            password: password.clone(),
-            totp: totp::generator(totp_secret).expect("config validation checked the TOTP secret"),
-            page_size: *page_size,
+            http: account.http,
+            base_url: account.base_url,
+            timeout: account.timeout,
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+            totp: totp::generator(&settings.totp_secret).expect("IbaneraSettings::check checked the TOTP secret"),
+            page_size: settings.page_size,
             session: Mutex::new(Session::default()),
             clock: Arc::new(SystemClock),
         }
@@ -197,10 +195,6 @@ impl IbaneraClient {
 
 #[async_trait]
 impl ProviderClient for IbaneraClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { balances: true, payouts: false }
-    }
-
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
         let mut entries = Vec::new();
         let mut pages = Vec::new();

@@ -6,7 +6,7 @@ use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 use super::*;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const SECRET: &str = "JBSWY3DPEHPK3PXP";
 const TOKEN: &str = "eyJ-test-access-token";
@@ -60,7 +60,10 @@ fn client(server: &MockServer) -> IbaneraClient {
     let fields = format!(
         "username = \"treasury\"\npassword = \"pa55\"\ntotp_secret = \"{SECRET}\"\npage_size = 2\ntimeout = \"300ms\""
     );
-    IbaneraClient::new(&account("ibanera", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<IbaneraSettings>(&server.uri(), &fields);
+        IbaneraClient::new(&settings, account)
+    }
 }
 
 async fn mount_login(server: &MockServer, response: ResponseTemplate) {
@@ -306,7 +309,8 @@ async fn transient_failures_and_bad_bodies_are_classified() {
 async fn payout_lookup_is_reported_unsupported_without_a_call() {
     let server = MockServer::start().await;
     let c = client(&server);
-    assert!(!c.capabilities().payouts);
+    let registered = crate::providers::registration(crate::domain::Provider::Ibanera).expect("registered");
+    assert!(!registered.capabilities.payouts);
     assert!(c.lookup_payout("42").await.is_err());
     assert!(server.received_requests().await.unwrap().is_empty());
 }

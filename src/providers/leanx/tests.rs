@@ -6,7 +6,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use super::*;
 use crate::domain::PayoutStatus;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const TOKEN: &str = "LP-0D7C06DE-MM|7394e58e-edee-4c42-9ca5-bcbc449f1b9f|2141df4a";
 
@@ -39,7 +39,10 @@ const PAYOUT_EXAMPLE: &str = r#"{
 
 fn client(server: &MockServer, extra: &str) -> LeanxClient {
     let fields = format!("auth_token = \"{TOKEN}\"\ntimeout = \"300ms\"\n{extra}");
-    LeanxClient::new(&account("leanx", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<LeanxSettings>(&server.uri(), &fields);
+        LeanxClient::new(&settings, account)
+    }
 }
 
 fn json(body: &str) -> ResponseTemplate {

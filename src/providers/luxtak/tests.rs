@@ -6,7 +6,7 @@ use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 use super::*;
 use crate::domain::PayoutStatus;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const APP_ID: &str = "94FAC0000000000000000000068548";
 const APP_KEY: &str = "test-app-key";
@@ -42,7 +42,10 @@ impl Match for BodyField {
 
 fn client(server: &MockServer) -> LuxtakClient {
     let fields = format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\"\ntimeout = \"300ms\"");
-    LuxtakClient::new(&account("luxtak", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<LuxtakSettings>(&server.uri(), &fields);
+        LuxtakClient::new(&settings, account)
+    }
 }
 
 fn json_response(status: u16, body: &str) -> ResponseTemplate {

@@ -6,7 +6,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use super::*;
 use crate::domain::PayoutStatus;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const TOKEN: &str = "yedpay-personal-token";
 
@@ -21,7 +21,10 @@ fn client(server: &MockServer, currencies: &str) -> YedpayClient {
     let fields = format!(
         "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = {currencies}\ntimeout = \"300ms\""
     );
-    YedpayClient::new(&account("yedpay", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<YedpaySettings>(&server.uri(), &fields);
+        YedpayClient::new(&settings, account)
+    }
 }
 
 fn json(status: u16, body: &str) -> ResponseTemplate {
@@ -200,7 +203,10 @@ async fn the_currencies_are_asked_concurrently() {
     let fields = format!(
         "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = [\"HKD\", \"USD\"]\ntimeout = \"5s\""
     );
-    let c = YedpayClient::new(&account("yedpay", &format!("http://{addr}"), &fields), http());
+    let c = {
+        let (settings, account) = account::<YedpaySettings>(&format!("http://{addr}"), &fields);
+        YedpayClient::new(&settings, account)
+    };
     let fetch = c.fetch_balances().await.expect("both calls were in flight together");
     let currencies: Vec<&str> = fetch.entries.iter().map(|e| e.currency.as_str()).collect();
     assert_eq!(currencies, ["HKD", "USD"]);
