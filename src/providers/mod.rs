@@ -9,6 +9,8 @@
 //! The service layer sees only [`ProviderClient`], built by [`ProviderConfig::client`]; the
 //! registry's one match is the only place that tells the providers apart.
 
+#[cfg(test)]
+mod conformance;
 mod error;
 mod http;
 pub mod ibanera;

@@ -4,7 +4,7 @@
 
 mod config;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod totp;
 mod transformers;
 

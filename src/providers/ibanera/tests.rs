@@ -352,3 +352,21 @@ async fn more_pages_than_tally_reads_is_an_error_not_a_partial_success() {
     let pages = server.received_requests().await.unwrap().iter().filter(|r| r.url.path() == BALANCES_PATH).count();
     assert_eq!(pages, 1, "known from the first page");
 }
+
+/// Ibanera's row of the conformance suite: the login is its prelude; it has no payouts.
+pub(crate) fn conformance() -> crate::providers::conformance::Case {
+    crate::providers::conformance::Case {
+        provider: crate::domain::Provider::Ibanera,
+        settings: format!("username = \"treasury\"\npassword = \"pa55\"\ntotp_secret = \"{SECRET}\"\npage_size = 2"),
+        balance_path: BALANCES_PATH,
+        balance_example: format!(
+            r#"{{"id":0,"details":[{PAGE_1}],"pageSize":2,"pageNumber":1,"numberOfPages":1,"status":"1","errors":[]}}"#
+        ),
+        figures: &["1000 USD 1250.50 249.50 - 1500.00 false", "1001 USDC 1520.12345678 0 - 1520.12345678 false"],
+        authorized: |request| {
+            if request.url.path() == LOGIN_PATH { LoginBody.matches(request) } else { Authorized.matches(request) }
+        },
+        prelude: Some(|server| Box::pin(mount_login(server, login_ok(3600)))),
+        payout: None,
+    }
+}

@@ -4,7 +4,7 @@
 mod config;
 mod signature;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transformers;
 
 use async_trait::async_trait;

@@ -222,11 +222,6 @@ async fn every_documented_status_maps() {
     }
 }
 
-#[tokio::test]
-async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
-    crate::providers::test_support::bare_refusals_are_auth_failures(balance_error).await;
-}
-
 /// Mounts one answer to a status lookup by `payout_id` and another by `custom_code`.
 async fn status_server(by_payout_id: ResponseTemplate, by_custom_code: ResponseTemplate) -> MockServer {
     let server = MockServer::start().await;
@@ -300,4 +295,24 @@ async fn only_a_not_found_custom_code_is_not_found() {
             .await;
     let e = client(&server).lookup_payout("order-77").await.unwrap_err();
     assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Rejected, Some("4001003")));
+}
+
+/// Luxtak's row of the conformance suite (its times are UTC: no naive-time case).
+pub(crate) fn conformance() -> crate::providers::conformance::Case {
+    crate::providers::conformance::Case {
+        provider: crate::domain::Provider::Luxtak,
+        settings: format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\""),
+        balance_path: "/api/balance",
+        balance_example: BALANCE_EXAMPLE.to_owned(),
+        figures: &[
+            "main USD 551.38 - - 551.38 false",
+            "main GBP 0 - - 0 false",
+            "main EUR 0 - - 0 false",
+            "main BRL 99002.23 - - 99002.23 false",
+            "main MXN 0 - - 0 false",
+        ],
+        authorized: |request| SignedByTestApp.matches(request),
+        prelude: None,
+        payout: None,
+    }
 }

@@ -3,7 +3,7 @@
 
 mod config;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transformers;
 
 use async_trait::async_trait;
