@@ -157,3 +157,36 @@ async fn error_classes_are_the_same_for_every_provider() {
         }
     }
 }
+
+/// The documented example with one more field, nested `depth` levels deep (about 2 bytes a
+/// level): valid JSON that a recursive reader without a bound overflows its stack on.
+fn deeply_nested(example: &str, depth: usize) -> String {
+    let close = example.rfind('}').expect("an example is a JSON object");
+    let nested = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    format!("{}, \"extra\": {nested}}}", &example[..close])
+}
+
+#[tokio::test]
+async fn a_hostile_answer_is_an_error_never_a_crash() {
+    for case in cases() {
+        for depth in [200, 5_000, 100_000] {
+            let server = serving(&case, json(&deeply_nested(&case.balance_example, depth))).await;
+            // A thread of the default test stack: an unbounded recursion overflows it and aborts.
+            let outcome = client(&case, &server).fetch_balances().await;
+            assert!(
+                outcome.as_ref().is_err_and(|e| e.kind == UpstreamErrorKind::InvalidResponse),
+                "{} nested {depth} deep: {:?}",
+                case.provider,
+                outcome.map(|f| f.entries.len())
+            );
+        }
+        for status in [429, 503] {
+            let huge = ResponseTemplate::new(status).insert_header("retry-after", u64::MAX.to_string().as_str());
+            let server = serving(&case, huge).await;
+            let e = client(&case, &server).fetch_balances().await.expect_err("the fetch fails");
+            let wait = e.retry_after.expect("the wait is kept, bounded");
+            assert_eq!(wait, crate::providers::MAX_RETRY_AFTER, "{} {status}: {e}", case.provider);
+            assert!(std::time::Instant::now().checked_add(wait).is_some());
+        }
+    }
+}

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use crate::domain::{BalanceFetch, PayoutLookup};
 
 pub use error::{UpstreamError, UpstreamErrorKind};
-pub use http::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp, UpstreamResponse};
+pub use http::{DEFAULT_MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, UpstreamHttp, UpstreamResponse};
 pub use registry::{ClientContext, ProviderConfig, ProviderSettings, Registration, SettingError, registration};
 
 /// What an account's provider can do, as reported by `/accounts`.

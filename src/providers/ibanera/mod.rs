@@ -28,6 +28,9 @@ const LOGIN_PATH: &str = "/api/v1/public/auth/login";
 const BALANCES_PATH: &str = "/api/v1/customer/accounts/balances";
 /// No new login this long after a failed one: the provider locks accounts for 10 minutes.
 pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(600);
+/// The longest token lifetime believed: a longer `expiresIn` is held to it, so time arithmetic
+/// on it cannot overflow, and the token is renewed at least daily.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// A bound on paging. An account with more pages fails rather than report part of its wallets
 /// as if they were all (raise `page_size` instead).
 const MAX_PAGES: u32 = 100;
@@ -135,9 +138,10 @@ impl IbaneraClient {
         // A 401/403 without the documented envelope is an auth failure (the shared rule).
         let envelope: IbaneraEnvelope<IbaneraLogin> = response.json()?;
         match envelope.details {
-            Some(login) if envelope.is_success() => {
-                Ok((SecretString::from(login.access_token), Duration::from_secs(login.expires_in)))
-            }
+            Some(login) if envelope.is_success() => Ok((
+                SecretString::from(login.access_token),
+                Duration::from_secs(login.expires_in).min(MAX_TOKEN_LIFETIME),
+            )),
             _ => {
                 let codes = envelope.codes();
                 Err(UpstreamError::auth_failed(format!("Ibanera refused the login: {codes}"))

@@ -135,6 +135,19 @@ async fn the_token_is_reused_until_it_expires_then_exactly_one_new_login() {
 }
 
 #[tokio::test]
+async fn a_token_lifetime_beyond_any_clock_is_held_to_a_day() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(u64::MAX)).await;
+    mount_pages(&server).await;
+    let c = client(&server);
+    c.fetch_balances().await.expect("a huge expiresIn is a long-lived token, not a panic");
+    c.fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 1, "the token is reused");
+    let expires = c.session.lock().await.token.as_ref().unwrap().1;
+    assert!(expires <= Instant::now() + MAX_TOKEN_LIFETIME, "renewed within a day");
+}
+
+#[tokio::test]
 async fn a_refused_cached_token_leads_to_one_new_login_and_one_retry() {
     let server = MockServer::start().await;
     mount_login(&server, login_ok(3600)).await;
