@@ -155,6 +155,20 @@ fn each_bad_config_names_its_key() {
         ("[auth]\napi_keys = [{ name = \"x\", sha256 = \"abc\" }]", "auth.api_keys[0].sha256", "hex SHA-256"),
         ("[store]\nurl = \"mysql://x\"", "store.url", "must start with"),
         ("[server]\nmax_concurrent_fetches = 0", "server.max_concurrent_fetches", "at least 1"),
+        // Durations a clock cannot be moved by are refused, not obeyed (they once gave 500s).
+        ("[server]\nrequest_timeout = \"500000000000years\"", "server.request_timeout", "at most 365 days"),
+        (
+            &format!("[defaults]\ncircuit_cooldown = \"1000000years\"\n{leanx}"),
+            "defaults.circuit_cooldown",
+            "at most 365 days",
+        ),
+        (&format!("{leanx}circuit_cooldown = \"366d\""), "accounts[0].circuit_cooldown", "at most 365 days"),
+        // [defaults] is checked with no account to use it.
+        ("[defaults]\nttl = 30", "defaults.ttl", "not a duration"),
+        ("[defaults]\ntimeout = \"0s\"", "defaults.timeout", "longer than zero"),
+        ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
+        ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),
+        ("[[accounts]]\nid = \"a\"\nprovider = \"leanx\"", "accounts[0].auth_token", "is required for provider leanx"),
     ];
     for (toml, key, problem) in cases {
         let e = error_of(toml);

@@ -14,6 +14,9 @@ use crate::secret;
 
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let server = server(&raw)?;
+    // [defaults] is checked on its own, so a bad default is refused even before an account
+    // uses it.
+    policies(&RawDefaults::default(), |field| format!("defaults.{field}"), &raw.defaults)?;
     let store = store(&raw)?;
     let auth = auth(&raw)?;
     let mut seen = HashSet::new();
@@ -111,11 +114,40 @@ fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, C
             .map_err(|_| ConfigError::new(key("utc_offset"), format!("`{o}` is not an offset like \"+08:00\"")))?,
         None => registered.default_utc_offset,
     };
+    let (freshness, retry, circuit) = policies(&overrides(a), key, d)?;
+    let settings = serde_json::Value::Object(a.provider_settings.clone());
+    let provider = ProviderConfig::read(provider, settings).map_err(|SettingError { key: field, problem }| {
+        ConfigError::new(field.map_or_else(|| format!("accounts[{i}]"), |f| format!("accounts[{i}].{f}")), problem)
+    })?;
+    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, provider })
+}
+
+/// An account's own overrides of `[defaults]`.
+fn overrides(a: &RawAccount) -> RawDefaults {
+    RawDefaults {
+        ttl: a.ttl.clone(),
+        timeout: a.timeout.clone(),
+        refresh_interval: a.refresh_interval.clone(),
+        max_retries: a.max_retries,
+        retry_base_delay: a.retry_base_delay.clone(),
+        circuit_failure_threshold: a.circuit_failure_threshold,
+        circuit_cooldown: a.circuit_cooldown.clone(),
+    }
+}
+
+/// The per-account settings: each from the account's own key (`own`, named by `key`), else
+/// `[defaults]`, else built in; an error names the key that held the bad value.
+fn policies(
+    own: &RawDefaults,
+    key: impl Fn(&str) -> String,
+    d: &RawDefaults,
+) -> Result<(Freshness, RetryPolicy, CircuitPolicy), ConfigError> {
     let pick = |own: &Option<String>, default: &Option<String>| own.clone().or_else(|| default.clone());
     let dur = |field: &str, own: &Option<String>, default: &Option<String>, fallback: &str, nonzero: bool| {
         let source = if own.is_some() { key(field) } else { format!("defaults.{field}") };
         duration(&source, pick(own, default).as_deref(), fallback, nonzero)
     };
+    let a = own;
     let freshness = Freshness {
         ttl: dur("ttl", &a.ttl, &d.ttl, "30s", false)?,
         timeout: dur("timeout", &a.timeout, &d.timeout, "5s", true)?,
@@ -127,17 +159,15 @@ fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, C
     };
     let threshold = a.circuit_failure_threshold.or(d.circuit_failure_threshold).unwrap_or(5);
     if threshold == 0 {
-        return Err(ConfigError::new(key("circuit_failure_threshold"), "must be at least 1"));
+        let field = "circuit_failure_threshold";
+        let source = if a.circuit_failure_threshold.is_some() { key(field) } else { format!("defaults.{field}") };
+        return Err(ConfigError::new(source, "must be at least 1"));
     }
     let circuit = CircuitPolicy {
         failure_threshold: threshold,
         cooldown: dur("circuit_cooldown", &a.circuit_cooldown, &d.circuit_cooldown, "30s", true)?,
     };
-    let settings = serde_json::Value::Object(a.provider_settings.clone());
-    let provider = ProviderConfig::read(provider, settings).map_err(|SettingError { key: field, problem }| {
-        ConfigError::new(field.map_or_else(|| format!("accounts[{i}]"), |f| key(&f)), problem)
-    })?;
-    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, provider })
+    Ok((freshness, retry, circuit))
 }
 
 fn parse_base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -151,10 +181,18 @@ fn parse_base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// The longest duration any key takes. Every duration tally is given is added to a clock
+/// somewhere; held to a year, none of that arithmetic can overflow, and a slip of units
+/// (`"1000000years"`) is refused rather than obeyed.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn duration(key: &str, text: Option<&str>, fallback: &str, nonzero: bool) -> Result<Duration, ConfigError> {
     let d = parse_duration(key, text.unwrap_or(fallback))?;
     if nonzero && d.is_zero() {
         return Err(ConfigError::new(key, "must be longer than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(ConfigError::new(key, "must be at most 365 days"));
     }
     Ok(d)
 }
