@@ -165,6 +165,11 @@ fn each_bad_config_names_its_key() {
         (&format!("{leanx}circuit_cooldown = \"366d\""), "accounts[0].circuit_cooldown", "at most 365 days"),
         // [defaults] is checked with no account to use it.
         ("[defaults]\nttl = 30", "defaults.ttl", "not a duration"),
+        (
+            "[[accounts]]\nid = \"y\"\nprovider = \"yedpay\"\naccess_token = \"t\"\ncompany_id = \"C\"\ncurrencies = [\"HKD\", \"hkd\"]",
+            "accounts[0].currencies",
+            "lists HKD twice",
+        ),
         ("[defaults]\ntimeout = \"0s\"", "defaults.timeout", "longer than zero"),
         ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
         ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),

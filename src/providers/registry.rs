@@ -10,13 +10,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::FixedOffset;
 use serde::Deserializer;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-use super::{Capabilities, ProviderClient, UpstreamHttp, ibanera, leanx, luxtak, yedpay};
-use crate::domain::Provider;
+use super::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, ibanera, leanx, luxtak, yedpay};
+use crate::domain::{BalanceFetch, PayoutLookup, Provider};
 
 /// Writes [`ProviderConfig`] and the lookups over it from one line per provider.
 macro_rules! registry {
@@ -171,7 +172,29 @@ impl ProviderConfig {
 
     /// The client for one account of this provider. All clients share `account.http`'s pool.
     pub fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
-        self.registered().client(account)
+        Arc::new(Checked(self.registered().client(account)))
+    }
+}
+
+/// What every provider's answer must be beyond its own format, checked once for all of them:
+/// one figure set per `(wallet, currency)`.
+struct Checked(Arc<dyn ProviderClient>);
+
+#[async_trait]
+impl ProviderClient for Checked {
+    async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
+        let fetch = self.0.fetch_balances().await?;
+        match fetch.repeated_entry() {
+            Some(e) => Err(UpstreamError::invalid_response(format!(
+                "the provider listed {} in wallet `{}` more than once",
+                e.currency, e.wallet
+            ))),
+            None => Ok(fetch),
+        }
+    }
+
+    async fn lookup_payout(&self, id: &str) -> Result<PayoutLookup, UpstreamError> {
+        self.0.lookup_payout(id).await
     }
 }
 

@@ -316,3 +316,24 @@ pub(crate) fn conformance() -> crate::providers::conformance::Case {
         payout: None,
     }
 }
+
+#[tokio::test]
+async fn a_currency_listed_twice_is_an_invalid_answer_not_twice_the_money() {
+    for data in [
+        r#"[{"currency":"USD","amount":"551.38"},{"currency":"USD","amount":"551.38"}]"#,
+        r#"[{"currency":"USD","amount":"551.38"},{"currency":"usd","amount":"10.00"}]"#,
+    ] {
+        let server = MockServer::start().await;
+        let body = format!(r#"{{"code":200,"msg":"success","time":1642075813,"data":{data}}}"#);
+        Mock::given(path("/api/balance"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+            .mount(&server)
+            .await;
+        // Through the registry, as tally builds every client.
+        let fields = format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\"");
+        let client = crate::providers::test_support::client_of(crate::domain::Provider::Luxtak, &server.uri(), &fields);
+        let e = client.fetch_balances().await.expect_err("an ambiguous answer");
+        assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse, "{data}: {e}");
+        assert!(e.message.contains("USD in wallet `main` more than once"), "{e}");
+    }
+}

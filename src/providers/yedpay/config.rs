@@ -40,6 +40,11 @@ impl ProviderSettings for YedpaySettings {
         if self.currencies.is_empty() {
             return Err(SettingError::new("currencies", "must not be empty"));
         }
+        // One call per currency: a currency listed twice would be fetched and counted twice.
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = self.currencies.iter().find(|c| !seen.insert(*c)) {
+            return Err(SettingError::new("currencies", format!("lists {twice} twice")));
+        }
         Ok(())
     }
 
