@@ -8,7 +8,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use crate::domain::{AccountId, Currency, Provider};
-use crate::service::balances::{BalancesOutcome, BodyKey, Selection, SelectionError};
+use crate::service::balances::{BalancesOutcome, BodyKey, Selection};
 use crate::service::report::BalancesReport;
 use crate::store::{HistoryPoint, HistoryQuery};
 
@@ -41,9 +41,7 @@ use crate::store::{HistoryPoint, HistoryQuery};
 pub async fn get_balances(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     // The request itself rather than extractors that copy its query and headers.
     let selection = selection(request.uri().query())?;
-    let outcome = state.service.balances(&selection).await.map_err(|e| match e {
-        SelectionError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
-    })?;
+    let outcome = state.service.balances(&selection).await?;
     if !outcome.servable {
         return Err(ApiError::new(ErrorCode::NothingToServe, "no selected account has figures to serve")
             .retry_after(outcome.retry_after.as_secs())
@@ -74,10 +72,8 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
 
 fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
     let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include"])?;
-    let accounts = params.list("account").into_iter().map(|a| {
-        a.parse::<AccountId>()
-            .map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))
-    });
+    let accounts =
+        params.list("account").into_iter().map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)));
     let include_raw = match params.single("include")? {
         None => false,
         Some("raw") => true,
@@ -152,7 +148,7 @@ pub async fn get_history(
         None => None,
         Some(a) => {
             let id = a.parse::<AccountId>().ok().filter(|id| state.service.account(id).is_some());
-            Some(id.ok_or_else(|| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))?)
+            Some(id.ok_or_else(|| ApiError::unknown_account(a))?)
         }
     };
     let currency = params

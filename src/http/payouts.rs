@@ -11,7 +11,7 @@ use super::query::Params;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
 use crate::service::FetchFailure;
-use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutQueryError, PayoutView};
+use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutView};
 use crate::service::report::AccountError;
 
 /// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
@@ -107,16 +107,10 @@ pub async fn get_payout(
     let params = Params::parse(query.as_deref(), &["account", "max_age"])?;
     let account = params
         .single("account")?
-        .map(|a| {
-            a.parse::<AccountId>()
-                .map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))
-        })
+        .map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)))
         .transpose()?;
     let query = PayoutQuery { id: id.clone(), account, max_age: params.max_age()? };
-    let answer = state.service.payout(&query).await.map_err(|e| match e {
-        PayoutQueryError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
-        PayoutQueryError::Unsupported(_) => ApiError::new(ErrorCode::PayoutLookupUnsupported, e.to_string()),
-    })?;
+    let answer = state.service.payout(&query).await?;
     match answer {
         PayoutAnswer::Found(view) => Ok(axum::Json((*view).into())),
         PayoutAnswer::NotFound => {
