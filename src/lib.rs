@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! Modules follow the flow of a request:
-//! - [`http`]: routes, extractors, auth, and errors rendered as RFC 9457 problem+json;
+//! - [`http`]: routes, extractors, auth, errors rendered as RFC 9457 problem+json, and the
+//!   wire types of the answers (the `/balances` report);
 //! - [`service`]: freshness, concurrent fan-out, coalescing, retries, circuit breaking,
 //!   totals; the only caller of providers and the store;
 //! - [`providers`]: one client per provider (`providers/<name>/`), each with its wire types

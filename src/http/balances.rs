@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
+use super::report::{AccountError, BalancesReport};
 use crate::domain::{AccountId, Currency, Provider};
 use crate::service::balances::{BalancesOutcome, BodyKey, Selection};
-use crate::service::report::BalancesReport;
 use crate::store::{HistoryPoint, HistoryQuery};
 
 /// Balances of every selected account, wallet and currency, with per-currency totals and the
@@ -47,10 +47,12 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
             .retry_after(outcome.retry_after.as_secs())
             .with_accounts(
                 outcome
-                    .report()
-                    .accounts
-                    .into_iter()
-                    .map(|a| ProblemAccount { account: a.account, provider: a.provider, error: a.error })
+                    .accounts()
+                    .map(|a| ProblemAccount {
+                        account: a.account.id().clone(),
+                        provider: a.account.provider(),
+                        error: a.failure.cloned().map(AccountError::from),
+                    })
                     .collect(),
             ));
     }
@@ -103,7 +105,7 @@ impl BodyCache {
         let key = outcome.body_key;
         self.0
             .answer(key.selection(), key, outcome.generated_at(), || {
-                let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
+                let body = serde_json::to_vec(&BalancesReport::from(outcome)).expect("a report serializes");
                 let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
                     .expect("a quoted hex digest is a valid header value");
                 (etag, body)

@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::report::AccountError;
+
 use crate::domain::{AccountId, Provider};
 use crate::service::balances::SelectionError;
 use crate::service::payouts::PayoutQueryError;
-use crate::service::report::AccountError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

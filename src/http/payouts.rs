@@ -8,11 +8,11 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
+use super::report::AccountError;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
 use crate::service::FetchFailure;
 use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutView};
-use crate::service::report::AccountError;
 
 /// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
 const MAX_ID_CHARS: usize = 128;

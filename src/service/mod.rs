@@ -2,8 +2,9 @@
 //!
 //! - [`fetch`]: one coalesced, retried, circuit-broken fetch per account at a time, persisted
 //!   before it is served;
-//! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and the
-//!   report of SPEC §3 (entries, per-currency totals, per-account status);
+//! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and what
+//!   each account serves (entries, per-account status) for the HTTP layer's report of SPEC §3;
+//! - [`totals`]: the report's per-currency sums, which never mix currencies;
 //! - [`payouts`]: one payout status across accounts;
 //! - `coalesce`: one call in flight per key, shared by its callers;
 //! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
@@ -19,7 +20,7 @@ mod coalesce;
 mod fetch;
 pub mod lease;
 pub mod payouts;
-pub mod report;
+pub mod totals;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
