@@ -13,14 +13,17 @@
 //!
 //! Beside them: [`domain`] (money, balances, payouts, ids), [`config`] (the validated config
 //! file), [`telemetry`] (logs and metrics), [`app`] (the composition root: store, service and
-//! router from settings, serving until shutdown), [`cli`] (the `tally` command), and
+//! router from settings, serving until shutdown), [`cli`] (the `tally` command),
 //! [`emulator`] with [`demo`] (faithful fakes of the four providers, and `tally demo` on them),
-//! [`clock`] (injectable wall-clock time), [`secret`] (secret config values) and [`sync`] (locks that stay usable after a caught
-//! panic), on the ground floor: any module may use them, and they import nothing above them.
+//! [`clock`] (injectable wall-clock time), [`secret`] (secret config values), [`sync`] (locks
+//! that stay usable after a caught panic) and `coalesce` (one call in flight per key, joined by
+//! every caller: fetches, payout lookups and migrations), on the ground floor: any module may
+//! use them, and they import nothing above them.
 
 pub mod app;
 pub mod cli;
 pub mod clock;
+mod coalesce;
 pub mod config;
 pub mod demo;
 pub mod domain;

@@ -6,7 +6,8 @@
 //!   each account serves (entries, per-account status) for the HTTP layer's report of SPEC §3;
 //! - [`totals`]: the report's per-currency sums, which never mix currencies;
 //! - [`payouts`]: one payout status across accounts;
-//! - `coalesce`: one call in flight per key, shared by its callers;
+//! - fetches and lookups in flight are joined through `crate::coalesce` (which the store's
+//!   migrations use too);
 //! - [`lease`]: a fetch's cluster-wide lease on an account (replicas sharing PostgreSQL);
 //! - `background`: periodic refresh, and following other replicas' fetches;
 //! - [`circuit`]: the breaker (shared through the store by replicas).
@@ -16,7 +17,6 @@
 mod background;
 pub mod balances;
 pub mod circuit;
-mod coalesce;
 mod fetch;
 pub mod lease;
 pub mod payouts;
@@ -31,6 +31,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, watch};
 
 use crate::clock::Clock;
+// `super::coalesce` to the submodules that coalesce fetches and lookups.
+use crate::coalesce;
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
 use crate::providers::{Capabilities, ClientContext, ProviderClient, UpstreamError, UpstreamHttp};
@@ -52,12 +54,8 @@ pub struct FetchFailure {
 
 /// Waits until `deadline` for the outcome of a shared (coalesced) call. `None` when the
 /// deadline passed, or the task vanished without an answer: for the caller, a timeout.
-async fn await_shared<T: Clone>(mut rx: coalesce::Shared<T>, deadline: tokio::time::Instant) -> Option<T> {
-    let waited = tokio::time::timeout_at(deadline, async {
-        rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
-    })
-    .await;
-    waited.ok().flatten()
+async fn await_shared<T: Clone>(rx: coalesce::Shared<T>, deadline: tokio::time::Instant) -> Option<T> {
+    tokio::time::timeout_at(deadline, coalesce::outcome(rx)).await.ok().flatten()
 }
 
 /// The value of one of a request's tasks. A task that panicked panics here too, so that the
