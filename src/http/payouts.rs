@@ -11,7 +11,6 @@ use super::query::Params;
 use super::report::AccountError;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
-use crate::service::FetchFailure;
 use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutView};
 
 /// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
@@ -126,7 +125,7 @@ pub async fn get_payout(
             let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };
             let accounts = errors
                 .into_iter()
-                .map(|(a, FetchFailure { error, at })| problem_account(&state, a, Some(AccountError::new(error, at))))
+                .map(|(a, failure)| problem_account(&state, a, Some(AccountError::from(failure))))
                 .collect();
             let detail = "no account found the payout, and a lookup failed with nothing stored: it may be there";
             Err(ApiError::new(code, detail).with_accounts(accounts))
