@@ -65,7 +65,7 @@ async fn main() {
     let store = tally::store::open(&settings.store).unwrap();
     let migrations = Arc::new(tally::store::MigrationGate::new(Arc::clone(&store)));
     migrations.ensure().await.unwrap();
-    let clock = Arc::new(tally::service::SystemClock);
+    let clock = Arc::new(tally::clock::SystemClock);
     let http = tally::providers::UpstreamHttp::new(tally::providers::DEFAULT_MAX_RESPONSE_BYTES);
     let service = tally::service::Service::new(&settings, store, clock, &http);
     let state = tally::http::AppState::new(service, migrations, &settings, tally::telemetry::metrics_handle());

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::providers::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp};
-use crate::service::{Clock, Service, SystemClock};
+use crate::service::Service;
 use crate::store::{self, MigrationGate, Store};
 
 pub struct Application {

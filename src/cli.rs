@@ -161,37 +161,19 @@ fn emulator_options(faults: &[String]) -> Result<crate::emulator::EmulatorOption
 }
 
 async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), String> {
-    use crate::emulator::{Emulator, credentials as c};
+    use crate::emulator::Emulator;
     let options = emulator_options(faults)?;
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let emulator = Emulator::start(listener, options).await.map_err(|e| e.to_string())?;
-    let base = |p| emulator.base_url(p);
-    use crate::domain::Provider::*;
     println!(
-        "provider emulators on http://{addr}\n\n\
-         leanx    {leanx}  auth-token: {} (or {})\n\
-         luxtak   {luxtak}  AppId: {}  app key: {}\n\
-         ibanera  {ibanera}  username: {}  password: {}  TOTP secret (base32): {}\n\
-         yedpay   {yedpay}  Bearer: {}  company_id: {}\n\n\
+        "provider emulators on http://{addr}\n\n{}\n\
          control: PUT http://{addr}/_control/faults/PROVIDER (JSON), GET http://{addr}/_control/calls,\n\
          \x20        POST http://{addr}/_control/ibanera/expire-tokens\n\n\
          tally accounts for these emulators:\n\n{}",
-        c::LEANX_MAIN_TOKEN,
-        c::LEANX_OPS_TOKEN,
-        c::LUXTAK_APP_ID,
-        c::LUXTAK_APP_KEY,
-        c::IBANERA_USERNAME,
-        c::IBANERA_PASSWORD,
-        c::IBANERA_TOTP_SECRET,
-        c::YEDPAY_ACCESS_TOKEN,
-        c::YEDPAY_COMPANY_ID,
+        emulator.directory(),
         emulator.demo_accounts_toml(),
         addr = emulator.addr(),
-        leanx = base(Leanx),
-        luxtak = base(Luxtak),
-        ibanera = base(Ibanera),
-        yedpay = base(Yedpay),
     );
     shutdown_signal().await;
     emulator.shutdown().await;

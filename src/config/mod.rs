@@ -5,7 +5,6 @@
 //! reported as one [`ConfigError`] naming the key (`accounts[2].app_key: …`).
 
 mod raw;
-mod secret;
 mod validate;
 
 use std::net::SocketAddr;
@@ -16,7 +15,8 @@ use chrono::FixedOffset;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::domain::{AccountId, Currency, Provider};
+use crate::domain::{AccountId, Provider};
+use crate::providers::ProviderConfig;
 
 pub use raw::RawConfig;
 
@@ -134,26 +134,6 @@ pub struct CircuitPolicy {
     pub failure_threshold: u32,
     /// How long the circuit stays open before one probe is let through.
     pub cooldown: Duration,
-}
-
-/// The provider of an account and the settings only that provider has.
-#[derive(Debug, Clone)]
-pub enum ProviderConfig {
-    Leanx { auth_token: SecretString, currency: Currency },
-    Luxtak { app_id: SecretString, app_key: SecretString },
-    Ibanera { username: SecretString, password: SecretString, totp_secret: SecretString, page_size: u32 },
-    Yedpay { access_token: SecretString, company_id: String, currencies: Vec<Currency> },
-}
-
-impl ProviderConfig {
-    pub fn kind(&self) -> Provider {
-        match self {
-            Self::Leanx { .. } => Provider::Leanx,
-            Self::Luxtak { .. } => Provider::Luxtak,
-            Self::Ibanera { .. } => Provider::Ibanera,
-            Self::Yedpay { .. } => Provider::Yedpay,
-        }
-    }
 }
 
 /// Finds the config file: `--config`, else `$TALLY_CONFIG`, else `./tally.toml` if present.

@@ -74,10 +74,10 @@ pub struct RawMetrics {
     pub require_auth: bool,
 }
 
-/// One `[[accounts]]` entry. Credential fields are per provider; validation rejects a field
-/// that does not belong to the account's provider.
+/// One `[[accounts]]` entry: the keys every account has, and the rest, which the account's
+/// provider reads into its own settings type (`providers/<name>/config.rs`), refusing a key it
+/// does not know.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAccount {
     pub id: Option<String>,
     pub provider: Option<String>,
@@ -91,19 +91,7 @@ pub struct RawAccount {
     pub retry_base_delay: Option<String>,
     pub circuit_failure_threshold: Option<u32>,
     pub circuit_cooldown: Option<String>,
-    // leanx
-    pub auth_token: Option<String>,
-    pub currency: Option<String>,
-    // luxtak
-    pub app_id: Option<String>,
-    pub app_key: Option<String>,
-    // ibanera
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub totp_secret: Option<String>,
-    pub page_size: Option<u32>,
-    // yedpay
-    pub access_token: Option<String>,
-    pub company_id: Option<String>,
-    pub currencies: Option<Vec<String>>,
+    /// The provider's own keys (credentials and the like), as written.
+    #[serde(flatten)]
+    pub provider_settings: serde_json::Map<String, serde_json::Value>,
 }

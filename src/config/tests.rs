@@ -1,6 +1,7 @@
 use secrecy::ExposeSecret;
 
 use super::*;
+use crate::providers::ProviderConfig;
 
 const FULL: &str = r#"
 [server]
@@ -68,16 +69,16 @@ fn a_full_valid_file_loads_with_defaults_and_overrides() {
     assert_eq!(leanx.freshness.refresh_interval, Duration::from_secs(60));
     assert_eq!(leanx.utc_offset.local_minus_utc(), 8 * 3600);
     match &leanx.provider {
-        ProviderConfig::Leanx { auth_token, currency } => {
-            assert_eq!(auth_token.expose_secret(), "LP-X|uuid|hex");
-            assert_eq!(currency.as_str(), "MYR");
+        ProviderConfig::Leanx(leanx) => {
+            assert_eq!(leanx.auth_token.expose_secret(), "LP-X|uuid|hex");
+            assert_eq!(leanx.currency.as_str(), "MYR");
         }
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(s.accounts[1].base_url.as_str(), "https://api.luxtak.com/", "documented default base URL");
     match &s.accounts[3].provider {
-        ProviderConfig::Yedpay { currencies, .. } => {
-            assert_eq!(currencies.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["HKD", "USD"])
+        ProviderConfig::Yedpay(yedpay) => {
+            assert_eq!(yedpay.currencies.iter().map(|c| c.as_str()).collect::<Vec<_>>(), ["HKD", "USD"])
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -139,7 +140,7 @@ fn each_bad_config_names_its_key() {
         (
             "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\napp_key = \"k\"",
             "accounts[0].app_key",
-            "is a luxtak setting",
+            "unknown field `app_key`, expected `auth_token` or `currency`",
         ),
         (
             "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_tokn = \"t\"",
@@ -154,6 +155,25 @@ fn each_bad_config_names_its_key() {
         ("[auth]\napi_keys = [{ name = \"x\", sha256 = \"abc\" }]", "auth.api_keys[0].sha256", "hex SHA-256"),
         ("[store]\nurl = \"mysql://x\"", "store.url", "must start with"),
         ("[server]\nmax_concurrent_fetches = 0", "server.max_concurrent_fetches", "at least 1"),
+        // Durations a clock cannot be moved by are refused, not obeyed (they once gave 500s).
+        ("[server]\nrequest_timeout = \"500000000000years\"", "server.request_timeout", "at most 365 days"),
+        (
+            &format!("[defaults]\ncircuit_cooldown = \"1000000years\"\n{leanx}"),
+            "defaults.circuit_cooldown",
+            "at most 365 days",
+        ),
+        (&format!("{leanx}circuit_cooldown = \"366d\""), "accounts[0].circuit_cooldown", "at most 365 days"),
+        // [defaults] is checked with no account to use it.
+        ("[defaults]\nttl = 30", "defaults.ttl", "not a duration"),
+        (
+            "[[accounts]]\nid = \"y\"\nprovider = \"yedpay\"\naccess_token = \"t\"\ncompany_id = \"C\"\ncurrencies = [\"HKD\", \"hkd\"]",
+            "accounts[0].currencies",
+            "lists HKD twice",
+        ),
+        ("[defaults]\ntimeout = \"0s\"", "defaults.timeout", "longer than zero"),
+        ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
+        ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),
+        ("[[accounts]]\nid = \"a\"\nprovider = \"leanx\"", "accounts[0].auth_token", "is required for provider leanx"),
     ];
     for (toml, key, problem) in cases {
         let e = error_of(toml);
@@ -205,9 +225,9 @@ fn env_and_file_references_resolve_through_the_config() {
         password.display()
     );
     match &from_toml(&toml).unwrap().accounts[0].provider {
-        ProviderConfig::Ibanera { username, password, .. } => {
-            assert_eq!(username.expose_secret(), std::env::var("HOME").unwrap());
-            assert_eq!(password.expose_secret(), "from-a-file", "one trailing newline is dropped");
+        ProviderConfig::Ibanera(ibanera) => {
+            assert_eq!(ibanera.username.expose_secret(), std::env::var("HOME").unwrap());
+            assert_eq!(ibanera.password.expose_secret(), "from-a-file", "one trailing newline is dropped");
         }
         other => panic!("unexpected {other:?}"),
     }

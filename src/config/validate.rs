@@ -8,11 +8,15 @@ use chrono::FixedOffset;
 use url::Url;
 
 use super::raw::{RawAccount, RawConfig, RawDefaults};
-use super::secret;
 use super::*;
+use crate::providers::{ProviderConfig, SettingError, registration};
+use crate::secret;
 
 pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let server = server(&raw)?;
+    // [defaults] is checked on its own, so a bad default is refused even before an account
+    // uses it.
+    policies(&RawDefaults::default(), |field| format!("defaults.{field}"), &raw.defaults)?;
     let store = store(&raw)?;
     let auth = auth(&raw)?;
     let mut seen = HashSet::new();
@@ -98,23 +102,52 @@ fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, C
     let provider: Provider = provider
         .parse()
         .map_err(|e: crate::domain::UnknownProvider| ConfigError::new(key("provider"), e.to_string()))?;
-    reject_foreign_fields(i, a, provider)?;
-
+    let registered = registration(provider)
+        .ok_or_else(|| ConfigError::new(key("provider"), format!("provider {provider} is not registered")))?;
     let base_url = match &a.base_url {
         Some(u) => parse_base_url(&key("base_url"), u)?,
-        None => Url::parse(default_base_url(provider)).expect("built-in base URLs are valid"),
+        None => Url::parse(registered.default_base_url).expect("registered base URLs are valid"),
     };
     let utc_offset = match &a.utc_offset {
         Some(o) => o
             .parse::<FixedOffset>()
             .map_err(|_| ConfigError::new(key("utc_offset"), format!("`{o}` is not an offset like \"+08:00\"")))?,
-        None => default_utc_offset(provider),
+        None => registered.default_utc_offset,
     };
+    let (freshness, retry, circuit) = policies(&overrides(a), key, d)?;
+    let settings = serde_json::Value::Object(a.provider_settings.clone());
+    let provider = ProviderConfig::read(provider, settings).map_err(|SettingError { key: field, problem }| {
+        ConfigError::new(field.map_or_else(|| format!("accounts[{i}]"), |f| format!("accounts[{i}].{f}")), problem)
+    })?;
+    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, provider })
+}
+
+/// An account's own overrides of `[defaults]`.
+fn overrides(a: &RawAccount) -> RawDefaults {
+    RawDefaults {
+        ttl: a.ttl.clone(),
+        timeout: a.timeout.clone(),
+        refresh_interval: a.refresh_interval.clone(),
+        max_retries: a.max_retries,
+        retry_base_delay: a.retry_base_delay.clone(),
+        circuit_failure_threshold: a.circuit_failure_threshold,
+        circuit_cooldown: a.circuit_cooldown.clone(),
+    }
+}
+
+/// The per-account settings: each from the account's own key (`own`, named by `key`), else
+/// `[defaults]`, else built in; an error names the key that held the bad value.
+fn policies(
+    own: &RawDefaults,
+    key: impl Fn(&str) -> String,
+    d: &RawDefaults,
+) -> Result<(Freshness, RetryPolicy, CircuitPolicy), ConfigError> {
     let pick = |own: &Option<String>, default: &Option<String>| own.clone().or_else(|| default.clone());
     let dur = |field: &str, own: &Option<String>, default: &Option<String>, fallback: &str, nonzero: bool| {
         let source = if own.is_some() { key(field) } else { format!("defaults.{field}") };
         duration(&source, pick(own, default).as_deref(), fallback, nonzero)
     };
+    let a = own;
     let freshness = Freshness {
         ttl: dur("ttl", &a.ttl, &d.ttl, "30s", false)?,
         timeout: dur("timeout", &a.timeout, &d.timeout, "5s", true)?,
@@ -126,117 +159,15 @@ fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, C
     };
     let threshold = a.circuit_failure_threshold.or(d.circuit_failure_threshold).unwrap_or(5);
     if threshold == 0 {
-        return Err(ConfigError::new(key("circuit_failure_threshold"), "must be at least 1"));
+        let field = "circuit_failure_threshold";
+        let source = if a.circuit_failure_threshold.is_some() { key(field) } else { format!("defaults.{field}") };
+        return Err(ConfigError::new(source, "must be at least 1"));
     }
     let circuit = CircuitPolicy {
         failure_threshold: threshold,
         cooldown: dur("circuit_cooldown", &a.circuit_cooldown, &d.circuit_cooldown, "30s", true)?,
     };
-    let provider = provider_config(i, a, provider)?;
-    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, provider })
-}
-
-fn provider_config(i: usize, a: &RawAccount, provider: Provider) -> Result<ProviderConfig, ConfigError> {
-    let key = |field: &str| format!("accounts[{i}].{field}");
-    let secret = |field: &str, value: &Option<String>| {
-        let value = value
-            .as_deref()
-            .ok_or_else(|| ConfigError::new(key(field), format!("is required for provider {provider}")))?;
-        secret::resolve(value).map_err(|p| ConfigError::new(key(field), p))
-    };
-    let currency =
-        |field: &str, value: &str| value.parse::<Currency>().map_err(|e| ConfigError::new(key(field), e.to_string()));
-    Ok(match provider {
-        Provider::Leanx => ProviderConfig::Leanx {
-            auth_token: secret("auth_token", &a.auth_token)?,
-            currency: currency("currency", a.currency.as_deref().unwrap_or("MYR"))?,
-        },
-        Provider::Luxtak => {
-            ProviderConfig::Luxtak { app_id: secret("app_id", &a.app_id)?, app_key: secret("app_key", &a.app_key)? }
-        }
-        Provider::Ibanera => {
-            let page_size = a.page_size.unwrap_or(100);
-            if !(1..=1000).contains(&page_size) {
-                return Err(ConfigError::new(key("page_size"), "must be between 1 and 1000"));
-            }
-            ProviderConfig::Ibanera {
-                username: secret("username", &a.username)?,
-                password: secret("password", &a.password)?,
-                totp_secret: {
-                    let s = secret("totp_secret", &a.totp_secret)?;
-                    crate::providers::ibanera_secret_is_valid(&s)
-                        .map_err(|p| ConfigError::new(key("totp_secret"), p))?;
-                    s
-                },
-                page_size,
-            }
-        }
-        Provider::Yedpay => {
-            let company_id = a
-                .company_id
-                .as_deref()
-                .ok_or_else(|| ConfigError::new(key("company_id"), "is required for provider yedpay"))?;
-            if company_id.is_empty() || !company_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(ConfigError::new(key("company_id"), "must be the company's id (letters and digits)"));
-            }
-            let currencies = match &a.currencies {
-                None => vec![currency("currencies", "HKD")?],
-                Some(list) if list.is_empty() => return Err(ConfigError::new(key("currencies"), "must not be empty")),
-                Some(list) => list.iter().map(|c| currency("currencies", c)).collect::<Result<_, _>>()?,
-            };
-            ProviderConfig::Yedpay {
-                access_token: secret("access_token", &a.access_token)?,
-                company_id: company_id.to_owned(),
-                currencies,
-            }
-        }
-    })
-}
-
-/// A credential field of another provider is almost always a copy-paste slip; say so.
-fn reject_foreign_fields(i: usize, a: &RawAccount, provider: Provider) -> Result<(), ConfigError> {
-    let fields: [(&str, bool, Provider); 10] = [
-        ("auth_token", a.auth_token.is_some(), Provider::Leanx),
-        ("currency", a.currency.is_some(), Provider::Leanx),
-        ("app_id", a.app_id.is_some(), Provider::Luxtak),
-        ("app_key", a.app_key.is_some(), Provider::Luxtak),
-        ("username", a.username.is_some(), Provider::Ibanera),
-        ("password", a.password.is_some(), Provider::Ibanera),
-        ("totp_secret", a.totp_secret.is_some(), Provider::Ibanera),
-        ("page_size", a.page_size.is_some(), Provider::Ibanera),
-        ("access_token", a.access_token.is_some(), Provider::Yedpay),
-        ("company_id", a.company_id.is_some(), Provider::Yedpay),
-    ];
-    let foreign = fields.iter().find(|(_, present, owner)| *present && *owner != provider);
-    let foreign = foreign.map(|(f, _, owner)| (*f, *owner)).or_else(|| {
-        (a.currencies.is_some() && provider != Provider::Yedpay).then_some(("currencies", Provider::Yedpay))
-    });
-    match foreign {
-        Some((field, owner)) => Err(ConfigError::new(
-            format!("accounts[{i}].{field}"),
-            format!("is a {owner} setting, not one of provider {provider}"),
-        )),
-        None => Ok(()),
-    }
-}
-
-pub(super) fn default_base_url(provider: Provider) -> &'static str {
-    match provider {
-        Provider::Leanx => "https://api.leanx.io",
-        Provider::Luxtak => "https://api.luxtak.com",
-        Provider::Ibanera => "https://public-api.ibanera.com",
-        Provider::Yedpay => "https://api.yedpay.com",
-    }
-}
-
-/// LeanX and Yedpay document local (Malaysia / Hong Kong) naive times; the others send UTC.
-fn default_utc_offset(provider: Provider) -> FixedOffset {
-    let hours = match provider {
-        Provider::Leanx | Provider::Yedpay => 8,
-        Provider::Luxtak | Provider::Ibanera => 0,
-    };
-    FixedOffset::east_opt(hours * 3600).expect("offsets of ±8h are in range")
+    Ok((freshness, retry, circuit))
 }
 
 fn parse_base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
@@ -250,10 +181,18 @@ fn parse_base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// The longest duration any key takes. Every duration tally is given is added to a clock
+/// somewhere; held to a year, none of that arithmetic can overflow, and a slip of units
+/// (`"1000000years"`) is refused rather than obeyed.
+pub(super) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 fn duration(key: &str, text: Option<&str>, fallback: &str, nonzero: bool) -> Result<Duration, ConfigError> {
     let d = parse_duration(key, text.unwrap_or(fallback))?;
     if nonzero && d.is_zero() {
         return Err(ConfigError::new(key, "must be longer than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(ConfigError::new(key, "must be at most 365 days"));
     }
     Ok(d)
 }

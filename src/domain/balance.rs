@@ -55,3 +55,13 @@ pub struct BalanceFetch {
     pub entries: Vec<BalanceEntry>,
     pub raw: RawJson,
 }
+
+impl BalanceFetch {
+    /// The first `(wallet, currency)` the answer lists twice (`USD` and `usd` are one
+    /// currency). Such an answer is ambiguous: counting both would double the totals, and
+    /// keeping either would pick a figure the provider did not single out.
+    pub fn repeated_entry(&self) -> Option<&BalanceEntry> {
+        let mut seen = std::collections::HashSet::new();
+        self.entries.iter().find(|e| !seen.insert((e.wallet.as_str(), &e.currency)))
+    }
+}

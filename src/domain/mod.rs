@@ -15,4 +15,4 @@ pub use balance::{BalanceEntry, BalanceFetch};
 pub use money::{Currency, InvalidCurrency, de_decimal_number, de_opt_decimal_number, parse_decimal};
 pub use payout::{Payout, PayoutFailure, PayoutLookup, PayoutStatus};
 pub use provider::{Provider, UnknownProvider};
-pub use raw_json::{InvalidRawJson, JsonNumber, RawJson};
+pub use raw_json::{InvalidRawJson, JsonNumber, MAX_DEPTH, RawJson, check_depth};

@@ -50,10 +50,43 @@ impl JsonNumber {
     }
 }
 
+/// The deepest nesting of arrays and objects tally reads. Provider payloads are a few levels
+/// deep; serde_json bounds its own recursion only for typed values, not for the values it
+/// skips or captures raw, so a hostile answer nested thousands of levels deep would overflow
+/// the stack of whichever reader recursed into it. Every JSON tally reads from outside is held
+/// to this bound first ([`check_depth`]).
+pub const MAX_DEPTH: usize = 64;
+
+/// Refuses JSON text nested deeper than [`MAX_DEPTH`], in one pass without recursion (brackets
+/// inside strings do not count). Says nothing else about the text: the parser that follows
+/// judges it.
+pub fn check_depth(text: &[u8]) -> Result<(), InvalidRawJson> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in text {
+        match (in_string, byte) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(InvalidRawJson(format!("nested deeper than {MAX_DEPTH} levels")));
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _) => {}
+        }
+    }
+    Ok(())
+}
+
 impl RawJson {
     /// Parses JSON text. Each value is first captured as raw text by serde_json (which validates
     /// it), then containers are opened one level at a time, so a number is never converted.
     pub fn parse(text: &str) -> Result<Self, InvalidRawJson> {
+        check_depth(text.as_bytes())?;
         let raw: &RawValue = serde_json::from_str(text).map_err(|e| InvalidRawJson(e.to_string()))?;
         Self::from_raw(raw).map_err(|e| InvalidRawJson(e.to_string()))
     }
@@ -330,5 +363,18 @@ mod tests {
             serde_json::to_value(RawJson::schema()).unwrap(),
             serde_json::to_value(serde_json::Value::schema()).unwrap()
         );
+    }
+
+    #[test]
+    fn nesting_beyond_the_bound_is_refused_without_recursing() {
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(RawJson::parse(&nested(MAX_DEPTH)).is_ok());
+        let e = RawJson::parse(&nested(MAX_DEPTH + 1)).unwrap_err();
+        assert!(e.to_string().contains("nested deeper than 64 levels"), "{e}");
+        // A million levels: refused by the scan, before any recursive reader sees it.
+        assert!(check_depth(nested(1_000_000).as_bytes()).is_err());
+        // Brackets inside strings, escaped quotes included, are text.
+        let text = format!(r#"{{"a": "{}\"{}", "b": [1]}}"#, "[".repeat(200), "{".repeat(200));
+        assert!(check_depth(text.as_bytes()).is_ok(), "{text}");
     }
 }

@@ -12,7 +12,8 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::data::ibanera_accounts;
-use super::{Shared, credentials, json};
+use super::{Emulated, Shared, credentials, json};
+use crate::domain::Provider;
 use crate::providers::ibanera::totp;
 use crate::sync::MutexExt;
 
@@ -20,7 +21,29 @@ use crate::sync::MutexExt;
 const LOCK_AFTER: u32 = 5;
 const LOCK_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
-pub fn routes() -> Router<Arc<Shared>> {
+/// This emulator's registration (see [`super::EMULATORS`]).
+pub(super) const EMULATED: Emulated =
+    Emulated { provider: Provider::Ibanera, routes, too_many_requests, demo_accounts, how_to_call };
+
+fn demo_accounts(base_url: &url::Url) -> String {
+    format!(
+        "[[accounts]]\nid = \"ibanera-treasury\"\nprovider = \"ibanera\"\nbase_url = \"{base_url}\"\nusername = \"{}\"\npassword = \"{}\"\ntotp_secret = \"{}\"\npage_size = 2\n",
+        credentials::IBANERA_USERNAME,
+        credentials::IBANERA_PASSWORD,
+        credentials::IBANERA_TOTP_SECRET
+    )
+}
+
+fn how_to_call() -> String {
+    format!(
+        "username: {}  password: {}  TOTP secret (base32): {}",
+        credentials::IBANERA_USERNAME,
+        credentials::IBANERA_PASSWORD,
+        credentials::IBANERA_TOTP_SECRET
+    )
+}
+
+fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/v1/public/auth/login", post(login))
         .route("/api/v1/customer/accounts/balances", get(balances))
@@ -35,7 +58,7 @@ fn refused(status: StatusCode, code: &str) -> Response {
 
 /// Ibanera documents no rate limit (PROVIDERS.md §3.6): its common error envelope over HTTP 429,
 /// with an assumed message code.
-pub fn too_many_requests() -> Response {
+fn too_many_requests() -> Response {
     refused(StatusCode::TOO_MANY_REQUESTS, "Too_Many_Requests")
 }
 

@@ -10,9 +10,28 @@ use axum::response::Response;
 use axum::routing::post;
 
 use super::data::{LEANX_PAYOUTS, LeanxPayout, leanx_pools};
-use super::{Shared, json};
+use super::{Emulated, Shared, credentials, json};
+use crate::domain::Provider;
 
-pub fn routes() -> Router<Arc<Shared>> {
+/// This emulator's registration (see [`super::EMULATORS`]).
+pub(super) const EMULATED: Emulated =
+    Emulated { provider: Provider::Leanx, routes, too_many_requests, demo_accounts, how_to_call };
+
+fn demo_accounts(base_url: &url::Url) -> String {
+    let account = |id: &str, token: &str| {
+        format!(
+            "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{base_url}\"\nauth_token = \"{token}\"\n"
+        )
+    };
+    [account("leanx-main", credentials::LEANX_MAIN_TOKEN), account("leanx-ops", credentials::LEANX_OPS_TOKEN)]
+        .join("\n")
+}
+
+fn how_to_call() -> String {
+    format!("auth-token: {} (or {})", credentials::LEANX_MAIN_TOKEN, credentials::LEANX_OPS_TOKEN)
+}
+
+fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/v1/merchant/overall-balance", post(balance))
         .route("/api/v1/merchant/get-payout-transaction-by-id", post(payout))
@@ -20,7 +39,7 @@ pub fn routes() -> Router<Arc<Shared>> {
 
 fn token(headers: &HeaderMap) -> Option<&'static str> {
     let presented = headers.get("auth-token")?.to_str().ok()?;
-    [super::credentials::LEANX_MAIN_TOKEN, super::credentials::LEANX_OPS_TOKEN].into_iter().find(|t| *t == presented)
+    [credentials::LEANX_MAIN_TOKEN, credentials::LEANX_OPS_TOKEN].into_iter().find(|t| *t == presented)
 }
 
 /// The docs name `INVALID_TOKEN` (FAQ) but show no error answer; this shape is assumed.
@@ -29,7 +48,7 @@ fn invalid_token() -> Response {
 }
 
 /// LeanX documents no rate limit (PROVIDERS.md §1.6); this envelope, over HTTP 429, is assumed.
-pub fn too_many_requests() -> Response {
+fn too_many_requests() -> Response {
     json(StatusCode::TOO_MANY_REQUESTS, r#"{"response_code":4290,"description":"TOO_MANY_REQUESTS","app_version":"/api/v1","data":null,"breakdown_errors":"TOO_MANY_REQUESTS","token":""}"#.to_owned())
 }
 

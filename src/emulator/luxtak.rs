@@ -12,9 +12,26 @@ use axum::routing::post;
 use serde_json::{Map, Value, json};
 
 use super::data::{LUXTAK_PAYOUTS, luxtak_balances};
-use super::{Shared, credentials, json as respond};
+use super::{Emulated, Shared, credentials, json as respond};
+use crate::domain::Provider;
 
-pub fn routes() -> Router<Arc<Shared>> {
+/// This emulator's registration (see [`super::EMULATORS`]).
+pub(super) const EMULATED: Emulated =
+    Emulated { provider: Provider::Luxtak, routes, too_many_requests, demo_accounts, how_to_call };
+
+fn demo_accounts(base_url: &url::Url) -> String {
+    format!(
+        "[[accounts]]\nid = \"luxtak-latam\"\nprovider = \"luxtak\"\nbase_url = \"{base_url}\"\napp_id = \"{}\"\napp_key = \"{}\"\n",
+        credentials::LUXTAK_APP_ID,
+        credentials::LUXTAK_APP_KEY
+    )
+}
+
+fn how_to_call() -> String {
+    format!("AppId: {}  app key: {}", credentials::LUXTAK_APP_ID, credentials::LUXTAK_APP_KEY)
+}
+
+fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/balance", post(balance))
         .route("/api/payout/status", post(status))
@@ -27,7 +44,7 @@ fn envelope(http: StatusCode, code: i64, msg: &str, data: Value) -> Response {
 }
 
 /// The documented rate-limit answer (PROVIDERS.md §2.6: 4004029 over HTTP 429).
-pub fn too_many_requests() -> Response {
+fn too_many_requests() -> Response {
     envelope(StatusCode::TOO_MANY_REQUESTS, 4_004_029, "too many requests", json!({}))
 }
 

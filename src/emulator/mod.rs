@@ -98,7 +98,7 @@ impl Emulator {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             faults: Mutex::new(options.faults.clone()),
-            calls: Provider::ALL.into_iter().map(|p| (p, AtomicU64::new(0))).collect(),
+            calls: EMULATORS.iter().map(|e| (e.provider, AtomicU64::new(0))).collect(),
             ibanera: Mutex::new(IbaneraAuth::default()),
             started: std::time::Instant::now(),
             options,
@@ -147,58 +147,15 @@ impl Emulator {
     /// `[[accounts]]` entries for the demo set, pointed at this emulator: two LeanX, one
     /// Luxtak, one Ibanera, one Yedpay with two currencies.
     pub fn demo_accounts_toml(&self) -> String {
-        let c = |p| self.base_url(p);
-        format!(
-            r#"[[accounts]]
-id = "leanx-main"
-provider = "leanx"
-base_url = "{leanx}"
-auth_token = "{leanx_main}"
+        EMULATORS.iter().map(|e| (e.demo_accounts)(&self.base_url(e.provider))).collect::<Vec<_>>().join("\n")
+    }
 
-[[accounts]]
-id = "leanx-ops"
-provider = "leanx"
-base_url = "{leanx}"
-auth_token = "{leanx_ops}"
-
-[[accounts]]
-id = "luxtak-latam"
-provider = "luxtak"
-base_url = "{luxtak}"
-app_id = "{app_id}"
-app_key = "{app_key}"
-
-[[accounts]]
-id = "ibanera-treasury"
-provider = "ibanera"
-base_url = "{ibanera}"
-username = "{username}"
-password = "{password}"
-totp_secret = "{totp}"
-page_size = 2
-
-[[accounts]]
-id = "yedpay-hk"
-provider = "yedpay"
-base_url = "{yedpay}"
-access_token = "{yedpay_token}"
-company_id = "{company}"
-currencies = ["HKD", "USD"]
-"#,
-            leanx = c(Provider::Leanx),
-            luxtak = c(Provider::Luxtak),
-            ibanera = c(Provider::Ibanera),
-            yedpay = c(Provider::Yedpay),
-            leanx_main = credentials::LEANX_MAIN_TOKEN,
-            leanx_ops = credentials::LEANX_OPS_TOKEN,
-            app_id = credentials::LUXTAK_APP_ID,
-            app_key = credentials::LUXTAK_APP_KEY,
-            username = credentials::IBANERA_USERNAME,
-            password = credentials::IBANERA_PASSWORD,
-            totp = credentials::IBANERA_TOTP_SECRET,
-            yedpay_token = credentials::YEDPAY_ACCESS_TOKEN,
-            company = credentials::YEDPAY_COMPANY_ID,
-        )
+    /// One line per emulated provider: its name, base URL and how to call it by hand.
+    pub fn directory(&self) -> String {
+        EMULATORS
+            .iter()
+            .map(|e| format!("{:<8} {}  {}\n", e.provider, self.base_url(e.provider), (e.how_to_call)()))
+            .collect()
     }
 
     pub async fn shutdown(mut self) {
@@ -217,15 +174,33 @@ impl Drop for Emulator {
     }
 }
 
+/// One provider's emulator: what the shared server, the demo and `tally emulate` need of it.
+struct Emulated {
+    provider: Provider,
+    /// The provider's documented paths, served under `/{provider}`.
+    routes: fn() -> Router<Arc<Shared>>,
+    /// A rate-limit refusal in the provider's own shape, as a client would meet it.
+    too_many_requests: fn() -> Response,
+    /// The demo set's `[[accounts]]` entries of this provider, pointed at its base URL.
+    demo_accounts: fn(&url::Url) -> String,
+    /// The demo credentials, for a person calling the emulator by hand.
+    how_to_call: fn() -> String,
+}
+
+/// The emulated providers, in the demo's order: a new provider's emulator is its file
+/// (`emulator/<name>.rs`, beside the shared fault injection and demo data) and one line here.
+const EMULATORS: [Emulated; 4] = [leanx::EMULATED, luxtak::EMULATED, ibanera::EMULATED, yedpay::EMULATED];
+
+fn emulated(provider: Provider) -> &'static Emulated {
+    EMULATORS.iter().find(|e| e.provider == provider).expect("every provider has an emulator (tested)")
+}
+
 fn router(shared: Arc<Shared>) -> Router {
-    let provider = |p: Provider, routes: Router<Arc<Shared>>| {
-        routes.layer(middleware::from_fn_with_state((Arc::clone(&shared), p), inject_faults))
-    };
-    Router::new()
-        .nest("/leanx", provider(Provider::Leanx, leanx::routes()))
-        .nest("/luxtak", provider(Provider::Luxtak, luxtak::routes()))
-        .nest("/ibanera", provider(Provider::Ibanera, ibanera::routes()))
-        .nest("/yedpay", provider(Provider::Yedpay, yedpay::routes()))
+    let routes = EMULATORS.iter().fold(Router::new(), |router, e| {
+        let faults = middleware::from_fn_with_state((Arc::clone(&shared), e.provider), inject_faults);
+        router.nest(&format!("/{}", e.provider), (e.routes)().layer(faults))
+    });
+    routes
         .route("/_control/faults/{provider}", put(put_faults))
         .route("/_control/calls", get(get_calls))
         .route("/_control/ibanera/expire-tokens", post(expire_tokens))
@@ -263,7 +238,7 @@ async fn inject_faults(
         return (StatusCode::SERVICE_UNAVAILABLE, "<html><body>503 Service Unavailable</body></html>").into_response();
     }
     if let Some(secs) = faults.rate_limit {
-        let mut r = too_many_requests(provider);
+        let mut r = (emulated(provider).too_many_requests)();
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
@@ -279,16 +254,6 @@ async fn inject_faults(
         return Response::from_parts(parts, axum::body::Body::from(cut));
     }
     response
-}
-
-/// A rate-limit refusal in the provider's own shape, as a client would meet it.
-fn too_many_requests(provider: Provider) -> Response {
-    match provider {
-        Provider::Leanx => leanx::too_many_requests(),
-        Provider::Luxtak => luxtak::too_many_requests(),
-        Provider::Ibanera => ibanera::too_many_requests(),
-        Provider::Yedpay => yedpay::too_many_requests(),
-    }
 }
 
 async fn put_faults(
@@ -309,8 +274,10 @@ async fn put_faults(
 }
 
 async fn get_calls(State(shared): State<Arc<Shared>>) -> Response {
-    let calls: serde_json::Map<String, serde_json::Value> =
-        Provider::ALL.iter().map(|p| (p.as_str().to_owned(), shared.calls[p].load(Ordering::Relaxed).into())).collect();
+    let calls: serde_json::Map<String, serde_json::Value> = EMULATORS
+        .iter()
+        .map(|e| (e.provider.to_string(), shared.calls[&e.provider].load(Ordering::Relaxed).into()))
+        .collect();
     json(StatusCode::OK, serde_json::Value::Object(calls).to_string())
 }
 

@@ -8,7 +8,13 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::{AccountConfig, from_toml};
 use crate::domain::{PayoutLookup, PayoutStatus};
-use crate::providers::{DEFAULT_MAX_RESPONSE_BYTES, ProviderClient, UpstreamErrorKind, UpstreamHttp, client_for};
+use crate::providers::ibanera::IbaneraSettings;
+use crate::providers::leanx::LeanxSettings;
+use crate::providers::luxtak::LuxtakSettings;
+use crate::providers::yedpay::YedpaySettings;
+use crate::providers::{
+    ClientContext, DEFAULT_MAX_RESPONSE_BYTES, ProviderClient, ProviderConfig, UpstreamErrorKind, UpstreamHttp,
+};
 
 async fn emulator() -> Emulator {
     // Raw reqwest clients below need the process's TLS provider, as tally's own client does.
@@ -21,33 +27,30 @@ fn demo_accounts(emu: &Emulator) -> Vec<AccountConfig> {
 }
 
 fn client(account: &AccountConfig) -> std::sync::Arc<dyn ProviderClient> {
-    client_for(account, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES))
+    account.provider.client(ClientContext {
+        base_url: account.base_url.clone(),
+        utc_offset: account.utc_offset,
+        timeout: account.freshness.timeout,
+        http: UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES),
+    })
 }
 
 fn with(account: &AccountConfig, field: &str, value: &str) -> AccountConfig {
-    // Rebuild the account's TOML with one field replaced, as an operator's typo would.
+    // The account with one credential replaced, as an operator's typo would.
     let mut a = account.clone();
+    let value = secrecy::SecretString::from(value.to_owned());
     a.provider = match (&a.provider, field) {
-        (crate::config::ProviderConfig::Leanx { currency, .. }, "auth_token") => {
-            crate::config::ProviderConfig::Leanx { auth_token: value.to_owned().into(), currency: currency.clone() }
+        (ProviderConfig::Leanx(s), "auth_token") => {
+            ProviderConfig::Leanx(LeanxSettings { auth_token: value, ..s.clone() })
         }
-        (crate::config::ProviderConfig::Luxtak { app_id, .. }, "app_key") => {
-            crate::config::ProviderConfig::Luxtak { app_id: app_id.clone(), app_key: value.to_owned().into() }
+        (ProviderConfig::Luxtak(s), "app_key") => {
+            ProviderConfig::Luxtak(LuxtakSettings { app_key: value, ..s.clone() })
         }
-        (crate::config::ProviderConfig::Ibanera { username, totp_secret, page_size, .. }, "password") => {
-            crate::config::ProviderConfig::Ibanera {
-                username: username.clone(),
-                password: value.to_owned().into(),
-                totp_secret: totp_secret.clone(),
-                page_size: *page_size,
-            }
+        (ProviderConfig::Ibanera(s), "password") => {
+            ProviderConfig::Ibanera(IbaneraSettings { password: value, ..s.clone() })
         }
-        (crate::config::ProviderConfig::Yedpay { company_id, currencies, .. }, "access_token") => {
-            crate::config::ProviderConfig::Yedpay {
-                access_token: value.to_owned().into(),
-                company_id: company_id.clone(),
-                currencies: currencies.clone(),
-            }
+        (ProviderConfig::Yedpay(s), "access_token") => {
+            ProviderConfig::Yedpay(YedpaySettings { access_token: value, ..s.clone() })
         }
         _ => panic!("no field {field} here"),
     };
@@ -470,4 +473,15 @@ async fn injected_faults_look_like_real_failures() {
     .unwrap();
     assert_eq!(calls["yedpay"], 2, "both currencies were asked concurrently; the first failed");
     emu.shutdown().await;
+}
+
+#[test]
+fn every_provider_has_one_emulator_and_demo_accounts() {
+    for provider in Provider::ALL {
+        assert_eq!(EMULATORS.iter().filter(|e| e.provider == provider).count(), 1, "{provider}");
+        let accounts = (emulated(provider).demo_accounts)(&url::Url::parse("http://127.0.0.1:9/x").unwrap());
+        let settings = crate::config::from_toml(&accounts).unwrap_or_else(|e| panic!("{provider}: {e}"));
+        assert!(settings.accounts.iter().all(|a| a.provider_kind() == provider), "{provider}: {accounts}");
+        assert!(!settings.accounts.is_empty(), "{provider} has demo accounts");
+    }
 }

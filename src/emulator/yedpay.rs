@@ -12,9 +12,26 @@ use rust_decimal::prelude::ToPrimitive;
 use serde_json::json;
 
 use super::data::{YEDPAY_SETTLEMENTS, yedpay_balance};
-use super::{Shared, credentials, json as respond};
+use super::{Emulated, Shared, credentials, json as respond};
+use crate::domain::Provider;
 
-pub fn routes() -> Router<Arc<Shared>> {
+/// This emulator's registration (see [`super::EMULATORS`]).
+pub(super) const EMULATED: Emulated =
+    Emulated { provider: Provider::Yedpay, routes, too_many_requests, demo_accounts, how_to_call };
+
+fn demo_accounts(base_url: &url::Url) -> String {
+    format!(
+        "[[accounts]]\nid = \"yedpay-hk\"\nprovider = \"yedpay\"\nbase_url = \"{base_url}\"\naccess_token = \"{}\"\ncompany_id = \"{}\"\ncurrencies = [\"HKD\", \"USD\"]\n",
+        credentials::YEDPAY_ACCESS_TOKEN,
+        credentials::YEDPAY_COMPANY_ID
+    )
+}
+
+fn how_to_call() -> String {
+    format!("Bearer: {}  company_id: {}", credentials::YEDPAY_ACCESS_TOKEN, credentials::YEDPAY_COMPANY_ID)
+}
+
+fn routes() -> Router<Arc<Shared>> {
     Router::new().route("/v1/balance/{company_id}", get(balance)).route("/v1/settlements", get(settlements))
 }
 
@@ -26,7 +43,7 @@ fn unauthenticated() -> Response {
 /// Yedpay documents no rate limit (PROVIDERS.md §4.6). Its error messages are Laravel's
 /// (`Unauthenticated.`, `This action is unauthorized.`), so its throttle's is assumed, in the
 /// documented error shape.
-pub fn too_many_requests() -> Response {
+fn too_many_requests() -> Response {
     respond(
         StatusCode::TOO_MANY_REQUESTS,
         r#"{"success":false,"message":"Too Many Attempts.","status":429}"#.to_owned(),

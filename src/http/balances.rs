@@ -7,9 +7,9 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
+use super::report::{AccountError, BalancesReport};
 use crate::domain::{AccountId, Currency, Provider};
-use crate::service::balances::{BalancesOutcome, BodyKey, Selection, SelectionError};
-use crate::service::report::BalancesReport;
+use crate::service::balances::{BalancesOutcome, BodyKey, Selection};
 use crate::store::{HistoryPoint, HistoryQuery};
 
 /// Balances of every selected account, wallet and currency, with per-currency totals and the
@@ -41,18 +41,18 @@ use crate::store::{HistoryPoint, HistoryQuery};
 pub async fn get_balances(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     // The request itself rather than extractors that copy its query and headers.
     let selection = selection(request.uri().query())?;
-    let outcome = state.service.balances(&selection).await.map_err(|e| match e {
-        SelectionError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
-    })?;
+    let outcome = state.service.balances(&selection).await?;
     if !outcome.servable {
         return Err(ApiError::new(ErrorCode::NothingToServe, "no selected account has figures to serve")
             .retry_after(outcome.retry_after.as_secs())
             .with_accounts(
                 outcome
-                    .report()
-                    .accounts
-                    .into_iter()
-                    .map(|a| ProblemAccount { account: a.account, provider: a.provider, error: a.error })
+                    .accounts()
+                    .map(|a| ProblemAccount {
+                        account: a.account.id().clone(),
+                        provider: a.account.provider(),
+                        error: a.failure.cloned().map(AccountError::from),
+                    })
                     .collect(),
             ));
     }
@@ -74,10 +74,8 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
 
 fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
     let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include"])?;
-    let accounts = params.list("account").into_iter().map(|a| {
-        a.parse::<AccountId>()
-            .map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))
-    });
+    let accounts =
+        params.list("account").into_iter().map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)));
     let include_raw = match params.single("include")? {
         None => false,
         Some("raw") => true,
@@ -107,7 +105,7 @@ impl BodyCache {
         let key = outcome.body_key;
         self.0
             .answer(key.selection(), key, outcome.generated_at(), || {
-                let body = serde_json::to_vec(&outcome.report()).expect("a report serializes");
+                let body = serde_json::to_vec(&BalancesReport::from(outcome)).expect("a report serializes");
                 let etag = HeaderValue::from_maybe_shared(bytes::Bytes::from(outcome.etag()))
                     .expect("a quoted hex digest is a valid header value");
                 (etag, body)
@@ -152,7 +150,7 @@ pub async fn get_history(
         None => None,
         Some(a) => {
             let id = a.parse::<AccountId>().ok().filter(|id| state.service.account(id).is_some());
-            Some(id.ok_or_else(|| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))?)
+            Some(id.ok_or_else(|| ApiError::unknown_account(a))?)
         }
     };
     let currency = params

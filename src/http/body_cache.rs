@@ -10,6 +10,19 @@
 //! serializing it. Past
 //! [`ENTRIES`] selections or [`BYTES`] (each entry's body and latest splice), the least
 //! recently used make room; an entry over a quarter of the budget is not kept.
+//!
+//! A body is joined through a `tokio::sync::OnceCell`, not through `crate::coalesce` (tally's
+//! way to join work in flight, used by fetches, payout lookups and migrations), and must be:
+//! - the build borrows the request's outcome (the report is built from it), so it runs inline
+//!   in the request that needs it and cannot be a task of its own, which a coalesced call is;
+//!   if that request panics while building, the cell hands the build to one waiting request,
+//!   where a coalesced call's waiters would each be left to build their own;
+//! - the built body is a memo the entry keeps and serves for every later request of its key,
+//!   where a coalesced call's slot is freed as soon as it finishes.
+//!
+//! What the two share is tested here as there: waiting parks no runtime thread, and a late
+//! build records its splice only into an entry that still holds its cell (`Lru::spliced`
+//! compares the cell), never into one that has moved on to a newer key.
 
 use std::collections::HashMap;
 use std::hash::Hash;

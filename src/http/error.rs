@@ -8,122 +8,69 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::report::AccountError;
+
 use crate::domain::{AccountId, Provider};
-use crate::service::report::AccountError;
+use crate::service::balances::SelectionError;
+use crate::service::payouts::PayoutQueryError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Every stable error code of the API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidQuery,
-    UnknownParameter,
-    UnknownAccount,
-    UnknownProvider,
-    InvalidMaxAge,
-    InvalidCurrency,
-    InvalidInclude,
-    InvalidTime,
-    InvalidLimit,
-    InvalidPayoutId,
-    PayoutLookupUnsupported,
-    Unauthorized,
-    RouteNotFound,
-    PayoutNotFound,
-    MethodNotAllowed,
-    RequestTimeout,
-    PayoutAmbiguous,
-    PayloadTooLarge,
-    Internal,
-    UpstreamFailed,
-    NothingToServe,
-    NotReady,
-    Overloaded,
-    UpstreamTimeout,
+/// The table of every stable error code of the API, one line per code: the variant, its HTTP
+/// status, and its name on the wire. The enum, [`ErrorCode::ALL`] (the `Problem.code` enum of
+/// the OpenAPI document, in this order), [`ErrorCode::status`] and [`ErrorCode::as_str`] are
+/// generated from it, so a code cannot be added without its status and name.
+macro_rules! error_codes {
+    ($($code:ident => $status:ident, $name:literal;)*) => {
+        /// Every stable error code of the API.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($code,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: [ErrorCode; [$($name),*].len()] = [$(Self::$code),*];
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Self::$code => StatusCode::$status,)*
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$code => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
-        Self::InvalidQuery,
-        Self::UnknownParameter,
-        Self::UnknownAccount,
-        Self::UnknownProvider,
-        Self::InvalidMaxAge,
-        Self::InvalidCurrency,
-        Self::InvalidInclude,
-        Self::InvalidTime,
-        Self::InvalidLimit,
-        Self::InvalidPayoutId,
-        Self::PayoutLookupUnsupported,
-        Self::Unauthorized,
-        Self::RouteNotFound,
-        Self::PayoutNotFound,
-        Self::MethodNotAllowed,
-        Self::RequestTimeout,
-        Self::PayoutAmbiguous,
-        Self::PayloadTooLarge,
-        Self::Internal,
-        Self::UpstreamFailed,
-        Self::NothingToServe,
-        Self::NotReady,
-        Self::Overloaded,
-        Self::UpstreamTimeout,
-    ];
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            Self::InvalidQuery
-            | Self::UnknownParameter
-            | Self::UnknownAccount
-            | Self::UnknownProvider
-            | Self::InvalidMaxAge
-            | Self::InvalidCurrency
-            | Self::InvalidInclude
-            | Self::InvalidTime
-            | Self::InvalidLimit
-            | Self::InvalidPayoutId
-            | Self::PayoutLookupUnsupported => StatusCode::BAD_REQUEST,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RouteNotFound | Self::PayoutNotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::PayoutAmbiguous => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::UpstreamFailed => StatusCode::BAD_GATEWAY,
-            Self::NothingToServe | Self::NotReady | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidQuery => "invalid_query",
-            Self::UnknownParameter => "unknown_parameter",
-            Self::UnknownAccount => "unknown_account",
-            Self::UnknownProvider => "unknown_provider",
-            Self::InvalidMaxAge => "invalid_max_age",
-            Self::InvalidCurrency => "invalid_currency",
-            Self::InvalidInclude => "invalid_include",
-            Self::InvalidTime => "invalid_time",
-            Self::InvalidLimit => "invalid_limit",
-            Self::InvalidPayoutId => "invalid_payout_id",
-            Self::PayoutLookupUnsupported => "payout_lookup_unsupported",
-            Self::Unauthorized => "unauthorized",
-            Self::RouteNotFound => "route_not_found",
-            Self::PayoutNotFound => "payout_not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::RequestTimeout => "request_timeout",
-            Self::PayoutAmbiguous => "payout_ambiguous",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::Internal => "internal_error",
-            Self::UpstreamFailed => "upstream_failed",
-            Self::NothingToServe => "nothing_to_serve",
-            Self::NotReady => "not_ready",
-            Self::Overloaded => "overloaded",
-            Self::UpstreamTimeout => "upstream_timeout",
-        }
-    }
+error_codes! {
+    InvalidQuery            => BAD_REQUEST,           "invalid_query";
+    UnknownParameter        => BAD_REQUEST,           "unknown_parameter";
+    UnknownAccount          => BAD_REQUEST,           "unknown_account";
+    UnknownProvider         => BAD_REQUEST,           "unknown_provider";
+    InvalidMaxAge           => BAD_REQUEST,           "invalid_max_age";
+    InvalidCurrency         => BAD_REQUEST,           "invalid_currency";
+    InvalidInclude          => BAD_REQUEST,           "invalid_include";
+    InvalidTime             => BAD_REQUEST,           "invalid_time";
+    InvalidLimit            => BAD_REQUEST,           "invalid_limit";
+    InvalidPayoutId         => BAD_REQUEST,           "invalid_payout_id";
+    PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";
+    Unauthorized            => UNAUTHORIZED,          "unauthorized";
+    RouteNotFound           => NOT_FOUND,             "route_not_found";
+    PayoutNotFound          => NOT_FOUND,             "payout_not_found";
+    MethodNotAllowed        => METHOD_NOT_ALLOWED,    "method_not_allowed";
+    RequestTimeout          => REQUEST_TIMEOUT,       "request_timeout";
+    PayoutAmbiguous         => CONFLICT,              "payout_ambiguous";
+    PayloadTooLarge         => PAYLOAD_TOO_LARGE,     "payload_too_large";
+    Internal                => INTERNAL_SERVER_ERROR, "internal_error";
+    UpstreamFailed          => BAD_GATEWAY,           "upstream_failed";
+    NothingToServe          => SERVICE_UNAVAILABLE,   "nothing_to_serve";
+    NotReady                => SERVICE_UNAVAILABLE,   "not_ready";
+    Overloaded              => SERVICE_UNAVAILABLE,   "overloaded";
+    UpstreamTimeout         => GATEWAY_TIMEOUT,       "upstream_timeout";
 }
 
 /// An RFC 9457 problem document.
@@ -179,6 +126,36 @@ impl ApiError {
     pub fn with_accounts(mut self, accounts: Vec<ProblemAccount>) -> Self {
         self.accounts = Some(accounts);
         self
+    }
+
+    /// An account id the query names that no configured account has (or that is no account
+    /// id at all: to the caller, both are an account tally does not know). Worded as the
+    /// service words [`SelectionError::UnknownAccount`].
+    pub fn unknown_account(id: &str) -> Self {
+        Self::new(ErrorCode::UnknownAccount, format!("no account `{id}` is configured"))
+    }
+}
+
+// The service's refusals of a query: its message is the detail, and the code says which
+// refusal it is. Every handler that asks the service converts with `?`, so one refusal has one
+// code on every route.
+
+impl From<SelectionError> for ApiError {
+    fn from(e: SelectionError) -> Self {
+        let code = match e {
+            SelectionError::UnknownAccount(_) => ErrorCode::UnknownAccount,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<PayoutQueryError> for ApiError {
+    fn from(e: PayoutQueryError) -> Self {
+        let code = match e {
+            PayoutQueryError::UnknownAccount(_) => ErrorCode::UnknownAccount,
+            PayoutQueryError::Unsupported(_) => ErrorCode::PayoutLookupUnsupported,
+        };
+        Self::new(code, e.to_string())
     }
 }
 

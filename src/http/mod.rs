@@ -1,5 +1,8 @@
 //! The HTTP API: routes registered in one place (so the OpenAPI document cannot drift from
-//! the code), the middleware stack, and errors rendered as problem+json.
+//! the code), the middleware stack, errors rendered as problem+json ([`error`]: one table of
+//! codes, and the conversions from the service's refusals), and the wire types of the answers
+//! ([`report`]: the `/balances` report, built from what the service found). `http` depends on
+//! `service`, never the other way.
 
 mod auth;
 pub mod balances;
@@ -9,6 +12,7 @@ mod layers;
 pub mod ops;
 pub mod payouts;
 mod query;
+pub mod report;
 
 use std::sync::Arc;
 

@@ -11,10 +11,10 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem};
+use super::report::AccountError;
 use crate::domain::{AccountId, Provider};
 use crate::providers::Capabilities;
 use crate::service::CircuitState;
-use crate::service::report::AccountError;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {

@@ -8,11 +8,10 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
+use super::report::AccountError;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
-use crate::service::FetchFailure;
-use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutQueryError, PayoutView};
-use crate::service::report::AccountError;
+use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutView};
 
 /// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
 const MAX_ID_CHARS: usize = 128;
@@ -107,16 +106,10 @@ pub async fn get_payout(
     let params = Params::parse(query.as_deref(), &["account", "max_age"])?;
     let account = params
         .single("account")?
-        .map(|a| {
-            a.parse::<AccountId>()
-                .map_err(|_| ApiError::new(ErrorCode::UnknownAccount, format!("no account `{a}` is configured")))
-        })
+        .map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)))
         .transpose()?;
     let query = PayoutQuery { id: id.clone(), account, max_age: params.max_age()? };
-    let answer = state.service.payout(&query).await.map_err(|e| match e {
-        PayoutQueryError::UnknownAccount(_) => ApiError::new(ErrorCode::UnknownAccount, e.to_string()),
-        PayoutQueryError::Unsupported(_) => ApiError::new(ErrorCode::PayoutLookupUnsupported, e.to_string()),
-    })?;
+    let answer = state.service.payout(&query).await?;
     match answer {
         PayoutAnswer::Found(view) => Ok(axum::Json((*view).into())),
         PayoutAnswer::NotFound => {
@@ -132,7 +125,7 @@ pub async fn get_payout(
             let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };
             let accounts = errors
                 .into_iter()
-                .map(|(a, FetchFailure { error, at })| problem_account(&state, a, Some(AccountError::new(error, at))))
+                .map(|(a, failure)| problem_account(&state, a, Some(AccountError::from(failure))))
                 .collect();
             let detail = "no account found the payout, and a lookup failed with nothing stored: it may be there";
             Err(ApiError::new(code, detail).with_accounts(accounts))

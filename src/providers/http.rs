@@ -80,6 +80,10 @@ impl UpstreamResponse {
     /// Parses the body as the documented JSON; anything else (an HTML error page, a truncated
     /// body) is classified by [`UpstreamError::from_undocumented_body`].
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, UpstreamError> {
+        crate::domain::check_depth(&self.body).map_err(|e| {
+            UpstreamError::invalid_response(format!("the provider's answer is not usable JSON: {e}"))
+                .with_status(self.status)
+        })?;
         serde_json::from_slice(&self.body).map_err(|e| UpstreamError::from_undocumented_body(self.status, &e))
     }
 
@@ -104,12 +108,17 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// `now`. A date already past means "now" (zero); anything unreadable is ignored.
 fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
+
+/// The longest wait an upstream's `Retry-After` can impose. Longer asks are held to it, so
+/// time arithmetic on the wait cannot overflow, and a provider's typo cannot silence an
+/// account for days: after an hour one call asks again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 #[cfg(test)]
 mod tests {

@@ -3,30 +3,31 @@
 //!
 //! Layout per provider (after hyperswitch's connectors): `mod.rs` holds the client (URLs,
 //! headers, auth, calls); `transformers.rs` holds the wire types and their conversion into
-//! domain types, and is the only place that knows the provider's JSON.
+//! domain types, and is the only place that knows the provider's JSON; `config.rs` holds the
+//! provider's own account settings, which register it ([`registry`]).
 //!
-//! The service layer sees only [`ProviderClient`]; [`client_for`] is the one place that
-//! matches on the provider.
+//! The service layer sees only [`ProviderClient`], built by [`ProviderConfig::client`]; the
+//! registry's one match is the only place that tells the providers apart.
 
+#[cfg(test)]
+mod conformance;
 mod error;
 mod http;
 pub mod ibanera;
 pub mod leanx;
 pub mod luxtak;
+mod registry;
 #[cfg(test)]
 mod test_support;
 pub mod yedpay;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 
-use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceFetch, PayoutLookup};
 
 pub use error::{UpstreamError, UpstreamErrorKind};
-pub use http::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp, UpstreamResponse};
-pub use ibanera::totp::secret_is_valid as ibanera_secret_is_valid;
+pub use http::{DEFAULT_MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, UpstreamHttp, UpstreamResponse};
+pub use registry::{ClientContext, ProviderConfig, ProviderSettings, Registration, SettingError, registration};
 
 /// What an account's provider can do, as reported by `/accounts`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -38,23 +39,11 @@ pub struct Capabilities {
 /// The behaviour every provider implements once.
 #[async_trait]
 pub trait ProviderClient: Send + Sync {
-    fn capabilities(&self) -> Capabilities;
-
     /// Fetches every wallet and currency of the configured account.
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError>;
 
     /// Looks up one payout by the provider's id or the merchant's reference.
     async fn lookup_payout(&self, id: &str) -> Result<PayoutLookup, UpstreamError>;
-}
-
-/// Builds the client for one configured account. All clients share one HTTP connection pool.
-pub fn client_for(account: &AccountConfig, http: &UpstreamHttp) -> Arc<dyn ProviderClient> {
-    match &account.provider {
-        ProviderConfig::Leanx { .. } => Arc::new(leanx::LeanxClient::new(account, http.clone())),
-        ProviderConfig::Luxtak { .. } => Arc::new(luxtak::LuxtakClient::new(account, http.clone())),
-        ProviderConfig::Ibanera { .. } => Arc::new(ibanera::IbaneraClient::new(account, http.clone())),
-        ProviderConfig::Yedpay { .. } => Arc::new(yedpay::YedpayClient::new(account, http.clone())),
-    }
 }
 
 /// Joins a base URL and a documented path without losing a base path prefix

@@ -1,32 +1,49 @@
 //! Shared by the provider client tests: accounts pointed at a fake upstream.
 
-use crate::config::{AccountConfig, from_toml};
-use crate::providers::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp};
+use std::sync::Arc;
+use std::time::Duration;
 
-/// One account of `provider` with `fields` (credentials etc.), its base URL at `base_url`.
-pub fn account(provider: &str, base_url: &str, fields: &str) -> AccountConfig {
-    let toml = format!("[[accounts]]\nid = \"test\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\n{fields}\n");
-    from_toml(&toml).unwrap_or_else(|e| panic!("test account: {e}")).accounts.remove(0)
+use crate::domain::Provider;
+use crate::providers::{
+    ClientContext, DEFAULT_MAX_RESPONSE_BYTES, ProviderClient, ProviderConfig, ProviderSettings, UpstreamHttp,
+    registration,
+};
+
+/// One account's settings of provider `S`, read from `fields` (TOML keys as in an
+/// `[[accounts]]` entry), and its client context pointed at `base_url`. A `timeout` key is the
+/// account's own (default 5 s); the other keys are the provider's.
+pub fn account<S: ProviderSettings>(base_url: &str, fields: &str) -> (S, ClientContext) {
+    let (keys, context) = keys_and_context(S::PROVIDER, base_url, fields);
+    let settings = S::deserialize(keys).unwrap_or_else(|e| panic!("test account: {e}"));
+    settings.check().unwrap_or_else(|e| panic!("test account: {e:?}"));
+    (settings, context)
+}
+
+/// The client of an account of `provider`, as [`account`] reads it, through the registry.
+pub fn client_of(provider: Provider, base_url: &str, fields: &str) -> Arc<dyn ProviderClient> {
+    let (keys, context) = keys_and_context(provider, base_url, fields);
+    let settings = ProviderConfig::read(provider, keys).unwrap_or_else(|e| panic!("test account: {e:?}"));
+    settings.client(context)
+}
+
+fn keys_and_context(provider: Provider, base_url: &str, fields: &str) -> (serde_json::Value, ClientContext) {
+    let mut keys: serde_json::Map<String, serde_json::Value> = config::Config::builder()
+        .add_source(config::File::from_str(fields, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .unwrap_or_else(|e| panic!("test account: {e}"));
+    let timeout = keys.remove("timeout").map_or(Duration::from_secs(5), |t| {
+        humantime::parse_duration(t.as_str().expect("a timeout is text")).expect("a timeout is a duration")
+    });
+    let context = ClientContext {
+        base_url: base_url.parse().expect("a test base URL is a URL"),
+        utc_offset: registration(provider).expect("a registered provider").default_utc_offset,
+        timeout,
+        http: http(),
+    };
+    (serde_json::Value::Object(keys), context)
 }
 
 pub fn http() -> UpstreamHttp {
     UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES)
-}
-
-/// A 401 and a 403 without any documented body, as a gateway in front of a provider sends
-/// them: each must come out of `balance_error` as an auth failure carrying its status, whatever
-/// order the client reads status and body in.
-pub async fn bare_refusals_are_auth_failures<F, Fut>(balance_error: F)
-where
-    F: Fn(wiremock::ResponseTemplate) -> Fut,
-    Fut: std::future::Future<Output = crate::providers::UpstreamError>,
-{
-    let refusals = [
-        (401, wiremock::ResponseTemplate::new(401).set_body_raw("<html>Unauthorized</html>", "text/html")),
-        (403, wiremock::ResponseTemplate::new(403)),
-    ];
-    for (status, response) in refusals {
-        let e = balance_error(response).await;
-        assert_eq!((e.kind, e.upstream_status), (crate::providers::UpstreamErrorKind::AuthFailed, Some(status)), "{e}");
-    }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use super::{AccountState, Service, Within, clock};
+use super::{AccountState, Service, Within};
+use crate::clock;
 use crate::domain::AccountId;
 use crate::providers::{UpstreamError, UpstreamErrorKind};
 use crate::sync::MutexExt;

@@ -1,5 +1,7 @@
 //! `GET /balances`: which accounts a request selects, how fresh each figure must be, the
-//! concurrent fan-out within the request deadline, and the report.
+//! concurrent fan-out within the request deadline, and what each selected account has to
+//! serve, with the per-currency totals ([`super::totals`]). The HTTP layer turns that into the
+//! report it sends.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,10 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
-use super::clock::{age, age_seconds};
-use super::report::{AccountError, AccountLine, AccountStatus, BalanceLine, BalancesReport, Source, totals};
+use super::totals::{CurrencySums, totals};
 use super::{AccountState, FetchFailure, Service};
-use crate::domain::{AccountId, Currency, Provider};
+use crate::clock::{age, age_seconds};
+use crate::domain::{AccountId, BalanceEntry, Currency, Provider};
 use crate::store::AccountSnapshot;
 use crate::sync::MutexExt;
 
@@ -33,8 +35,9 @@ pub enum SelectionError {
 }
 
 /// What one `/balances` request resolved to, and what the HTTP layer needs to answer with it.
-/// The report itself is built on demand ([`report`](Self::report)): an HTTP layer that already
-/// holds the bytes of an identical answer does not need it.
+/// What each account serves is read on demand ([`accounts`](Self::accounts),
+/// [`entries`](Self::entries), [`totals`](Self::totals)): an HTTP layer that already holds the
+/// bytes of an identical answer does not need it.
 pub struct BalancesOutcome {
     service: Arc<Service>,
     views: Vec<View>,
@@ -72,15 +75,48 @@ impl BodyKey {
     }
 }
 
+/// How an account's figure stands for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The figure is within its freshness bound.
+    Fresh,
+    /// A refresh failed or missed the deadline; the last stored figure is served.
+    Stale,
+    /// Nothing to serve.
+    Failed,
+}
+
+/// Where a served figure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Fetched for this request.
+    Live,
+    /// Served from memory or the store.
+    Cache,
+}
+
+/// One selected account's answer, as [`BalancesOutcome::accounts`] shows it.
+#[derive(Clone, Copy)]
+pub struct AccountAnswer<'a> {
+    pub account: &'a AccountState,
+    pub status: Status,
+    /// Where the served figure came from; `None` when nothing is served.
+    pub origin: Option<Origin>,
+    /// The served figures.
+    pub snapshot: Option<&'a AccountSnapshot>,
+    /// Why the figure is not fresh.
+    pub failure: Option<&'a FetchFailure>,
+}
+
 /// One account's answer for one request.
 struct View {
     /// The account's position in [`Service::accounts`]: no reference count to move per
     /// account on the hot path.
     account: usize,
-    status: AccountStatus,
-    source: Option<Source>,
+    status: Status,
+    source: Option<Origin>,
     snapshot: Option<Arc<AccountSnapshot>>,
-    error: Option<AccountError>,
+    error: Option<FetchFailure>,
     fresh_for: Duration,
 }
 
@@ -177,8 +213,8 @@ impl Service {
                 let fresh_for = freshness_bound(&account, max_age);
                 View {
                     account: index,
-                    status: AccountStatus::Fresh,
-                    source: Some(Source::Live),
+                    status: Status::Fresh,
+                    source: Some(Origin::Live),
                     snapshot: Some(snapshot),
                     error: None,
                     fresh_for,
@@ -199,8 +235,8 @@ impl Service {
         let age = age(now, snapshot.fetched_at);
         (age <= bound && !bound.is_zero()).then(|| View {
             account: index,
-            status: AccountStatus::Fresh,
-            source: Some(Source::Cache),
+            status: Status::Fresh,
+            source: Some(Origin::Cache),
             snapshot: Some(snapshot),
             error: None,
             fresh_for: freshness_bound(account, Some(bound)).saturating_sub(age),
@@ -225,10 +261,10 @@ impl Service {
 
     /// `snapshot` served as stale for `failure`, or the account `failed` without one.
     fn stale_view(&self, index: usize, failure: FetchFailure, snapshot: Option<Arc<AccountSnapshot>>) -> View {
-        let error = Some(AccountError::new(failure.error, failure.at));
+        let error = Some(failure);
         let (status, source) = match snapshot {
-            Some(_) => (AccountStatus::Stale, Some(Source::Cache)),
-            None => (AccountStatus::Failed, None),
+            Some(_) => (Status::Stale, Some(Origin::Cache)),
+            None => (Status::Failed, None),
         };
         View { account: index, status, source, snapshot, error, fresh_for: Duration::ZERO }
     }
@@ -254,9 +290,9 @@ impl Service {
             let (mut selected, mut shown) = (std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
             for v in &views {
                 v.account.hash(&mut selected);
-                (v.source == Some(Source::Live)).hash(&mut shown);
+                (v.source == Some(Origin::Live)).hash(&mut shown);
                 v.snapshot.as_ref().map(|s| age_seconds(now, s.fetched_at)).hash(&mut shown);
-                v.error.as_ref().map(|e| (e.at, e.upstream_status)).hash(&mut shown);
+                v.error.as_ref().map(|e| (e.at, e.error.upstream_status)).hash(&mut shown);
             }
             selection.currencies.hash(&mut selected);
             selection.include_raw.hash(&mut selected);
@@ -288,46 +324,46 @@ impl BalancesOutcome {
         format!("\"{}\"", hex::encode(self.tag))
     }
 
-    pub fn report(&self) -> BalancesReport {
-        let (now, selection) = (self.now, &self.selection);
-        let mut balances = Vec::new();
-        let mut accounts = Vec::with_capacity(self.views.len());
-        for view in &self.views {
-            let account = &self.service.accounts[view.account];
-            if let Some(snapshot) = &view.snapshot {
-                let wanted = |c: &Currency| selection.currencies.is_empty() || selection.currencies.contains(c);
-                balances.extend(snapshot.entries.iter().filter(|e| wanted(&e.currency)).map(|e| BalanceLine {
-                    account: account.id().clone(),
-                    provider: account.provider(),
-                    wallet: e.wallet.clone(),
-                    currency: e.currency.clone(),
-                    available: e.available,
-                    pending: e.pending,
-                    reserved: e.reserved,
-                    total: e.total,
-                    blocked: e.blocked,
-                    fetched_at: snapshot.fetched_at,
-                    age_seconds: age_seconds(now, snapshot.fetched_at),
-                    stale: view.status != AccountStatus::Fresh,
-                }));
-            }
-            accounts.push(AccountLine {
-                account: account.id().clone(),
-                provider: account.provider(),
-                status: view.status,
-                source: view.source,
-                fetched_at: view.snapshot.as_ref().map(|s| s.fetched_at),
-                error: view.error.clone(),
-                raw: if selection.include_raw { view.snapshot.as_ref().and_then(|s| s.raw.clone()) } else { None },
-            });
-        }
-        BalancesReport {
-            generated_at: now,
-            complete: self.views.iter().all(|v| v.status == AccountStatus::Fresh),
-            totals: totals(&balances),
-            balances,
-            accounts,
-        }
+    /// Every selected account's answer, in config order.
+    pub fn accounts(&self) -> impl Iterator<Item = AccountAnswer<'_>> {
+        self.views.iter().map(|view| AccountAnswer {
+            account: &self.service.accounts[view.account],
+            status: view.status,
+            origin: view.source,
+            snapshot: view.snapshot.as_deref(),
+            failure: view.error.as_ref(),
+        })
+    }
+
+    /// Every served entry in a selected currency, with its account's answer, in config order
+    /// and then in the provider's order.
+    pub fn entries(&self) -> impl Iterator<Item = (AccountAnswer<'_>, &AccountSnapshot, &BalanceEntry)> {
+        let wanted = |c: &Currency| self.selection.currencies.is_empty() || self.selection.currencies.contains(c);
+        self.accounts().flat_map(move |answer| {
+            let served = answer.snapshot.into_iter().flat_map(|s| s.entries.iter().map(move |e| (s, e)));
+            served.filter(move |(_, e)| wanted(&e.currency)).map(move |(s, e)| (answer, s, e))
+        })
+    }
+
+    /// The per-currency totals of [`entries`](Self::entries), an entry of an account not
+    /// [`Status::Fresh`] counting as stale.
+    pub fn totals(&self) -> Vec<CurrencySums> {
+        totals(self.entries().map(|(answer, _, entry)| (entry, answer.status != Status::Fresh)))
+    }
+
+    /// How old `snapshot` is as of [`generated_at`](Self::generated_at), in whole seconds.
+    pub fn age_seconds(&self, snapshot: &AccountSnapshot) -> u64 {
+        age_seconds(self.now, snapshot.fetched_at)
+    }
+
+    /// True when every selected account is fresh.
+    pub fn complete(&self) -> bool {
+        self.views.iter().all(|v| v.status == Status::Fresh)
+    }
+
+    /// Whether the request asked for each account's raw provider payload (`include=raw`).
+    pub fn include_raw(&self) -> bool {
+        self.selection.include_raw
     }
 }
 
@@ -353,8 +389,8 @@ fn content_tag(accounts: &[Arc<AccountState>], views: &[View], selection: &Selec
             h.update(s.fetched_at.timestamp_micros().to_le_bytes());
         }
         if let Some(e) = &v.error {
-            h.update(e.code.as_bytes());
-            h.update(e.message.as_bytes());
+            h.update(e.error.code().as_bytes());
+            h.update(e.error.message.as_bytes());
         }
         h.update([0xff]);
     }

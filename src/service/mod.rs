@@ -2,32 +2,31 @@
 //!
 //! - [`fetch`]: one coalesced, retried, circuit-broken fetch per account at a time, persisted
 //!   before it is served;
-//! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and the
-//!   report of SPEC §3 (entries, per-currency totals, per-account status);
+//! - [`balances`]: freshness per request, concurrent fan-out within the deadline, and what
+//!   each account serves (entries, per-account status) for the HTTP layer's report of SPEC §3;
+//! - [`totals`]: the report's per-currency sums, which never mix currencies;
 //! - [`payouts`]: one payout status across accounts;
-//! - `coalesce`: one call in flight per key, shared by its callers;
+//! - fetches and lookups in flight are joined through `crate::coalesce` (which the store's
+//!   migrations use too);
 //! - [`guarded_store`]: the store with its health: every call bounded by what is known of the
 //!   store and by the time its caller has left;
 //! - [`cluster`]: coordination with the replicas sharing the store (PostgreSQL only): leases,
 //!   the shared failures and circuit, fetch announcements;
 //! - [`lease`]: a fetch's cluster-wide lease on an account;
 //! - `background`: periodic refresh, and following other replicas' fetches;
-//! - [`circuit`] and [`clock`]: the breaker (shared through the store by replicas) and
-//!   injectable time.
+//! - [`circuit`]: the breaker (shared through the store by replicas).
 //!
 //! Every store call on a request's path is bounded by the request's deadline.
 
 mod background;
 pub mod balances;
 pub mod circuit;
-pub mod clock;
 pub mod cluster;
-mod coalesce;
 mod fetch;
 pub mod guarded_store;
 pub mod lease;
 pub mod payouts;
-pub mod report;
+pub mod totals;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,14 +36,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, watch};
 
+use crate::clock::Clock;
+// `super::coalesce` to the submodules that coalesce fetches and lookups.
+use crate::coalesce;
 use crate::config::{AccountConfig, Settings};
 use crate::domain::{AccountId, Provider};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp};
+use crate::providers::{Capabilities, ClientContext, ProviderClient, UpstreamError, UpstreamHttp};
 use crate::store::{AccountSnapshot, Store};
 use crate::sync::{MutexExt, RwLockExt};
 
 pub use circuit::CircuitState;
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use guarded_store::StoreHealth;
 use guarded_store::{GuardedStore, Within};
 
@@ -61,12 +62,8 @@ pub struct FetchFailure {
 
 /// Waits until `deadline` for the outcome of a shared (coalesced) call. `None` when the
 /// deadline passed, or the task vanished without an answer: for the caller, a timeout.
-async fn await_shared<T: Clone>(mut rx: coalesce::Shared<T>, deadline: tokio::time::Instant) -> Option<T> {
-    let waited = tokio::time::timeout_at(deadline, async {
-        rx.wait_for(|outcome| outcome.is_some()).await.ok().and_then(|outcome| outcome.clone())
-    })
-    .await;
-    waited.ok().flatten()
+async fn await_shared<T: Clone>(rx: coalesce::Shared<T>, deadline: tokio::time::Instant) -> Option<T> {
+    tokio::time::timeout_at(deadline, coalesce::outcome(rx)).await.ok().flatten()
 }
 
 /// The value of one of a request's tasks. A task that panicked panics here too, so that the
@@ -120,7 +117,7 @@ impl AccountState {
     }
 
     pub fn capabilities(&self) -> Capabilities {
-        self.client.capabilities()
+        self.config.provider.capabilities()
     }
 
     pub fn latest(&self) -> Option<Arc<AccountSnapshot>> {
@@ -186,7 +183,12 @@ impl Service {
                 Arc::new(AccountState {
                     cache_hits: AtomicU64::new(0),
                     cache_misses: AtomicU64::new(0),
-                    client: crate::providers::client_for(config, http),
+                    client: config.provider.client(ClientContext {
+                        base_url: config.base_url.clone(),
+                        utc_offset: config.utc_offset,
+                        timeout: config.freshness.timeout,
+                        http: http.clone(),
+                    }),
                     latest: RwLock::new(None),
                     circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
                     health: Mutex::new(Health::default()),

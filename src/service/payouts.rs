@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::clock::age;
 use super::coalesce::{Joined, Shared};
 use super::{AccountState, FetchFailure, Service};
+use crate::clock::age;
 use crate::domain::{AccountId, Payout, PayoutLookup};
 use crate::providers::UpstreamError;
 use crate::store::StoredPayout;

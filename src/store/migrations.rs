@@ -2,10 +2,13 @@
 
 use std::borrow::Cow;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-use crate::sync::MutexExt;
+use crate::coalesce::{self, Coalescer, Joined, Publisher};
 
 fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
     let migrations = files
@@ -39,17 +42,18 @@ pub fn latest_version(migrator: &Migrator) -> i64 {
 /// started becomes ready without a restart.
 ///
 /// One attempt runs at a time, in a task of its own, bounded by [`Self::ATTEMPT_TIMEOUT`]:
-/// callers wait for it and may give up waiting (`/readyz` answers within 3 s, start-up goes on
-/// after 3 s), but never cancel it. The stores migrate on a connection that is closed, not
-/// returned to the pool, if an attempt is cut short: PostgreSQL then releases the migration's
-/// advisory lock with the session.
+/// callers join it through the coalescer the service's fetches use (one key: there is one
+/// schema), and may give up waiting (`/readyz` answers within 3 s, start-up goes on after 3 s),
+/// but never cancel it. The stores migrate on a connection that is closed, not returned to the
+/// pool, if an attempt is cut short: PostgreSQL then releases the migration's advisory lock
+/// with the session.
 pub struct MigrationGate {
-    store: std::sync::Arc<dyn super::Store>,
-    done: std::sync::atomic::AtomicBool,
-    attempt: std::sync::Mutex<Option<Attempt>>,
+    store: Arc<dyn super::Store>,
+    done: AtomicBool,
+    attempts: Coalescer<(), Outcome>,
 }
 
-type Attempt = futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<(), super::StoreError>>>;
+type Outcome = Result<(), super::StoreError>;
 
 impl MigrationGate {
     /// Bound on one attempt, so a store that accepts connections and then stalls cannot hold
@@ -57,55 +61,53 @@ impl MigrationGate {
     /// rebuilds a large table.
     pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-    pub fn new(store: std::sync::Arc<dyn super::Store>) -> Self {
-        Self { store, done: false.into(), attempt: std::sync::Mutex::new(None) }
+    pub fn new(store: Arc<dyn super::Store>) -> Self {
+        Self { store, done: false.into(), attempts: Coalescer::default() }
     }
 
     pub fn is_done(&self) -> bool {
-        self.done.load(std::sync::atomic::Ordering::Acquire)
+        self.done.load(Ordering::Acquire)
     }
 
     /// Migrates unless already done; a caller arriving during an attempt shares it.
-    pub async fn ensure(self: &std::sync::Arc<Self>) -> Result<(), super::StoreError> {
-        let attempt = {
-            let mut current = self.attempt.locked();
-            // Checked under the lock: an attempt that just succeeded has cleared the slot.
-            if self.is_done() {
-                return Ok(());
+    pub async fn ensure(self: &Arc<Self>) -> Result<(), super::StoreError> {
+        if self.is_done() {
+            return Ok(());
+        }
+        let rx = match self.attempts.join_or_start(&()) {
+            Joined::Waiting(rx) => rx,
+            Joined::Started(publisher, rx) => {
+                // An attempt that succeeded since the check above has published (after marking
+                // the gate done) and left the slot: no second attempt for it.
+                if self.is_done() {
+                    self.attempts.finish(publisher, Ok(()));
+                } else {
+                    self.start(publisher);
+                }
+                rx
             }
-            current.get_or_insert_with(|| self.start()).clone()
         };
-        attempt.await
+        coalesce::outcome(rx).await.unwrap_or_else(|| {
+            Err(super::StoreError::Migration(
+                "the attempt ended without an outcome (it panicked or was cancelled)".into(),
+            ))
+        })
     }
 
-    /// Spawns an attempt; called with the slot locked, which the attempt's clean-up takes
-    /// too, so it clears the slot only after its own attempt is in it.
-    fn start(self: &std::sync::Arc<Self>) -> Attempt {
-        use futures_util::FutureExt;
-        let gate = std::sync::Arc::clone(self);
-        let task = tokio::spawn(async move {
-            // Clears the slot however the attempt ends (a panic or a cancelled task included),
-            // so the next caller starts a new one.
-            let _clear = ClearOnExit(std::sync::Arc::clone(&gate));
+    /// Runs an attempt in its own task, which publishes its outcome to every caller that
+    /// joined it. If the task ends without publishing (a panic, or the runtime going away),
+    /// its waiters get an error and the next caller starts a new attempt.
+    fn start(self: &Arc<Self>, publisher: Publisher<(), Outcome>) {
+        let gate = Arc::clone(self);
+        tokio::spawn(async move {
             let outcome = tokio::time::timeout(Self::ATTEMPT_TIMEOUT, gate.store.migrate())
                 .await
                 .unwrap_or_else(|_| Err(super::StoreError::Unavailable("the store did not answer in time".into())));
             if outcome.is_ok() {
-                gate.done.store(true, std::sync::atomic::Ordering::Release);
+                gate.done.store(true, Ordering::Release);
                 tracing::info!("store migrations are applied");
             }
-            outcome
+            gate.attempts.finish(publisher, outcome);
         });
-        async move { task.await.unwrap_or_else(|e| Err(super::StoreError::Migration(format!("the attempt ended: {e}")))) }
-            .boxed()
-            .shared()
-    }
-}
-
-struct ClearOnExit(std::sync::Arc<MigrationGate>);
-
-impl Drop for ClearOnExit {
-    fn drop(&mut self) {
-        *self.0.attempt.locked() = None;
     }
 }

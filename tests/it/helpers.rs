@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
 use tally::app::Application;
-use tally::service::ManualClock;
+use tally::clock::ManualClock;
 use tokio::sync::oneshot;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

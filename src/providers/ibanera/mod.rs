@@ -2,8 +2,9 @@
 //! sends `Authorization: Bearer <token>` and a fresh TOTP in `otp`. Repeated failed logins lock
 //! the account for 10 minutes, so a failed login is never retried before a cool-down.
 
+mod config;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod totp;
 mod transformers;
 
@@ -17,16 +18,19 @@ use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::config::{AccountConfig, ProviderConfig};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
-use crate::service::{Clock, SystemClock};
+use crate::providers::{ClientContext, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
+pub use config::IbaneraSettings;
 use transformers::{IbaneraBalance, IbaneraEnvelope, IbaneraLogin};
 
 const LOGIN_PATH: &str = "/api/v1/public/auth/login";
 const BALANCES_PATH: &str = "/api/v1/customer/accounts/balances";
 /// No new login this long after a failed one: the provider locks accounts for 10 minutes.
 pub const LOGIN_COOLDOWN: Duration = Duration::from_secs(600);
+/// The longest token lifetime believed: a longer `expiresIn` is held to it, so time arithmetic
+/// on it cannot overflow, and the token is renewed at least daily.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// A bound on paging. An account with more pages fails rather than report part of its wallets
 /// as if they were all (raise `page_size` instead).
 const MAX_PAGES: u32 = 100;
@@ -52,18 +56,15 @@ struct Session {
 }
 
 impl IbaneraClient {
-    pub fn new(account: &AccountConfig, http: UpstreamHttp) -> Self {
-        let ProviderConfig::Ibanera { username, password, totp_secret, page_size } = &account.provider else {
-            unreachable!("client_for builds an Ibanera client only for an Ibanera account")
-        };
+    pub fn new(settings: &IbaneraSettings, account: ClientContext) -> Self {
         Self {
-            http,
-            base_url: account.base_url.clone(),
-            timeout: account.freshness.timeout,
-            username: username.clone(),
-            password: password.clone(),
-            totp: totp::generator(totp_secret).expect("config validation checked the TOTP secret"),
-            page_size: *page_size,
+            http: account.http,
+            base_url: account.base_url,
+            timeout: account.timeout,
+            username: settings.username.clone(),
+            password: settings.password.clone(),
+            totp: totp::generator(&settings.totp_secret).expect("IbaneraSettings::check checked the TOTP secret"),
+            page_size: settings.page_size,
             session: Mutex::new(Session::default()),
             clock: Arc::new(SystemClock),
         }
@@ -137,9 +138,10 @@ impl IbaneraClient {
         // A 401/403 without the documented envelope is an auth failure (the shared rule).
         let envelope: IbaneraEnvelope<IbaneraLogin> = response.json()?;
         match envelope.details {
-            Some(login) if envelope.is_success() => {
-                Ok((SecretString::from(login.access_token), Duration::from_secs(login.expires_in)))
-            }
+            Some(login) if envelope.is_success() => Ok((
+                SecretString::from(login.access_token),
+                Duration::from_secs(login.expires_in).min(MAX_TOKEN_LIFETIME),
+            )),
             _ => {
                 let codes = envelope.codes();
                 Err(UpstreamError::auth_failed(format!("Ibanera refused the login: {codes}"))
@@ -197,10 +199,6 @@ impl IbaneraClient {
 
 #[async_trait]
 impl ProviderClient for IbaneraClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { balances: true, payouts: false }
-    }
-
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
         let mut entries = Vec::new();
         let mut pages = Vec::new();

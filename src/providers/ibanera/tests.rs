@@ -6,7 +6,7 @@ use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 
 use super::*;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const SECRET: &str = "JBSWY3DPEHPK3PXP";
 const TOKEN: &str = "eyJ-test-access-token";
@@ -60,7 +60,10 @@ fn client(server: &MockServer) -> IbaneraClient {
     let fields = format!(
         "username = \"treasury\"\npassword = \"pa55\"\ntotp_secret = \"{SECRET}\"\npage_size = 2\ntimeout = \"300ms\""
     );
-    IbaneraClient::new(&account("ibanera", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<IbaneraSettings>(&server.uri(), &fields);
+        IbaneraClient::new(&settings, account)
+    }
 }
 
 async fn mount_login(server: &MockServer, response: ResponseTemplate) {
@@ -132,6 +135,19 @@ async fn the_token_is_reused_until_it_expires_then_exactly_one_new_login() {
 }
 
 #[tokio::test]
+async fn a_token_lifetime_beyond_any_clock_is_held_to_a_day() {
+    let server = MockServer::start().await;
+    mount_login(&server, login_ok(u64::MAX)).await;
+    mount_pages(&server).await;
+    let c = client(&server);
+    c.fetch_balances().await.expect("a huge expiresIn is a long-lived token, not a panic");
+    c.fetch_balances().await.unwrap();
+    assert_eq!(logins(&server).await, 1, "the token is reused");
+    let expires = c.session.lock().await.token.as_ref().unwrap().1;
+    assert!(expires <= Instant::now() + MAX_TOKEN_LIFETIME, "renewed within a day");
+}
+
+#[tokio::test]
 async fn a_refused_cached_token_leads_to_one_new_login_and_one_retry() {
     let server = MockServer::start().await;
     mount_login(&server, login_ok(3600)).await;
@@ -153,8 +169,8 @@ async fn a_refused_cached_token_leads_to_one_new_login_and_one_retry() {
 /// A fixed time in the middle of a TOTP step.
 const NOW: i64 = 1_700_000_015;
 
-fn at(server: &MockServer, unix: i64) -> (IbaneraClient, Arc<crate::service::ManualClock>) {
-    let clock = Arc::new(crate::service::ManualClock::new(chrono::DateTime::from_timestamp(unix, 0).unwrap()));
+fn at(server: &MockServer, unix: i64) -> (IbaneraClient, Arc<crate::clock::ManualClock>) {
+    let clock = Arc::new(crate::clock::ManualClock::new(chrono::DateTime::from_timestamp(unix, 0).unwrap()));
     let mut c = client(server);
     c.clock = clock.clone();
     (c, clock)
@@ -306,7 +322,8 @@ async fn transient_failures_and_bad_bodies_are_classified() {
 async fn payout_lookup_is_reported_unsupported_without_a_call() {
     let server = MockServer::start().await;
     let c = client(&server);
-    assert!(!c.capabilities().payouts);
+    let registered = crate::providers::registration(crate::domain::Provider::Ibanera).expect("registered");
+    assert!(!registered.capabilities.payouts);
     assert!(c.lookup_payout("42").await.is_err());
     assert!(server.received_requests().await.unwrap().is_empty());
 }
@@ -347,4 +364,22 @@ async fn more_pages_than_tally_reads_is_an_error_not_a_partial_success() {
     assert!(e.message.contains("101 pages") && e.message.contains("page_size"), "{}", e.message);
     let pages = server.received_requests().await.unwrap().iter().filter(|r| r.url.path() == BALANCES_PATH).count();
     assert_eq!(pages, 1, "known from the first page");
+}
+
+/// Ibanera's row of the conformance suite: the login is its prelude; it has no payouts.
+pub(crate) fn conformance() -> crate::providers::conformance::Case {
+    crate::providers::conformance::Case {
+        provider: crate::domain::Provider::Ibanera,
+        settings: format!("username = \"treasury\"\npassword = \"pa55\"\ntotp_secret = \"{SECRET}\"\npage_size = 2"),
+        balance_path: BALANCES_PATH,
+        balance_example: format!(
+            r#"{{"id":0,"details":[{PAGE_1}],"pageSize":2,"pageNumber":1,"numberOfPages":1,"status":"1","errors":[]}}"#
+        ),
+        figures: &["1000 USD 1250.50 249.50 - 1500.00 false", "1001 USDC 1520.12345678 0 - 1520.12345678 false"],
+        authorized: |request| {
+            if request.url.path() == LOGIN_PATH { LoginBody.matches(request) } else { Authorized.matches(request) }
+        },
+        prelude: Some(|server| Box::pin(mount_login(server, login_ok(3600)))),
+        payout: None,
+    }
 }

@@ -46,7 +46,7 @@ pub fn accepts(totp: &Totp, code: &str, unix_seconds: u64, skew: u64) -> bool {
     (step.saturating_sub(skew)..=step + skew).any(|s| code_for_step(totp, s) == code)
 }
 
-/// Config validation: the secret must decode.
+/// The check of the account's settings: the secret must decode.
 pub fn secret_is_valid(secret: &SecretString) -> Result<(), String> {
     generator(secret).map(|_| ())
 }

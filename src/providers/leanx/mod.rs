@@ -1,8 +1,9 @@
 //! LeanX (Malaysia): a static `auth-token` header; every call is a POST answered in a
 //! `response_code` envelope (2000 = success), whatever the HTTP status.
 
+mod config;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transformers;
 
 use async_trait::async_trait;
@@ -10,9 +11,9 @@ use chrono::FixedOffset;
 use reqwest::header::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceFetch, Currency, PayoutLookup};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
+use crate::providers::{ClientContext, ProviderClient, UpstreamError, UpstreamHttp, UpstreamResponse, endpoint};
+pub use config::LeanxSettings;
 use transformers::{LeanxBalanceData, LeanxEnvelope, LeanxPayoutData, SUCCESS};
 
 const BALANCE_PATH: &str = "/api/v1/merchant/overall-balance";
@@ -28,16 +29,13 @@ pub struct LeanxClient {
 }
 
 impl LeanxClient {
-    pub fn new(account: &AccountConfig, http: UpstreamHttp) -> Self {
-        let ProviderConfig::Leanx { auth_token, currency } = &account.provider else {
-            unreachable!("client_for builds a LeanX client only for a LeanX account")
-        };
+    pub fn new(settings: &LeanxSettings, account: ClientContext) -> Self {
         Self {
-            http,
-            base_url: account.base_url.clone(),
-            timeout: account.freshness.timeout,
-            auth_token: auth_token.clone(),
-            currency: currency.clone(),
+            http: account.http,
+            base_url: account.base_url,
+            timeout: account.timeout,
+            auth_token: settings.auth_token.clone(),
+            currency: settings.currency.clone(),
             utc_offset: account.utc_offset,
         }
     }
@@ -70,10 +68,6 @@ fn judge<T>(response: &UpstreamResponse, envelope: &LeanxEnvelope<T>) -> Result<
 
 #[async_trait]
 impl ProviderClient for LeanxClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { balances: true, payouts: true }
-    }
-
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
         let response = self.post(endpoint(&self.base_url, BALANCE_PATH)).await?;
         let envelope: LeanxEnvelope<LeanxBalanceData> = response.json()?;

@@ -1,9 +1,10 @@
 //! Luxtak (the Pagsmile/Transfersmile payout platform): every call is a signed POST with a
 //! JSON body carrying a unix `timestamp`, headers `AppId` and `Authorization` (the signature).
 
+mod config;
 mod signature;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transformers;
 
 use async_trait::async_trait;
@@ -12,11 +13,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
-use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceFetch, PayoutLookup, RawJson};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
+use crate::providers::{ClientContext, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
 use transformers::{LuxtakBalance, LuxtakEnvelope, LuxtakPayoutDetail, LuxtakPayoutStatus};
 
+pub use config::LuxtakSettings;
 pub use signature::sign;
 
 pub struct LuxtakClient {
@@ -36,16 +37,13 @@ struct Answer {
 }
 
 impl LuxtakClient {
-    pub fn new(account: &AccountConfig, http: UpstreamHttp) -> Self {
-        let ProviderConfig::Luxtak { app_id, app_key } = &account.provider else {
-            unreachable!("client_for builds a Luxtak client only for a Luxtak account")
-        };
+    pub fn new(settings: &LuxtakSettings, account: ClientContext) -> Self {
         Self {
-            http,
-            base_url: account.base_url.clone(),
-            timeout: account.freshness.timeout,
-            app_id: app_id.clone(),
-            app_key: app_key.clone(),
+            http: account.http,
+            base_url: account.base_url,
+            timeout: account.timeout,
+            app_id: settings.app_id.clone(),
+            app_key: settings.app_key.clone(),
         }
     }
 
@@ -116,10 +114,6 @@ impl LuxtakClient {
 
 #[async_trait]
 impl ProviderClient for LuxtakClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { balances: true, payouts: true }
-    }
-
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
         let answer = self.call("/api/balance", Map::new()).await?;
         let items: Vec<LuxtakBalance> = Self::data(&answer)?;

@@ -6,7 +6,7 @@ use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
 use super::*;
 use crate::domain::PayoutStatus;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const APP_ID: &str = "94FAC0000000000000000000068548";
 const APP_KEY: &str = "test-app-key";
@@ -42,7 +42,10 @@ impl Match for BodyField {
 
 fn client(server: &MockServer) -> LuxtakClient {
     let fields = format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\"\ntimeout = \"300ms\"");
-    LuxtakClient::new(&account("luxtak", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<LuxtakSettings>(&server.uri(), &fields);
+        LuxtakClient::new(&settings, account)
+    }
 }
 
 fn json_response(status: u16, body: &str) -> ResponseTemplate {
@@ -219,11 +222,6 @@ async fn every_documented_status_maps() {
     }
 }
 
-#[tokio::test]
-async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
-    crate::providers::test_support::bare_refusals_are_auth_failures(balance_error).await;
-}
-
 /// Mounts one answer to a status lookup by `payout_id` and another by `custom_code`.
 async fn status_server(by_payout_id: ResponseTemplate, by_custom_code: ResponseTemplate) -> MockServer {
     let server = MockServer::start().await;
@@ -297,4 +295,45 @@ async fn only_a_not_found_custom_code_is_not_found() {
             .await;
     let e = client(&server).lookup_payout("order-77").await.unwrap_err();
     assert_eq!((e.kind, e.provider_code.as_deref()), (UpstreamErrorKind::Rejected, Some("4001003")));
+}
+
+/// Luxtak's row of the conformance suite (its times are UTC: no naive-time case).
+pub(crate) fn conformance() -> crate::providers::conformance::Case {
+    crate::providers::conformance::Case {
+        provider: crate::domain::Provider::Luxtak,
+        settings: format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\""),
+        balance_path: "/api/balance",
+        balance_example: BALANCE_EXAMPLE.to_owned(),
+        figures: &[
+            "main USD 551.38 - - 551.38 false",
+            "main GBP 0 - - 0 false",
+            "main EUR 0 - - 0 false",
+            "main BRL 99002.23 - - 99002.23 false",
+            "main MXN 0 - - 0 false",
+        ],
+        authorized: |request| SignedByTestApp.matches(request),
+        prelude: None,
+        payout: None,
+    }
+}
+
+#[tokio::test]
+async fn a_currency_listed_twice_is_an_invalid_answer_not_twice_the_money() {
+    for data in [
+        r#"[{"currency":"USD","amount":"551.38"},{"currency":"USD","amount":"551.38"}]"#,
+        r#"[{"currency":"USD","amount":"551.38"},{"currency":"usd","amount":"10.00"}]"#,
+    ] {
+        let server = MockServer::start().await;
+        let body = format!(r#"{{"code":200,"msg":"success","time":1642075813,"data":{data}}}"#);
+        Mock::given(path("/api/balance"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+            .mount(&server)
+            .await;
+        // Through the registry, as tally builds every client.
+        let fields = format!("app_id = \"{APP_ID}\"\napp_key = \"{APP_KEY}\"");
+        let client = crate::providers::test_support::client_of(crate::domain::Provider::Luxtak, &server.uri(), &fields);
+        let e = client.fetch_balances().await.expect_err("an ambiguous answer");
+        assert_eq!(e.kind, UpstreamErrorKind::InvalidResponse, "{data}: {e}");
+        assert!(e.message.contains("USD in wallet `main` more than once"), "{e}");
+    }
 }

@@ -1,8 +1,9 @@
 //! Yedpay (Hong Kong): a Bearer personal access token; balances per company and currency;
 //! payouts are settlements, found by paging the settlement list.
 
+mod config;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod transformers;
 
 use async_trait::async_trait;
@@ -10,9 +11,9 @@ use chrono::FixedOffset;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
-use crate::config::{AccountConfig, ProviderConfig};
 use crate::domain::{BalanceEntry, BalanceFetch, Currency, PayoutLookup, RawJson};
-use crate::providers::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
+use crate::providers::{ClientContext, ProviderClient, UpstreamError, UpstreamHttp, endpoint};
+pub use config::YedpaySettings;
 use transformers::{YedpayBalance, YedpayEnvelope, YedpaySettlement};
 
 /// Settlements asked per page; the API's default is 40.
@@ -31,17 +32,14 @@ pub struct YedpayClient {
 }
 
 impl YedpayClient {
-    pub fn new(account: &AccountConfig, http: UpstreamHttp) -> Self {
-        let ProviderConfig::Yedpay { access_token, company_id, currencies } = &account.provider else {
-            unreachable!("client_for builds a Yedpay client only for a Yedpay account")
-        };
+    pub fn new(settings: &YedpaySettings, account: ClientContext) -> Self {
         Self {
-            http,
-            base_url: account.base_url.clone(),
-            timeout: account.freshness.timeout,
-            access_token: access_token.clone(),
-            company_id: company_id.clone(),
-            currencies: currencies.clone(),
+            http: account.http,
+            base_url: account.base_url,
+            timeout: account.timeout,
+            access_token: settings.access_token.clone(),
+            company_id: settings.company_id.clone(),
+            currencies: settings.currencies.clone(),
             utc_offset: account.utc_offset,
         }
     }
@@ -84,10 +82,6 @@ impl YedpayClient {
 
 #[async_trait]
 impl ProviderClient for YedpayClient {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { balances: true, payouts: true }
-    }
-
     /// One call per configured currency, concurrently; any failure fails the fetch.
     async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
         let calls = self.currencies.iter().map(|c| self.balance(c));

@@ -6,7 +6,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use super::*;
 use crate::domain::PayoutStatus;
 use crate::providers::UpstreamErrorKind;
-use crate::providers::test_support::{account, http};
+use crate::providers::test_support::account;
 
 const TOKEN: &str = "yedpay-personal-token";
 
@@ -21,7 +21,10 @@ fn client(server: &MockServer, currencies: &str) -> YedpayClient {
     let fields = format!(
         "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = {currencies}\ntimeout = \"300ms\""
     );
-    YedpayClient::new(&account("yedpay", &server.uri(), &fields), http())
+    {
+        let (settings, account) = account::<YedpaySettings>(&server.uri(), &fields);
+        YedpayClient::new(&settings, account)
+    }
 }
 
 fn json(status: u16, body: &str) -> ResponseTemplate {
@@ -149,11 +152,6 @@ async fn every_documented_settlement_status_maps() {
 }
 
 #[tokio::test]
-async fn a_401_or_403_without_the_envelope_is_an_auth_failure() {
-    crate::providers::test_support::bare_refusals_are_auth_failures(balance_error).await;
-}
-
-#[tokio::test]
 async fn a_settlement_beyond_the_page_cap_is_an_error_not_a_not_found() {
     let server = MockServer::start().await;
     // Every page says there are more than tally searches, and none holds the id.
@@ -200,8 +198,33 @@ async fn the_currencies_are_asked_concurrently() {
     let fields = format!(
         "access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = [\"HKD\", \"USD\"]\ntimeout = \"5s\""
     );
-    let c = YedpayClient::new(&account("yedpay", &format!("http://{addr}"), &fields), http());
+    let c = {
+        let (settings, account) = account::<YedpaySettings>(&format!("http://{addr}"), &fields);
+        YedpayClient::new(&settings, account)
+    };
     let fetch = c.fetch_balances().await.expect("both calls were in flight together");
     let currencies: Vec<&str> = fetch.entries.iter().map(|e| e.currency.as_str()).collect();
     assert_eq!(currencies, ["HKD", "USD"]);
+}
+
+/// Yedpay's row of the conformance suite.
+pub(crate) fn conformance() -> crate::providers::conformance::Case {
+    crate::providers::conformance::Case {
+        provider: crate::domain::Provider::Yedpay,
+        settings: format!("access_token = \"{TOKEN}\"\ncompany_id = \"JwoMPpKy\"\ncurrencies = [\"HKD\"]"),
+        balance_path: "/v1/balance/JwoMPpKy",
+        balance_example: HKD.to_owned(),
+        figures: &["JwoMPpKy HKD 17.47 0.00 0.00 17.4781 false"],
+        authorized: |request| {
+            request.headers.get("authorization").is_some_and(|a| a == format!("Bearer {TOKEN}").as_str())
+        },
+        prelude: None,
+        payout: Some(crate::providers::conformance::PayoutCase {
+            path: "/v1/settlements",
+            id: "S1",
+            example: page(&[settlement("S1", "T1", "settled")], 1, 1),
+            // Hong Kong time (+08:00).
+            created_at: "2024-03-01T02:00:00+00:00",
+        }),
+    }
 }

@@ -1,7 +1,9 @@
-//! The `/balances` report of SPEC §3 and the arithmetic behind it: per-currency totals that
-//! never mix currencies, with `null` for a figure no entry reports.
-
-use std::collections::BTreeMap;
+//! The `/balances` report of SPEC §3 as it goes on the wire, and the account errors every
+//! route shows: what the service found ([`BalancesOutcome`], [`FetchFailure`]), rendered.
+//!
+//! The per-currency totals are summed by the service ([`crate::service::totals`]), not here:
+//! they are money arithmetic (never mixing currencies, `null` for a figure no entry reports),
+//! which holds whatever shape an answer takes; this module only copies the sums out.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -9,6 +11,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::{AccountId, Currency, Provider, RawJson};
+use crate::providers::UpstreamError;
+use crate::service::FetchFailure;
+use crate::service::balances::{BalancesOutcome, Origin, Status};
+use crate::service::totals::CurrencySums;
 
 /// A decimal amount as a JSON string, keeping the provider's scale.
 pub type Amount = Option<Decimal>;
@@ -124,84 +130,92 @@ pub struct AccountError {
 
 impl AccountError {
     /// An upstream failure as the API shows it, at the time it happened.
-    pub fn new(error: crate::providers::UpstreamError, at: DateTime<Utc>) -> Self {
+    pub fn new(error: UpstreamError, at: DateTime<Utc>) -> Self {
         Self { code: error.code().to_owned(), message: error.message, upstream_status: error.upstream_status, at }
+    }
+}
+
+impl From<FetchFailure> for AccountError {
+    fn from(FetchFailure { error, at }: FetchFailure) -> Self {
+        Self::new(error, at)
+    }
+}
+
+impl From<Status> for AccountStatus {
+    fn from(status: Status) -> Self {
+        match status {
+            Status::Fresh => Self::Fresh,
+            Status::Stale => Self::Stale,
+            Status::Failed => Self::Failed,
+        }
+    }
+}
+
+impl From<Origin> for Source {
+    fn from(origin: Origin) -> Self {
+        match origin {
+            Origin::Live => Self::Live,
+            Origin::Cache => Self::Cache,
+        }
+    }
+}
+
+impl From<CurrencySums> for CurrencyTotal {
+    fn from(s: CurrencySums) -> Self {
+        Self {
+            currency: s.currency,
+            available: s.available,
+            pending: s.pending,
+            reserved: s.reserved,
+            total: s.total,
+            entries: s.entries,
+            stale_entries: s.stale_entries,
+        }
+    }
+}
+
+impl From<&BalancesOutcome> for BalancesReport {
+    fn from(outcome: &BalancesOutcome) -> Self {
+        let balances = outcome
+            .entries()
+            .map(|(answer, snapshot, e)| BalanceLine {
+                account: answer.account.id().clone(),
+                provider: answer.account.provider(),
+                wallet: e.wallet.clone(),
+                currency: e.currency.clone(),
+                available: e.available,
+                pending: e.pending,
+                reserved: e.reserved,
+                total: e.total,
+                blocked: e.blocked,
+                fetched_at: snapshot.fetched_at,
+                age_seconds: outcome.age_seconds(snapshot),
+                stale: answer.status != Status::Fresh,
+            })
+            .collect();
+        let accounts = outcome
+            .accounts()
+            .map(|answer| AccountLine {
+                account: answer.account.id().clone(),
+                provider: answer.account.provider(),
+                status: answer.status.into(),
+                source: answer.origin.map(Source::from),
+                fetched_at: answer.snapshot.map(|s| s.fetched_at),
+                error: answer.failure.cloned().map(AccountError::from),
+                raw: if outcome.include_raw() { answer.snapshot.and_then(|s| s.raw.clone()) } else { None },
+            })
+            .collect();
+        BalancesReport {
+            generated_at: outcome.generated_at(),
+            complete: outcome.complete(),
+            balances,
+            totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
+            accounts,
+        }
     }
 }
 
 /// RFC 3339 with exactly three fractional digits, so the field has a fixed width.
 fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-}
-
-/// Per-currency totals, sorted by currency. A figure's total is the sum over the entries that
-/// report it, `null` when none does.
-pub fn totals(lines: &[BalanceLine]) -> Vec<CurrencyTotal> {
-    let mut by_currency: BTreeMap<&Currency, CurrencyTotal> = BTreeMap::new();
-    for line in lines {
-        let t = by_currency.entry(&line.currency).or_insert_with(|| CurrencyTotal {
-            currency: line.currency.clone(),
-            available: None,
-            pending: None,
-            reserved: None,
-            total: None,
-            entries: 0,
-            stale_entries: 0,
-        });
-        add(&mut t.available, line.available);
-        add(&mut t.pending, line.pending);
-        add(&mut t.reserved, line.reserved);
-        add(&mut t.total, line.total);
-        t.entries += 1;
-        t.stale_entries += u32::from(line.stale);
-    }
-    by_currency.into_values().collect()
-}
-
-fn add(sum: &mut Amount, figure: Amount) {
-    if let Some(figure) = figure {
-        *sum = Some(sum.unwrap_or(Decimal::ZERO) + figure);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn line(currency: &str, available: Option<&str>, pending: Option<&str>, stale: bool) -> BalanceLine {
-        let d = |s: Option<&str>| s.map(|s| crate::domain::parse_decimal(s).unwrap());
-        BalanceLine {
-            account: "a".parse().unwrap(),
-            provider: Provider::Leanx,
-            wallet: "w".into(),
-            currency: currency.parse().unwrap(),
-            available: d(available),
-            pending: d(pending),
-            reserved: None,
-            total: d(available),
-            blocked: false,
-            fetched_at: DateTime::from_timestamp(0, 0).unwrap(),
-            age_seconds: 0,
-            stale,
-        }
-    }
-
-    #[test]
-    fn totals_never_mix_currencies_and_follow_the_null_rule() {
-        let lines = [
-            line("MYR", Some("26.05"), None, false),
-            line("MYR", Some("393.63"), None, true),
-            line("USD", Some("0.12345678"), Some("1.5"), false),
-            line("USD", None, None, false),
-        ];
-        let t = totals(&lines);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t[0].currency.as_str(), "MYR");
-        assert_eq!(t[0].available.unwrap().to_string(), "419.68");
-        assert_eq!(t[0].pending, None, "no MYR entry reports pending");
-        assert_eq!((t[0].entries, t[0].stale_entries), (2, 1));
-        assert_eq!(t[1].available.unwrap().to_string(), "0.12345678");
-        assert_eq!(t[1].pending.unwrap().to_string(), "1.5");
-        assert_eq!(t[1].entries, 2);
-    }
 }

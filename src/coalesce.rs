@@ -1,5 +1,17 @@
 //! One call in flight per key, shared by every caller that needs it: balance fetches (keyed by
-//! account) and payout lookups (keyed by account and id).
+//! account), payout lookups (keyed by account and id), and the store's migrations (one key).
+//! This is tally's one way to join work in flight; it lives on the ground floor, beside
+//! [`crate::sync`], because the store uses it as well as the service.
+//!
+//! What every user relies on:
+//! - the caller that starts a call runs it in a task of its own and [`finish`](Coalescer::finish)es
+//!   it there, so callers that give up waiting (a request past its deadline, `/readyz` after
+//!   3 s) drop only their receiver and never cancel the shared work;
+//! - waiting ([`outcome`]) is a watch channel's notification: it parks no runtime thread;
+//! - a call whose task vanished (panicked, or was cancelled with the runtime) is never joined:
+//!   its waiters get `None`, and the next caller starts a new call.
+//!
+//! The `/balances` body cache (`http::body_cache`) is the one exception, and says why there.
 //!
 //! A call's slot is cleared when it finishes, but only if the slot still holds that call: a
 //! caller arriving between the publication of an outcome and the clearing sees a finished call
@@ -33,6 +45,14 @@ pub struct Publisher<K, T> {
     tx: watch::Sender<Option<T>>,
     /// The receiver stored in the slot, to recognise this call's slot at clean-up.
     mine: Shared<T>,
+}
+
+/// Waits for the outcome of a shared call: `None` if its task vanished without publishing one.
+/// Dropping this future cancels nothing.
+pub async fn outcome<T: Clone>(mut rx: Shared<T>) -> Option<T> {
+    // The current value is checked before the channel's closing: an outcome published just
+    // before the task ended is still received.
+    rx.wait_for(Option::is_some).await.ok().and_then(|outcome| outcome.clone())
 }
 
 impl<K: Eq + Hash + Clone, T> Default for Coalescer<K, T> {
@@ -108,5 +128,18 @@ mod tests {
         };
         c.finish(second, 2);
         assert_eq!(*rx.borrow_and_update(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_published_outcome_is_received_and_a_vanished_call_gives_none() {
+        let c = Coalescer::default();
+        let Joined::Started(publisher, rx) = c.join_or_start(&"a") else { panic!("the first caller starts") };
+        c.finish(publisher, 3);
+        assert_eq!(outcome(rx).await, Some(3), "received after the publisher is gone");
+
+        let Joined::Started(publisher, rx) = c.join_or_start(&"b") else { panic!("the first caller starts") };
+        drop(publisher);
+        assert_eq!(outcome(rx).await, None);
+        assert!(matches!(c.join_or_start(&"b"), Joined::Started(..)), "a vanished call is not joined");
     }
 }

@@ -1,7 +1,11 @@
 //! Secret values in the config: a literal, `env:NAME` or `file:/path`, resolved at load into
 //! a [`SecretString`] so they can only be read on purpose (`expose_secret`).
+//!
+//! On the ground floor: the config and each provider's own settings (`providers/<name>/`)
+//! resolve secrets the same way, the providers through [`deserialize`].
 
 use secrecy::SecretString;
+use serde::{Deserialize, Deserializer};
 
 /// Resolves a config value that may reference a secret held elsewhere. Errors name the
 /// variable or file, never the value.
@@ -28,6 +32,12 @@ pub fn resolve_plain(value: &str) -> Result<String, String> {
     } else {
         Ok(value.to_owned())
     }
+}
+
+/// serde's `deserialize_with` for a secret setting: the written value resolved as
+/// [`resolve`] does; an error names the variable or file, never the value.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    resolve(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 #[cfg(test)]

@@ -1,0 +1,213 @@
+//! The providers tally speaks to, registered once: what the rest of tally needs of each.
+//!
+//! A provider's folder (`providers/<name>/`) holds its client, its wire types
+//! (`transformers.rs`) and its own settings (`config.rs`), whose type implements
+//! [`ProviderSettings`]. The one line per provider in [`registry!`]'s call below makes
+//! [`ProviderConfig`] (an enum of those settings types) and lets config, the service and
+//! `/accounts` reach every provider without matching on it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::FixedOffset;
+use serde::Deserializer;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, ibanera, leanx, luxtak, yedpay};
+use crate::domain::{BalanceFetch, PayoutLookup, Provider};
+
+/// Writes [`ProviderConfig`] and the lookups over it from one line per provider.
+macro_rules! registry {
+    ($($variant:ident => $settings:ty),* $(,)?) => {
+        /// The provider of an account and the settings only that provider has.
+        #[derive(Clone, Debug)]
+        pub enum ProviderConfig {
+            $($variant($settings)),*
+        }
+
+        impl ProviderConfig {
+            /// Reads the provider-specific keys of an account of `provider`.
+            pub fn read<'de, D: Deserializer<'de>>(provider: Provider, settings: D) -> Result<Self, SettingError> {
+                $(if provider == <$settings as ProviderSettings>::PROVIDER {
+                    return read::<$settings, D>(settings).map(Self::$variant);
+                })*
+                Err(SettingError { key: None, problem: format!("provider {provider} is not registered") })
+            }
+
+            fn registered(&self) -> &dyn Registered {
+                match self {
+                    $(Self::$variant(settings) => settings),*
+                }
+            }
+        }
+
+        /// The fixed facts of `provider`; `None` only for a provider not registered here.
+        pub fn registration(provider: Provider) -> Option<Registration> {
+            $(if provider == <$settings as ProviderSettings>::PROVIDER {
+                return Some(Registration::of::<$settings>());
+            })*
+            None
+        }
+    };
+}
+
+// The registered providers: a new provider is its folder, its emulator and one line here.
+registry! {
+    Leanx => leanx::LeanxSettings,
+    Luxtak => luxtak::LuxtakSettings,
+    Ibanera => ibanera::IbaneraSettings,
+    Yedpay => yedpay::YedpaySettings,
+}
+
+/// What one provider tells the rest of tally, implemented once by its settings type (the
+/// provider-specific keys of an `[[accounts]]` entry, read with `deny_unknown_fields`).
+pub trait ProviderSettings: DeserializeOwned + Clone + fmt::Debug + Send + Sync + 'static {
+    const PROVIDER: Provider;
+    const CAPABILITIES: Capabilities;
+    /// Everything before the documented paths, when the account does not say.
+    const DEFAULT_BASE_URL: &'static str;
+    /// Hours east of UTC that naive upstream timestamps are read in, when the account does
+    /// not say (LeanX and Yedpay document Malaysia / Hong Kong local time).
+    const DEFAULT_UTC_OFFSET_HOURS: i32;
+
+    /// Rules serde cannot say (a TOTP secret that is base32, a page size in range).
+    fn check(&self) -> Result<(), SettingError> {
+        Ok(())
+    }
+
+    /// The client for one account with these settings.
+    fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient>;
+}
+
+/// What a client needs of its account beyond its provider's own settings.
+#[derive(Clone)]
+pub struct ClientContext {
+    pub base_url: Url,
+    /// The offset naive upstream timestamps are read in.
+    pub utc_offset: FixedOffset,
+    /// Bound on one upstream call.
+    pub timeout: Duration,
+    /// The process's one upstream connection pool.
+    pub http: UpstreamHttp,
+}
+
+/// A provider setting that is wrong: the key under the account (`None` for the account as a
+/// whole) and the problem. Never holds a secret value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub key: Option<String>,
+    pub problem: String,
+}
+
+impl SettingError {
+    pub fn new(key: &str, problem: impl Into<String>) -> Self {
+        Self { key: Some(key.to_owned()), problem: problem.into() }
+    }
+}
+
+/// A provider's fixed facts, for config defaults and docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub provider: Provider,
+    pub capabilities: Capabilities,
+    pub default_base_url: &'static str,
+    pub default_utc_offset: FixedOffset,
+}
+
+impl Registration {
+    fn of<S: ProviderSettings>() -> Self {
+        Self {
+            provider: S::PROVIDER,
+            capabilities: S::CAPABILITIES,
+            default_base_url: S::DEFAULT_BASE_URL,
+            default_utc_offset: FixedOffset::east_opt(S::DEFAULT_UTC_OFFSET_HOURS * 3600)
+                .expect("a registered UTC offset is within ±24 h"),
+        }
+    }
+}
+
+/// [`ProviderSettings`] as an object, so the enum dispatches in one match.
+trait Registered: Send + Sync {
+    fn registration(&self) -> Registration;
+    fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient>;
+}
+
+impl<S: ProviderSettings> Registered for S {
+    fn registration(&self) -> Registration {
+        Registration::of::<S>()
+    }
+
+    fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
+        ProviderSettings::client(self, account)
+    }
+}
+
+/// Reads one provider's settings, then checks what serde cannot; errors name the key.
+fn read<'de, S: ProviderSettings, D: Deserializer<'de>>(settings: D) -> Result<S, SettingError> {
+    let settings: S = serde_path_to_error::deserialize(settings).map_err(|e| {
+        let path = e.path().to_string();
+        let problem = e.into_inner().to_string();
+        // serde reports a missing field at its struct; name the field itself.
+        match problem.strip_prefix("missing field `").and_then(|f| f.strip_suffix('`')) {
+            Some(field) => SettingError::new(field, format!("is required for provider {}", S::PROVIDER)),
+            None if path == "." => SettingError { key: None, problem },
+            None => SettingError { key: Some(path), problem },
+        }
+    })?;
+    settings.check()?;
+    Ok(settings)
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> Provider {
+        self.registered().registration().provider
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.registered().registration().capabilities
+    }
+
+    /// The client for one account of this provider. All clients share `account.http`'s pool.
+    pub fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
+        Arc::new(Checked(self.registered().client(account)))
+    }
+}
+
+/// What every provider's answer must be beyond its own format, checked once for all of them:
+/// one figure set per `(wallet, currency)`.
+struct Checked(Arc<dyn ProviderClient>);
+
+#[async_trait]
+impl ProviderClient for Checked {
+    async fn fetch_balances(&self) -> Result<BalanceFetch, UpstreamError> {
+        let fetch = self.0.fetch_balances().await?;
+        match fetch.repeated_entry() {
+            Some(e) => Err(UpstreamError::invalid_response(format!(
+                "the provider listed {} in wallet `{}` more than once",
+                e.currency, e.wallet
+            ))),
+            None => Ok(fetch),
+        }
+    }
+
+    async fn lookup_payout(&self, id: &str) -> Result<PayoutLookup, UpstreamError> {
+        self.0.lookup_payout(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provider_is_registered_under_its_own_name() {
+        for provider in Provider::ALL {
+            let registration = registration(provider).unwrap_or_else(|| panic!("{provider} is not registered"));
+            assert_eq!(registration.provider, provider);
+            Url::parse(registration.default_base_url).expect("a registered base URL is a URL");
+        }
+    }
+}
