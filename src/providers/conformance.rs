@@ -1,6 +1,7 @@
 //! The conformance suite: every provider's client held to one contract over real HTTP
-//! (wiremock). Each provider states its cases in one [`Case`] (in its own `tests.rs`, beside
-//! its documented examples); the suite does the rest:
+//! (wiremock). Each registered provider states its cases in one [`Case`] (in its own
+//! `tests.rs`, beside its documented examples), and the registry's line brings it into the
+//! suite; the suite does the rest:
 //! - the documented balance example read into exact decimals, figure by figure;
 //! - every request carrying the provider's documented auth, checked as the provider would;
 //! - naive upstream timestamps read in the provider's UTC offset (where it documents them);
@@ -20,7 +21,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use super::test_support::client_of;
 use crate::domain::{BalanceEntry, PayoutLookup, Provider};
-use crate::providers::{ProviderClient, UpstreamErrorKind, ibanera, leanx, luxtak, yedpay};
+use crate::providers::{ProviderClient, UpstreamErrorKind};
 
 /// Mounts what must answer before the call under test (a login).
 pub type Prelude = for<'a> fn(&'a MockServer) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -51,13 +52,9 @@ pub struct PayoutCase {
     pub created_at: &'static str,
 }
 
-fn cases() -> [Case; 4] {
-    [
-        leanx::tests::conformance(),
-        luxtak::tests::conformance(),
-        ibanera::tests::conformance(),
-        yedpay::tests::conformance(),
-    ]
+/// One row per registered provider, so a new provider is in the suite from its first line.
+fn cases() -> Vec<Case> {
+    super::registry::conformance_cases()
 }
 
 /// The client of `case`'s account pointed at `server`, with a 300 ms timeout.

@@ -21,18 +21,18 @@ use crate::domain::{BalanceFetch, PayoutLookup, Provider};
 
 /// Writes [`ProviderConfig`] and the lookups over it from one line per provider.
 macro_rules! registry {
-    ($($variant:ident => $settings:ty),* $(,)?) => {
+    ($($variant:ident => $room:ident :: $settings:ident),* $(,)?) => {
         /// The provider of an account and the settings only that provider has.
         #[derive(Clone, Debug)]
         pub enum ProviderConfig {
-            $($variant($settings)),*
+            $($variant($room::$settings)),*
         }
 
         impl ProviderConfig {
             /// Reads the provider-specific keys of an account of `provider`.
             pub fn read<'de, D: Deserializer<'de>>(provider: Provider, settings: D) -> Result<Self, SettingError> {
-                $(if provider == <$settings as ProviderSettings>::PROVIDER {
-                    return read::<$settings, D>(settings).map(Self::$variant);
+                $(if provider == <$room::$settings as ProviderSettings>::PROVIDER {
+                    return read::<$room::$settings, D>(settings).map(Self::$variant);
                 })*
                 Err(SettingError { key: None, problem: format!("provider {provider} is not registered") })
             }
@@ -46,10 +46,16 @@ macro_rules! registry {
 
         /// The fixed facts of `provider`; `None` only for a provider not registered here.
         pub fn registration(provider: Provider) -> Option<Registration> {
-            $(if provider == <$settings as ProviderSettings>::PROVIDER {
-                return Some(Registration::of::<$settings>());
+            $(if provider == <$room::$settings as ProviderSettings>::PROVIDER {
+                return Some(Registration::of::<$room::$settings>());
             })*
             None
+        }
+
+        /// Every provider's row of the conformance suite, from its own `tests.rs`.
+        #[cfg(test)]
+        pub(super) fn conformance_cases() -> Vec<super::conformance::Case> {
+            vec![$($room::tests::conformance()),*]
         }
     };
 }
