@@ -92,7 +92,7 @@ impl Demo {
              \x20 curl -s {url}/payouts/LUX-ORDER-1004\n\
              \x20 curl -s '{url}/balances/history?account=leanx-main'\n\
              \x20 curl -s {url}/accounts\n\
-             \x20 open {url}/docs\n\n\
+             \x20 {url}/docs in a browser: the interactive API page\n\n\
              faults: curl -X PUT -d '{{\"fail_next\":3}}' http://{emu}/_control/faults/leanx\n\
              {exposed}Ctrl-C stops everything.",
             emu = self.emulator.addr(),

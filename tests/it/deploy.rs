@@ -56,6 +56,10 @@ fn the_compose_file_matches_the_config_contract() {
     assert_valid_overrides("docker-compose.yml", &env);
     assert!(env["TALLY__STORE__URL"].starts_with("postgres://"), "compose runs on PostgreSQL");
     assert!(env["TALLY__STORE__URL"].contains("@postgres:5432/"), "the database service's name and port");
+    // A password in the URL would need percent-encoding (`@`, `/`, `%`): it goes to the driver
+    // through PGPASSWORD, as the database service gets it.
+    assert_eq!(env["TALLY__STORE__URL"], "postgres://tally@postgres:5432/tally", "no password in the URL");
+    assert_eq!(env["PGPASSWORD"], "${POSTGRES_PASSWORD}", "the database's password, from .env");
     let port = env["TALLY__SERVER__LISTEN"].rsplit(':').next().unwrap().to_owned();
     let ports: Vec<String> = serde_json::from_value(tally["ports"].clone()).unwrap();
     assert!(ports.iter().all(|p| p.ends_with(&format!(":{port}"))), "published ports map to {port}: {ports:?}");
