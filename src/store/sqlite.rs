@@ -19,8 +19,16 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?
+        let options =
+            SqliteConnectOptions::from_str(url).map_err(|e| StoreError::Unavailable(format!("bad SQLite URL: {e}")))?;
+        Ok(Self::with_options(options, max_connections))
+    }
+
+    /// Opens the file `options` name, with tally's journal, durability and busy timeout applied
+    /// over them: for what a URL cannot carry, such as a page budget (`max_page_count`, how the
+    /// tests fill a disk without filling one).
+    pub fn with_options(options: SqliteConnectOptions, max_connections: u32) -> Self {
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // WAL + NORMAL is durable across application crashes, and fast.
@@ -29,9 +37,25 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
+            .after_release(|conn, _| Box::pin(released_outside_a_transaction(conn)))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Self { pool }
     }
+}
+
+/// Whether a connection coming back to the pool may be reused: only outside any transaction.
+///
+/// A write that fails with SQLITE_FULL (or an I/O error) can make SQLite roll the whole
+/// transaction back by itself. The ROLLBACK sqlx queues when the dropped transaction is
+/// released then fails ("no transaction is active"), and sqlx keeps counting the connection as
+/// inside a transaction: reused, it refused every later `BEGIN IMMEDIATE` ("attempted to call
+/// begin_with at non-zero transaction depth"), so writes kept failing after the disk had room
+/// again, until a restart. The ping runs after that queued rollback; a connection still counted
+/// inside a transaction is closed, and the pool opens a fresh one when needed.
+async fn released_outside_a_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    conn.ping().await?;
+    Ok(!conn.is_in_transaction())
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {

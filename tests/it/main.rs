@@ -11,6 +11,7 @@ mod deploy;
 mod openapi;
 mod ops;
 mod payouts;
+mod reliability;
 mod replicas;
 mod secrets;
 mod serve;
