@@ -29,12 +29,12 @@ pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
-/// Readiness: 200 when the store answers and its migrations are applied. Open to callers
-/// without a key.
+/// Readiness: 200 when the store answers, its migrations are applied, and it takes writes
+/// (after a failed write, a probe write must go through). Open to callers without a key.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "The store answers and is migrated.", body = Health),
-        (status = 503, description = "The store is unreachable or not migrated: `not_ready`.", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The store answers, is migrated and takes writes.", body = Health),
+        (status = 503, description = "The store is unreachable, not migrated, or refuses writes (a full disk): `not_ready`.", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     // A store that was down at start is migrated as soon as it answers again.
@@ -46,7 +46,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>,
         Ok(Ok(())) => Ok(axum::Json(Health { status: "ready" })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::new(ErrorCode::NotReady, "the store is unreachable or not migrated").retry_after(5))
+            Err(ApiError::new(ErrorCode::NotReady, "the store is unreachable, not migrated, or refuses writes")
+                .retry_after(5))
         }
         Err(_) => Err(ApiError::new(ErrorCode::NotReady, "the store did not answer in time").retry_after(5)),
     }

@@ -21,13 +21,27 @@ const STORE_BOUND: Duration = Duration::from_secs(5);
 /// not answer marks the store as failing.
 const FAILING_STORE_BOUND: Duration = Duration::from_millis(300);
 
-/// Whether the store answered the last time it was used (for `/readyz` and logs).
+/// Whether the store answered the last time it was used (for `/readyz` and logs), and whether
+/// the last write went through.
 #[derive(Default)]
 pub struct StoreHealth {
     last_error: Mutex<Option<String>>,
+    /// Why the last write failed; cleared by a write that goes through (a fetch's, a payout's,
+    /// or `/readyz`'s probe). A read that answers says nothing about writes: on a full disk
+    /// reads go on answering while every write fails.
+    failed_write: Mutex<Option<String>>,
 }
 
 impl StoreHealth {
+    fn record_write<T>(&self, result: &Result<T, StoreError>) {
+        *self.failed_write.locked() = result.as_ref().err().map(ToString::to_string);
+    }
+
+    /// Why the last write failed, while no write has gone through since.
+    pub fn failed_write(&self) -> Option<String> {
+        self.failed_write.locked().clone()
+    }
+
     fn record<T>(&self, result: &Result<T, StoreError>) {
         let mut last = self.last_error.locked();
         match result {
@@ -86,7 +100,11 @@ impl StoreHealth {
         by: Instant,
     ) -> Option<Result<T, StoreError>> {
         let health = Arc::clone(self);
-        let write = tokio::spawn(async move { health.run(Within::Health, call).await });
+        let write = tokio::spawn(async move {
+            let written = health.run(Within::Health, call).await;
+            health.record_write(&written);
+            written
+        });
         match tokio::time::timeout_at(by, write).await {
             Ok(joined) => Some(joined.unwrap_or_else(|e| Err(StoreError::Unavailable(e.to_string())))),
             Err(_) => None,
@@ -141,10 +159,19 @@ impl GuardedStore {
         Some((self.store.cluster()?, Arc::clone(&self.health)))
     }
 
-    /// Whether the store answers and holds the schema this build expects (for `/readyz`,
-    /// which bounds it, and which must not be cut short by what was known of the store).
+    /// Whether the store answers, holds the schema this build expects, and takes writes (for
+    /// `/readyz`, which bounds it, and which must not be cut short by what was known of the
+    /// store). After a failed write, a probe write must go through: a store that answers reads
+    /// but refuses writes (a full disk) is not ready, and is ready again once it takes writes,
+    /// whether or not requests come to write.
     pub async fn check_ready(&self) -> Result<(), StoreError> {
-        self.store.check_ready().await
+        self.store.check_ready().await?;
+        if self.health.failed_write().is_some() {
+            let probe = self.store.check_writable().await;
+            self.health.record_write(&probe);
+            probe?;
+        }
+        Ok(())
     }
 
     /// The last stored figures of every account, unbounded: read once at start, before

@@ -21,7 +21,10 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
 }
 
 pub fn sqlite() -> Migrator {
-    migrator(&[(1, "init", include_str!("../../migrations/sqlite/0001_init.sql"))])
+    migrator(&[
+        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (2, "store_probe", include_str!("../../migrations/sqlite/0002_store_probe.sql")),
+    ])
 }
 
 pub fn postgres() -> Migrator {

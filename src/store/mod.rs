@@ -120,6 +120,12 @@ pub trait Store: Send + Sync {
     /// Readiness: the store answers and every migration tally knows is applied.
     async fn check_ready(&self) -> Result<(), StoreError>;
 
+    /// Whether the store takes a write: a small write made and removed in one transaction
+    /// (on SQLite, a page of the file), asked by `/readyz` after a write failed, so that a store
+    /// that refused writes (a full disk) is ready again once it takes them, with or without
+    /// traffic.
+    async fn check_writable(&self) -> Result<(), StoreError>;
+
     /// Records one successful fetch as change points, atomically.
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError>;
 

@@ -186,6 +186,13 @@ impl Store for PostgresStore {
         decide::schema_ready(applied, migrations::latest_version(&migrations::postgres()))
     }
 
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        // A transaction that is given an id commits a record to the write-ahead log: refused
+        // by a server that takes no writes (read-only, recovering, or out of WAL space).
+        sqlx::query("SELECT txid_current()").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for e in &snapshot.entries {

@@ -198,6 +198,17 @@ impl Store for SqliteStore {
         decide::schema_ready(applied, migrations::latest_version(&migrations::sqlite()))
     }
 
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        // A page's worth: it needs a page the file may not have room for, and its commit
+        // writes to the journal. Removed in the same transaction, so the table stays empty and
+        // the page is left free for the next probe or write.
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO store_probe (filler) VALUES (zeroblob(4096))").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM store_probe").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         for e in &snapshot.entries {

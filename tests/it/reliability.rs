@@ -6,9 +6,13 @@ use std::sync::Arc;
 
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use tally::clock::ManualClock;
 use tally::domain::{BalanceEntry, Provider, RawJson, parse_decimal};
+use tally::providers::{DEFAULT_MAX_RESPONSE_BYTES, UpstreamHttp};
+use tally::service::Service;
 use tally::store::sqlite::SqliteStore;
-use tally::store::{AccountSnapshot, Store};
+use tally::store::{AccountSnapshot, MigrationGate, Store};
+use wiremock::ResponseTemplate;
 
 use crate::helpers::{TestDb, t0};
 
@@ -69,4 +73,64 @@ async fn sqlite_writes_recover_by_themselves_once_a_full_disk_has_space_again() 
     }
     let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap();
     assert!(latest.is_some());
+}
+
+/// tally's router over `store` (already migrated), served on 127.0.0.1:0: for a store only a
+/// test can open, such as one with a page budget. Returns the base URL.
+async fn serve_on(store: Arc<dyn Store>, extra: &str) -> String {
+    let settings = tally::config::from_toml(extra).unwrap();
+    let migrations = Arc::new(MigrationGate::new(Arc::clone(&store)));
+    migrations.ensure().await.expect("the store is migrated");
+    let clock = Arc::new(ManualClock::new(t0()));
+    let service = Service::new(&settings, store, clock, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES));
+    let state = tally::http::AppState::new(service, migrations, &settings, tally::telemetry::metrics_handle());
+    let router = tally::http::router(state, &settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+async fn status(url: String) -> u16 {
+    reqwest::get(url).await.expect("tally answers").status().as_u16()
+}
+
+#[tokio::test]
+async fn readyz_reports_a_store_that_refuses_writes_and_is_ready_again_once_it_takes_them() {
+    let db = TestDb::sqlite();
+    let unlimited = db.store();
+    unlimited.migrate().await.unwrap();
+    unlimited.record_balances(&bulky("filler", 64)).await.unwrap();
+    let mut op = operator(&db).await;
+    let pages: u64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut op).await.unwrap();
+    let store = store_with_page_budget(&db, pages);
+
+    // A LeanX answer with 32 KiB more in it: its stored payload needs new pages.
+    let padded = crate::helpers::leanx_body("2.25", "1.50").replacen(
+        '{',
+        &format!(r#"{{"padding":"{}","#, "x".repeat(32 * 1024)),
+        1,
+    );
+    let upstream = crate::helpers::leanx(ResponseTemplate::new(200).set_body_raw(padded, "application/json")).await;
+    let extra = format!(
+        "[[accounts]]\nid = \"disk-full\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n",
+        upstream.uri()
+    );
+    let base = serve_on(Arc::clone(&store), &extra).await;
+    assert_eq!(status(format!("{base}/readyz")).await, 200, "nothing has failed yet");
+
+    // The figures are served live, but their write meets the full disk.
+    assert_eq!(status(format!("{base}/balances?max_age=0")).await, 200);
+    let answer = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(answer.status(), 503, "a store that refuses writes is not ready");
+    let problem: serde_json::Value = serde_json::from_slice(&answer.bytes().await.unwrap()).unwrap();
+    assert_eq!(problem["code"], "not_ready");
+    assert_eq!(status(format!("{base}/readyz")).await, 503, "still full: the probe write fails too");
+
+    // Space comes back: ready again with no write from any request, then writes land.
+    sqlx::query("DELETE FROM account_snapshots WHERE account = 'filler'").execute(&mut op).await.unwrap();
+    assert_eq!(status(format!("{base}/readyz")).await, 200, "the probe write went through");
+    assert_eq!(status(format!("{base}/balances?max_age=0")).await, 200);
+    let stored = store.latest_balances(&"disk-full".parse().unwrap()).await.unwrap();
+    assert!(stored.is_some(), "the next fetch is stored");
 }

@@ -184,6 +184,13 @@ async fn migrating_twice_is_harmless(db: &TestDb) {
     store.check_ready().await.unwrap();
 }
 
+async fn a_migrated_store_takes_the_readiness_probe_write_and_keeps_nothing_of_it(db: &TestDb) {
+    let store = migrated(db).await;
+    store.check_writable().await.expect("a store with room takes writes");
+    store.check_writable().await.expect("again: the probe leaves nothing in the way");
+    assert!(store.all_latest_balances().await.unwrap().is_empty(), "no data written");
+}
+
 async fn concurrent_writes_of_many_accounts_all_land(db: &TestDb) {
     let store = migrated(db).await;
     let writes = (0..20).map(|i| {
@@ -202,6 +209,7 @@ async fn concurrent_writes_of_many_accounts_all_land(db: &TestDb) {
 }
 
 both_stores!(
+    a_migrated_store_takes_the_readiness_probe_write_and_keeps_nothing_of_it,
     concurrent_writes_of_many_accounts_all_land,
     an_unchanged_figure_only_moves_its_confirmation_time,
     a_changed_figure_adds_a_change_point,
