@@ -10,7 +10,7 @@ use super::query::Params;
 use super::report::{AccountError, BalancesReport};
 use crate::domain::{AccountId, Currency, Provider};
 use crate::service::balances::{BalancesOutcome, BodyKey, Selection};
-use crate::store::{HistoryPoint, HistoryQuery};
+use crate::store::{HistoryPoint, HistoryQuery, StoreError};
 
 /// Balances of every selected account, wallet and currency, with per-currency totals and the
 /// freshness of every figure.
@@ -127,7 +127,7 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     tag = "balances",
     params(
         ("account" = Option<String>, Query, description = "Only this account."),
-        ("wallet" = Option<String>, Query, description = "Only this wallet."),
+        ("wallet" = Option<String>, Query, description = "Only this wallet. Like every query value, it may not hold a control character (U+0000-U+001F, U+007F-U+009F): `invalid_query`."),
         ("currency" = Option<String>, Query, description = "Only this currency."),
         ("from" = Option<String>, Query, description = "RFC 3339 start: points still confirmed at or after this time.", format = DateTime),
         ("to" = Option<String>, Query, description = "RFC 3339 end: points first seen at or before this time.", format = DateTime),
@@ -135,7 +135,7 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     ),
     responses(
         (status = 200, description = "Change points: a figure set valid from `first_seen_at`, confirmed unchanged until `last_confirmed_at`.", body = HistoryResponse),
-        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query`, `unknown_account`, `invalid_currency`, `invalid_time`, `invalid_limit`.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (a parameter given twice, a value holding a control character, or one the store cannot compare), `unknown_account`, `invalid_currency`, `invalid_time`, `invalid_limit`.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unreachable: `not_ready`.", body = Problem, content_type = "application/problem+json"),
     ),
@@ -171,9 +171,15 @@ pub async fn get_history(
         to: params.time("to")?,
         limit,
     };
-    let points = state.service.balance_history(&query).await.map_err(|e| {
-        tracing::error!(error = %e, "balance history query failed");
-        ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
+    let points = state.service.balance_history(&query).await.map_err(|e| match e {
+        // The store answered and refused a value of the query: the caller's to fix.
+        StoreError::InvalidInput(why) => {
+            ApiError::new(ErrorCode::InvalidQuery, format!("the store cannot compare the query's values: {why}"))
+        }
+        e => {
+            tracing::error!(error = %e, "balance history query failed");
+            ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
+        }
     })?;
     Ok(axum::Json(HistoryResponse { points: points.into_iter().map(HistoryLine::from).collect() }))
 }

@@ -1,5 +1,6 @@
 //! Query-string parsing shared by the routes: repeatable or comma-separated filters, unknown
-//! parameters rejected (a typo must not silently select everything).
+//! parameters rejected (a typo must not silently select everything), and control characters
+//! refused in every value.
 
 use std::time::Duration;
 
@@ -11,7 +12,8 @@ use super::error::{ApiError, ErrorCode};
 pub struct Params(Vec<(String, String)>);
 
 impl Params {
-    /// Parses the query, rejecting parameters not in `known`.
+    /// Parses the query, rejecting parameters not in `known`, and values holding a control
+    /// character (see [`refused`]).
     pub fn parse(query: Option<&str>, known: &[&str]) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -19,7 +21,16 @@ impl Params {
         if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
             return Err(ApiError::new(
                 ErrorCode::UnknownParameter,
-                format!("unknown query parameter `{k}` (expected one of: {})", known.join(", ")),
+                format!("unknown query parameter `{}` (expected one of: {})", k.escape_debug(), known.join(", ")),
+            ));
+        }
+        if let Some((k, v)) = pairs.iter().find(|(_, v)| v.chars().any(refused)) {
+            let c = v.chars().find(|&c| refused(c)).map_or(0, u32::from);
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!(
+                    "`{k}` holds the control character U+{c:04X}; query values may not hold any (U+0000-U+001F, U+007F-U+009F)"
+                ),
             ));
         }
         Ok(Self(pairs))
@@ -76,4 +87,12 @@ impl Params {
             })
             .transpose()
     }
+}
+
+/// Characters no query value may hold: the control characters (Unicode category Cc: U+0000 to
+/// U+001F, U+007F to U+009F). No account, wallet, currency, time or id holds one; NUL cannot
+/// even be stored in PostgreSQL text, and a line break in a value would reach the logs. Every
+/// other character, spaces and letters beyond ASCII included, is text like any other.
+pub fn refused(c: char) -> bool {
+    c.is_control()
 }

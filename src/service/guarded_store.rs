@@ -33,8 +33,14 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
+    /// A write refused for its values (`InvalidInput`) says nothing of whether the store takes
+    /// writes, and changes nothing.
     fn record_write<T>(&self, result: &Result<T, StoreError>) {
-        *self.failed_write.locked() = result.as_ref().err().map(ToString::to_string);
+        match result {
+            Ok(_) => *self.failed_write.locked() = None,
+            Err(StoreError::InvalidInput(_)) => {}
+            Err(e) => *self.failed_write.locked() = Some(e.to_string()),
+        }
     }
 
     /// Why the last write failed, while no write has gone through since.
@@ -42,10 +48,12 @@ impl StoreHealth {
         self.failed_write.locked().clone()
     }
 
+    /// A call refused for its values (`InvalidInput`) was answered: the store is reachable. No
+    /// input can mark the store failing.
     fn record<T>(&self, result: &Result<T, StoreError>) {
         let mut last = self.last_error.locked();
         match result {
-            Ok(_) => *last = None,
+            Ok(_) | Err(StoreError::InvalidInput(_)) => *last = None,
             Err(e) => *last = Some(e.to_string()),
         }
     }
@@ -227,5 +235,28 @@ impl GuardedStore {
         let (store, observed) = (Arc::clone(&self.store), payout.clone());
         let save = async move { store.save_payout(&observed, source).await };
         self.health.behind(save, deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_refused_for_its_values_never_marks_the_store_failing() {
+        let health = StoreHealth::default();
+        let refused = || async { Err::<(), _>(StoreError::InvalidInput("invalid byte sequence".into())) };
+        assert!(health.run(Within::Health, refused()).await.is_err());
+        assert!(!health.is_failing(), "the store answered");
+
+        let down = || async { Err::<(), _>(StoreError::Unavailable("connection refused".into())) };
+        let _ = health.run(Within::Health, down()).await;
+        assert!(health.is_failing());
+        let _ = health.run(Within::Health, refused()).await;
+        assert!(!health.is_failing(), "an answer, even a refusal, says the store is back");
+
+        health.record_write(&down().await);
+        health.record_write(&refused().await);
+        assert!(health.failed_write().is_some(), "a refused value says nothing about a full disk");
     }
 }

@@ -44,6 +44,11 @@ pub enum StoreError {
     Corrupt(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The store answered, and refused a value of the call (PostgreSQL's data exceptions,
+    /// SQLSTATE class 22: a NUL in text, a number out of range): the caller's fault, which
+    /// says nothing about the store's health.
+    #[error("the store refused a value: {0}")]
+    InvalidInput(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -53,12 +58,21 @@ impl From<sqlx::Error> for StoreError {
                 Self::Corrupt(e.to_string())
             }
             // Database errors say which statement failed, never the connection string.
+            sqlx::Error::Database(db) if is_data_exception(db.as_ref()) => Self::InvalidInput(db.message().to_owned()),
             sqlx::Error::Database(db) => Self::Unavailable(db.message().to_owned()),
+            // A value the driver could not send: the call's fault, not the store's.
+            sqlx::Error::Encode(e) => Self::InvalidInput(e.to_string()),
             sqlx::Error::PoolTimedOut => Self::Unavailable("timed out waiting for a connection".into()),
             sqlx::Error::Io(io) => Self::Unavailable(io.to_string()),
             other => Self::Unavailable(other.to_string()),
         }
     }
+}
+
+/// A PostgreSQL data exception (SQLSTATE class 22: `22021` invalid byte sequence for a NUL in
+/// text, `22003` numeric value out of range, …): the server answered and refused a value.
+fn is_data_exception(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some_and(|pg| pg.code().starts_with("22"))
 }
 
 /// The latest successful balance fetch of one account.

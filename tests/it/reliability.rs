@@ -134,3 +134,53 @@ async fn readyz_reports_a_store_that_refuses_writes_and_is_ready_again_once_it_t
     let stored = store.latest_balances(&"disk-full".parse().unwrap()).await.unwrap();
     assert!(stored.is_some(), "the next fetch is stored");
 }
+
+/// Query text tally refuses: control characters, NUL first of all (PostgreSQL cannot hold it).
+async fn control_characters_in_history_query_text_are_a_bad_request_and_never_mark_the_store_failing(db: &TestDb) {
+    let upstream = crate::helpers::leanx(crate::helpers::ok("2.25", "1.50")).await;
+    let extra = format!(
+        "[[accounts]]\nid = \"nul-probe-{}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n",
+        db.kind(),
+        upstream.uri()
+    );
+    let app = crate::helpers::TestApp::spawn(db.url(), &extra).await;
+    for query in [
+        "wallet=pre%00fund",
+        "wallet=%00",
+        "wallet=a%0Ab",
+        "wallet=%7F",
+        "wallet=%C2%85",
+        "account=nul-probe%00",
+        "currency=US%00D",
+        "from=2026-11-22T08:00:00Z%00",
+    ] {
+        let r = app.get(&format!("/balances/history?{query}")).await;
+        let status = r.status().as_u16();
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{query}");
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_query")), "{query}: {body}");
+        assert!(app.service.store_health().last_error().is_none(), "{query} marked the store failing");
+    }
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = app.get_json("/balances/history?wallet=pre%20fund%C3%A9").await;
+    assert_eq!(status, 200, "spaces and letters beyond ASCII are text like any other");
+}
+
+/// Below the HTTP layer: a value the database cannot hold is the query's fault, never an
+/// outage, whatever reaches the store.
+async fn a_value_the_store_cannot_hold_is_a_query_error_not_an_outage(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let query = tally::store::HistoryQuery { wallet: Some("pre\0fund".into()), limit: 10, ..Default::default() };
+    match store.balance_history(&query).await {
+        Ok(points) => assert!(points.is_empty()),
+        Err(tally::store::StoreError::InvalidInput(_)) => {}
+        Err(other) => panic!("a NUL in a filter is not an outage: {other:?}"),
+    }
+}
+
+crate::both_stores!(
+    control_characters_in_history_query_text_are_a_bad_request_and_never_mark_the_store_failing,
+    a_value_the_store_cannot_hold_is_a_query_error_not_an_outage,
+);
