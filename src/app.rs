@@ -68,8 +68,10 @@ impl Application {
         // A store that is down at start is not fatal: live figures are still served, /readyz
         // reports it, and the migrations are applied once it is back.
         let migrations = Arc::new(MigrationGate::new(Arc::clone(&store)));
-        // Bounded: a store that hangs does not keep tally from listening (the attempt goes on).
-        match tokio::time::timeout(Duration::from_secs(3), migrations.ensure()).await {
+        // One budget for everything start-up waits on the store for (migrating, then warming
+        // the cache): a store that hangs does not keep tally from listening (the attempt goes on).
+        let store_by = tokio::time::Instant::now() + STORE_START_BUDGET;
+        match tokio::time::timeout_at(store_by, migrations.ensure()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not migrate the store; serving live figures only until it is back")
@@ -82,7 +84,7 @@ impl Application {
         let metrics = crate::telemetry::metrics_handle();
         let service =
             Service::new(&settings, Arc::clone(&store), clock, &UpstreamHttp::new(DEFAULT_MAX_RESPONSE_BYTES));
-        service.warm_up().await;
+        service.warm_up(store_by).await;
         let state = AppState::new(Arc::clone(&service), Arc::clone(&migrations), &settings, metrics.clone());
         let router = http::router(state, &settings);
         let addr = settings.server.listen;
@@ -105,7 +107,7 @@ impl Application {
         let mut background = self.service.spawn_background_refresh();
         background.push(tokio::spawn(keep_metrics_bounded(self.metrics.clone())));
         if !self.migrations.is_done() {
-            background.push(tokio::spawn(migrate_when_back(Arc::clone(&self.migrations))));
+            background.push(tokio::spawn(migrate_when_back(Arc::clone(&self.migrations), Arc::clone(&self.service))));
         }
         let grace = self.settings.server.shutdown_timeout;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,6 +160,10 @@ fn listen(addr: SocketAddr, max_concurrent_requests: usize) -> std::io::Result<T
 /// higher.
 const LISTEN_BACKLOG: u32 = 1024;
 
+/// How long start-up waits on the store in all, migrations and warm-up together, before
+/// listening (README, Storage).
+const STORE_START_BUDGET: Duration = Duration::from_secs(3);
+
 /// How long shutdown waits for the store's pool to close.
 const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -172,8 +178,9 @@ async fn keep_metrics_bounded(handle: metrics_exporter_prometheus::PrometheusHan
     }
 }
 
-/// Retries the migrations of a store that was down at start until they succeed.
-async fn migrate_when_back(migrations: Arc<MigrationGate>) {
+/// Retries the migrations of a store that was down at start until they succeed, then warms
+/// the cache from it (start-up could not: its budget was spent waiting).
+async fn migrate_when_back(migrations: Arc<MigrationGate>, service: Arc<Service>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !migrations.is_done() {
@@ -182,7 +189,13 @@ async fn migrate_when_back(migrations: Arc<MigrationGate>) {
             tracing::debug!(error = %e, "the store is still not migrated");
         }
     }
+    // Figures fetched since start are newer than the stored ones, and are kept.
+    service.warm_up(tokio::time::Instant::now() + LATE_WARM_UP_BOUND).await;
 }
+
+/// How long the warm-up of a store that came back after start may take: as long as any store
+/// call off a request's path.
+const LATE_WARM_UP_BOUND: Duration = Duration::from_secs(5);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {

@@ -182,12 +182,11 @@ impl GuardedStore {
         Ok(())
     }
 
-    /// The last stored figures of every account, unbounded: read once at start, before
-    /// serving. A store that is down then is known to be failing from the first request on.
-    pub async fn all_latest_balances(&self) -> Result<Vec<AccountSnapshot>, StoreError> {
-        let loaded = self.store.all_latest_balances().await;
-        self.health.record(&loaded);
-        loaded
+    /// The last stored figures of every account: read at start, before serving, within what
+    /// is left of start-up's budget. A store that is down then is known to be failing from the
+    /// first request on.
+    pub async fn all_latest_balances(&self, within: Within) -> Result<Vec<AccountSnapshot>, StoreError> {
+        self.health.run(within, self.store.all_latest_balances()).await
     }
 
     pub async fn latest_balances(

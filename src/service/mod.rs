@@ -259,14 +259,16 @@ impl Service {
         self.request_timeout
     }
 
-    /// Loads the last stored figures into memory, with their real ages. A store that is down
-    /// is logged and skipped: tally then starts cold and fetches live.
-    pub async fn warm_up(&self) {
+    /// Loads the last stored figures into memory, with their real ages, waiting for the store
+    /// until `by` at most (start-up's budget). A store that is down or does not answer in time
+    /// is logged and skipped: tally then starts cold and fetches live. Figures already held
+    /// (fetched since start) are kept when newer.
+    pub async fn warm_up(&self, by: tokio::time::Instant) {
         // Start listening for other replicas' fetches before any request needs them.
         if let Some(cluster) = &self.cluster {
             drop(cluster.events());
         }
-        match self.store.all_latest_balances().await {
+        match self.store.all_latest_balances(Within::Until(by)).await {
             Ok(snapshots) => {
                 let mut loaded = 0;
                 for snapshot in snapshots {
