@@ -29,12 +29,13 @@ pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
-/// Readiness: 200 when the store answers, its migrations are applied, and it takes writes
-/// (after a failed write, a probe write must go through). Open to callers without a key.
+/// Readiness: 200 when the store answers, its migrations are applied, it takes writes (after a
+/// failed write, a probe write must go through), and, on SQLite, the file tally opened is still
+/// at its path. Open to callers without a key.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The store answers, is migrated and takes writes.", body = Health),
-        (status = 503, description = "The store is unreachable, not migrated, or refuses writes (a full disk): `not_ready`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable, not migrated, refuses writes (a full disk), or its SQLite file was deleted or replaced: `not_ready`.", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     // A store that was down at start is migrated as soon as it answers again.

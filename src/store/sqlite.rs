@@ -15,6 +15,61 @@ use super::*;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    file: Arc<FileWatch>,
+}
+
+/// The file the store opened, watched: deleted or replaced while tally runs, it is no longer
+/// where the store's connections write (they hold the old file open), and a new connection
+/// would open another file at the same path.
+struct FileWatch {
+    path: std::path::PathBuf,
+    /// The identity (device, inode) of the file at the first connection; `None` when there is
+    /// no file to watch (an in-memory database, or a platform without inodes).
+    opened: std::sync::OnceLock<Option<(u64, u64)>>,
+}
+
+impl FileWatch {
+    #[cfg(unix)]
+    fn identity(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.path).map(|m| (m.dev(), m.ino()))
+    }
+
+    #[cfg(not(unix))]
+    fn identity(&self) -> std::io::Result<(u64, u64)> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
+
+    /// Whether the file at the path is still the one the store opened.
+    fn check(&self) -> Result<(), StoreError> {
+        let Some(Some(opened)) = self.opened.get() else { return Ok(()) };
+        match self.identity() {
+            Ok(now) if now == *opened => Ok(()),
+            Ok(_) => Err(StoreError::Unavailable(
+                "the SQLite file tally opened was replaced by another file while tally ran; restart tally to use it"
+                    .into(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Unavailable(
+                "the SQLite file tally opened was deleted while tally ran; restart tally (after restoring it, or to start an empty one)"
+                    .into(),
+            )),
+            Err(e) => Err(StoreError::Unavailable(format!("cannot see the SQLite file tally opened: {e}"))),
+        }
+    }
+
+    /// At every new connection: the first one records the file; a later one that opened
+    /// another file (the first was deleted, and SQLite created a new one, or it was replaced)
+    /// is refused, so the store never writes to two files at once. The pool retries a refused
+    /// connection until its acquire timeout (logging why each time), then the call fails.
+    fn admit(&self) -> Result<(), sqlx::Error> {
+        let now = self.identity().ok();
+        match self.opened.get_or_init(|| now) {
+            Some(opened) if now != Some(*opened) => Err(sqlx::Error::Io(std::io::Error::other(
+                "the SQLite file tally opened was deleted or replaced while tally ran",
+            ))),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl SqliteStore {
@@ -34,12 +89,18 @@ impl SqliteStore {
             // WAL + NORMAL is durable across application crashes, and fast.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
+        let file = Arc::new(FileWatch { path: options.get_filename().to_owned(), opened: Default::default() });
+        let watch = Arc::clone(&file);
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(3))
+            .after_connect(move |_, _| {
+                let admitted = watch.admit();
+                Box::pin(async move { admitted })
+            })
             .after_release(|conn, _| Box::pin(released_outside_a_transaction(conn)))
             .connect_lazy_with(options);
-        Self { pool }
+        Self { pool, file }
     }
 }
 
@@ -191,6 +252,9 @@ impl Store for SqliteStore {
     }
 
     async fn check_ready(&self) -> Result<(), StoreError> {
+        // First: connections still read a deleted file, and a new one would be refused only
+        // after the pool's retries.
+        self.file.check()?;
         let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
             .fetch_one(&self.pool)
             .await

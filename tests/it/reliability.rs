@@ -203,3 +203,40 @@ async fn with_a_store_that_hangs_start_up_waits_on_it_for_one_3_s_budget_in_all(
     let (status, body) = app.get_json("/readyz").await;
     assert_eq!((status, body["code"].as_str()), (503, Some("not_ready")), "and not ready: {body}");
 }
+
+#[tokio::test]
+async fn readyz_reports_a_sqlite_file_deleted_or_replaced_under_tally() {
+    let db = TestDb::sqlite();
+    let app = crate::helpers::TestApp::spawn(db.url(), "").await;
+    assert_eq!(app.get_json("/readyz").await.0, 200);
+    let path = std::path::PathBuf::from(db.url().trim_start_matches("sqlite://"));
+
+    std::fs::remove_file(&path).unwrap();
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_ready")), "the file is gone: {body}");
+
+    // Another file at the same path (a restore, or a new empty store): not the one tally
+    // opened, and tally does not switch to it.
+    let other = db.store();
+    other.migrate().await.unwrap();
+    other.close().await;
+    assert!(path.exists());
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("not_ready")), "the file was replaced: {body}");
+}
+
+#[tokio::test]
+async fn a_sqlite_store_opens_no_connection_to_another_file_at_its_path() {
+    let db = TestDb::sqlite();
+    let store = db.store();
+    // Migrating records the file, and closes the connection it used: none is left idle.
+    store.migrate().await.unwrap();
+    let path = std::path::PathBuf::from(db.url().trim_start_matches("sqlite://"));
+    std::fs::remove_file(&path).unwrap();
+    // A new connection opens (SQLite creates) another file at the path: refused, until the
+    // pool gives up waiting for one.
+    let refused = store.latest_balances(&"leanx-main".parse().unwrap()).await.expect_err("not another file");
+    assert!(refused.to_string().contains("timed out waiting for a connection"), "{refused}");
+    let not_ready = store.check_ready().await.expect_err("not the file it opened");
+    assert!(not_ready.to_string().contains("replaced"), "{not_ready}");
+}
