@@ -24,7 +24,9 @@ pub struct SqliteStore {
 struct FileWatch {
     path: std::path::PathBuf,
     /// The identity (device, inode) of the file at the first connection; `None` when there is
-    /// no file to watch (an in-memory database, or a platform without inodes).
+    /// no file to watch (an in-memory database, or a platform without inodes). Sound while a
+    /// connection holds the file open, which is when two files could be written at once: an
+    /// inode number is given again only once nothing holds its file open.
     opened: std::sync::OnceLock<Option<(u64, u64)>>,
 }
 
