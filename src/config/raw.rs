@@ -29,6 +29,8 @@ pub struct RawServer {
     pub max_concurrent_requests: Option<usize>,
     pub body_limit_bytes: Option<usize>,
     pub shutdown_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -243,3 +243,20 @@ fn debug_output_redacts_secrets() {
         assert!(!debug.contains(secret), "Debug output leaks {secret}");
     }
 }
+
+#[test]
+fn connection_timeouts_default_and_are_validated_like_every_duration() {
+    let s = from_toml("").unwrap();
+    assert_eq!(s.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+    let s = from_toml("[server]\nheader_read_timeout = \"250ms\"\nidle_timeout = \"2m\"").unwrap();
+    assert_eq!(s.server.header_read_timeout, Duration::from_millis(250));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
+    for key in ["header_read_timeout", "idle_timeout"] {
+        for (value, problem) in [("0s", "longer than zero"), ("366d", "at most 365 days"), ("soon", "not a duration")] {
+            let e = error_of(&format!("[server]\n{key} = \"{value}\""));
+            assert_eq!(e.key, format!("server.{key}"), "{value}");
+            assert!(e.to_string().contains(problem), "{key} = {value}: {e}");
+        }
+    }
+}

@@ -52,6 +52,8 @@ fn server(raw: &RawConfig) -> Result<ServerSettings, ConfigError> {
         max_concurrent_requests: positive("server.max_concurrent_requests", s.max_concurrent_requests, 512)?,
         body_limit_bytes: positive("server.body_limit_bytes", s.body_limit_bytes, 64 * 1024)?,
         shutdown_timeout: duration("server.shutdown_timeout", s.shutdown_timeout.as_deref(), "10s", true)?,
+        header_read_timeout: duration("server.header_read_timeout", s.header_read_timeout.as_deref(), "10s", true)?,
+        idle_timeout: duration("server.idle_timeout", s.idle_timeout.as_deref(), "60s", true)?,
     })
 }
 

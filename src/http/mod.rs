@@ -13,6 +13,7 @@ pub mod ops;
 pub mod payouts;
 mod query;
 pub mod report;
+mod serve;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use crate::store::MigrationGate;
 
 pub use auth::digest_hex;
 pub use error::{ApiError, ErrorCode, PROBLEM_JSON};
+pub use serve::serve;
 
 /// What every handler can reach: one reference-counted value, since axum clones the state for
 /// every extraction.

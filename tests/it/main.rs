@@ -6,6 +6,7 @@ mod helpers;
 mod api;
 mod balances;
 mod cli;
+mod connections;
 mod demo;
 mod deploy;
 mod openapi;
