@@ -290,7 +290,9 @@ fn add_shared_responses(value: &mut serde_json::Value, instance: &Instance) {
 /// The whole application router, as production serves it and tests drive it.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (routes, _) = api().split_for_parts();
-    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
+    // No validator badge: by default the page sends the document to validator.swagger.io.
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
     let mut routes = routes
         .route("/openapi.json", axum::routing::get(openapi_json))
         .merge(docs)
