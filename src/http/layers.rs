@@ -28,12 +28,17 @@ use crate::sync::RwLockExt;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn wrap(router: Router, server: &ServerSettings) -> Router {
+/// `routes`: the matched routes whose HTTP metrics are exported from the start (at 0).
+pub fn wrap(router: Router, server: &ServerSettings, routes: impl IntoIterator<Item = String>) -> Router {
+    let metrics = HttpMetrics::default();
+    for route in routes {
+        let _ = metrics.register(&route, StatusCode::OK.as_u16());
+    }
     let state = Arc::new(Envelope {
         permits: Semaphore::new(server.max_concurrent_requests),
         // The service answers within request_timeout on its own; this is the backstop.
         backstop: server.request_timeout + Duration::from_secs(2),
-        metrics: HttpMetrics::default(),
+        metrics,
         ids: RequestIds::new(),
         body_limit: server.body_limit_bytes,
     });
@@ -307,6 +312,13 @@ impl HttpMetrics {
                 return;
             }
         }
+        let (requests, duration) = self.register(route, status);
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    }
+
+    /// The handles of a route and status, registered (at 0) if they were not.
+    fn register(&self, route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
         let mut known = self.0.write_locked();
         let m = known.entry(route.into()).or_insert_with(|| RouteMetrics {
             duration: metrics::histogram!("tally_http_request_duration_seconds", "route" => route.to_owned()),
@@ -315,11 +327,11 @@ impl HttpMetrics {
         if !m.requests.iter().any(|(s, _)| *s == status) {
             let counter = metrics::counter!("tally_http_requests_total",
                 "route" => route.to_owned(), "status" => status.to_string());
+            counter.increment(0);
             m.requests.push((status, counter));
         }
         let (_, requests) = m.requests.iter().find(|(s, _)| *s == status).expect("registered just above");
-        requests.increment(1);
-        m.duration.record(elapsed.as_secs_f64());
+        (requests.clone(), m.duration.clone())
     }
 }
 
@@ -378,8 +390,11 @@ mod tests {
     #[tokio::test]
     async fn gzip_is_negotiated_as_http_says_and_skipped_when_not_asked() {
         let answer = || async { ([(header::CONTENT_TYPE, "application/json")], vec![b'a'; 4096]) };
-        let router =
-            wrap(Router::new().route("/", axum::routing::get(answer)), &crate::config::from_toml("").unwrap().server);
+        let router = wrap(
+            Router::new().route("/", axum::routing::get(answer)),
+            &crate::config::from_toml("").unwrap().server,
+            [],
+        );
         let encoding = |accept: Option<&'static str>| {
             let router = router.clone();
             async move {

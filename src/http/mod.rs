@@ -62,6 +62,7 @@ impl AppState {
         metrics: PrometheusHandle,
     ) -> Self {
         let auth = AuthPolicy { keys: !settings.auth.api_keys.is_empty(), metrics: settings.metrics.require_auth };
+        ops::export_known_series(&service);
         Self(Arc::new(Shared {
             openapi: OpenApiDocs::new(&service, auth),
             service,
@@ -301,5 +302,6 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     if !state.api_keys.is_empty() {
         routes = routes.layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
     }
-    layers::wrap(routes.with_state(state), &settings.server)
+    let documented = api().split_for_parts().1.paths.paths.into_keys();
+    layers::wrap(routes.with_state(state), &settings.server, documented)
 }
