@@ -341,6 +341,33 @@ async fn every_bad_query_is_a_400_problem_with_a_stable_code() {
     assert_eq!(server.received_requests().await.unwrap().len(), 0, "a bad query calls no upstream");
 }
 
+#[tokio::test]
+async fn an_empty_selection_value_is_refused_not_read_as_every_account() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
+    for uri in [
+        "/balances?account=",
+        "/balances?account=leanx-main&account=",
+        "/balances?account=leanx-main,,leanx-main",
+        "/balances?account=leanx-main,",
+        "/balances?account=%20",
+        "/balances?provider=",
+        "/balances?provider=leanx,,luxtak",
+        "/balances?currency=",
+        "/balances?currency=MYR,",
+    ] {
+        let r = app.get(uri).await;
+        assert_eq!(r.status(), 400, "{uri}");
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "invalid_query", "{uri}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains("empty value"), "{uri}: {body}");
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), 0, "a refused query calls no upstream");
+    // Items with spaces around them are still read.
+    assert_eq!(app.get("/balances?account=leanx-main,%20leanx-main&currency=MYR").await.status(), 200);
+}
+
 async fn accounts_lists_settings_and_health_without_secrets(db: &TestDb) {
     let server = leanx(ok("393.63", "26.05")).await;
     let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "ttl = \"15s\"")).await;
