@@ -191,8 +191,8 @@ struct Envelope {
 }
 
 impl Envelope {
-    /// Gives the request an id (the caller's `x-request-id`, else a new one) and returns it on
-    /// the answer; runs it in a span with one log line when answered; refuses a declared body over
+    /// Gives the request an id (the caller's `x-request-id` if [usable](usable_request_id), else
+    /// a new one) and returns it on the answer; runs it in a span with one log line when answered; refuses a declared body over
     /// `body_limit_bytes` (no route reads a body, so a body without a length is never buffered);
     /// sheds load instead of queueing without bound (past `max_concurrent_requests` in flight a
     /// request gets 503 with `Retry-After` at once; probes are never shed, so an orchestrator does
@@ -208,8 +208,8 @@ impl Envelope {
         let route = request.extensions().get::<MatchedPath>().cloned();
         let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let id = match request.headers().get(&REQUEST_ID) {
-            Some(given) => given.clone(),
-            None => self.ids.next(),
+            Some(given) if usable_request_id(given) => given.clone(),
+            _ => self.ids.next(),
         };
         let span = tracing::info_span!("request", method = %request.method(), route,
         request_id = id.to_str().unwrap_or("(not text)"), caller = tracing::field::Empty);
@@ -241,6 +241,17 @@ impl Envelope {
         self.metrics.record(route, status, elapsed);
         response
     }
+}
+
+/// The longest caller's `x-request-id` tally adopts.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A caller's request id is echoed and logged only if it is 1 to 128 visible ASCII characters
+/// (no spaces, no control or non-ASCII bytes): one of 380 KB was once echoed and logged whole.
+/// Any other gets a fresh id, as a request without one does.
+fn usable_request_id(given: &HeaderValue) -> bool {
+    let bytes = given.as_bytes();
+    (1..=MAX_REQUEST_ID).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 fn declared_length(request: &Request) -> Option<u64> {
