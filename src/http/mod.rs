@@ -63,6 +63,14 @@ impl AppState {
     ) -> Self {
         let auth = AuthPolicy { keys: !settings.auth.api_keys.is_empty(), metrics: settings.metrics.require_auth };
         ops::export_known_series(&service);
+        if auth.keys && !auth.metrics {
+            // A choice the operator may have made by default: say what it exposes.
+            tracing::warn!(
+                "metrics.require_auth is false: /metrics answers callers without a key, and its labels name every \
+                 account id (which /openapi.json hides from them); keep this port on a private network for the \
+                 scraper, or set metrics.require_auth = true"
+            );
+        }
         Self(Arc::new(Shared {
             openapi: OpenApiDocs::new(&service, auth),
             service,
