@@ -1,8 +1,9 @@
 //! The HTTP API: routes registered in one place (so the OpenAPI document cannot drift from
 //! the code), the middleware stack, errors rendered as problem+json ([`error`]: one table of
 //! codes, and the conversions from the service's refusals), and the wire types of the answers
-//! ([`report`]: the `/balances` report, built from what the service found). `http` depends on
-//! `service`, never the other way.
+//! ([`report`]: the `/balances` report, built from what the service found), and the connection
+//! loop that serves them ([`serve()`]: header-read and idle timeouts, graceful shutdown). `http`
+//! depends on `service`, never the other way.
 
 mod auth;
 pub mod balances;
