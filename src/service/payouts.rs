@@ -195,12 +195,16 @@ impl Service {
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
+            // A lookup is an upstream call like a balance fetch: it waits for one of the same
+            // permits (`server.max_concurrent_fetches`), held for the call only.
+            let permit = service.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             let started = Instant::now();
             let timeout = account.config.freshness.timeout;
             let outcome =
                 tokio::time::timeout(timeout, account.client.lookup_payout(&key.1)).await.unwrap_or_else(|_| {
                     Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
                 });
+            drop(permit);
             // A failure is reported as of when it happened, to every caller sharing it.
             let outcome = outcome.map_err(|error| FetchFailure { error, at: service.clock.now() });
             let result = match &outcome {
