@@ -173,6 +173,9 @@ fn each_bad_config_names_its_key() {
         ("[defaults]\ntimeout = \"0s\"", "defaults.timeout", "longer than zero"),
         ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
         ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),
+        ("[defaults]\nmax_calls_per_minute = 0", "defaults.max_calls_per_minute", "at least 1"),
+        (&format!("{leanx}max_calls_per_minute = 0"), "accounts[0].max_calls_per_minute", "at least 1"),
+        (&format!("[defaults]\nmax_calls_per_minute = 0\n{leanx}"), "defaults.max_calls_per_minute", "at least 1"),
         ("[[accounts]]\nid = \"a\"\nprovider = \"leanx\"", "accounts[0].auth_token", "is required for provider leanx"),
     ];
     for (toml, key, problem) in cases {
@@ -242,4 +245,22 @@ fn debug_output_redacts_secrets() {
     for secret in ["LP-X|uuid|hex", "KEY", "JBSWY3DPEHPK3PXP", "tally@db.internal"] {
         assert!(!debug.contains(secret), "Debug output leaks {secret}");
     }
+}
+
+#[test]
+fn max_calls_per_minute_comes_from_the_account_then_defaults_and_is_unlimited_otherwise() {
+    let leanx = |id: &str, extra: &str| {
+        format!("[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nauth_token = \"t\"\n{extra}\n")
+    };
+    let s = from_toml(&format!("{}{}", leanx("a", "max_calls_per_minute = 7"), leanx("b", ""))).unwrap();
+    let budgets: Vec<_> = s.accounts.iter().map(|a| a.max_calls_per_minute.map(|n| n.get())).collect();
+    assert_eq!(budgets, [Some(7), None], "unlimited by default");
+    let s = from_toml(&format!(
+        "[defaults]\nmax_calls_per_minute = 30\n{}{}",
+        leanx("a", "max_calls_per_minute = 7"),
+        leanx("b", "")
+    ))
+    .unwrap();
+    let budgets: Vec<_> = s.accounts.iter().map(|a| a.max_calls_per_minute.map(|n| n.get())).collect();
+    assert_eq!(budgets, [Some(7), Some(30)], "the account's own key wins over [defaults]");
 }

@@ -17,6 +17,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     // [defaults] is checked on its own, so a bad default is refused even before an account
     // uses it.
     policies(&RawDefaults::default(), |field| format!("defaults.{field}"), &raw.defaults)?;
+    calls_per_minute(&RawDefaults::default(), |field| format!("defaults.{field}"), &raw.defaults)?;
     let store = store(&raw)?;
     let auth = auth(&raw)?;
     let mut seen = HashSet::new();
@@ -115,11 +116,12 @@ fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, C
         None => registered.default_utc_offset,
     };
     let (freshness, retry, circuit) = policies(&overrides(a), key, d)?;
+    let max_calls_per_minute = calls_per_minute(&overrides(a), key, d)?;
     let settings = serde_json::Value::Object(a.provider_settings.clone());
     let provider = ProviderConfig::read(provider, settings).map_err(|SettingError { key: field, problem }| {
         ConfigError::new(field.map_or_else(|| format!("accounts[{i}]"), |f| format!("accounts[{i}].{f}")), problem)
     })?;
-    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, provider })
+    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, max_calls_per_minute, provider })
 }
 
 /// An account's own overrides of `[defaults]`.
@@ -132,7 +134,24 @@ fn overrides(a: &RawAccount) -> RawDefaults {
         retry_base_delay: a.retry_base_delay.clone(),
         circuit_failure_threshold: a.circuit_failure_threshold,
         circuit_cooldown: a.circuit_cooldown.clone(),
+        max_calls_per_minute: a.max_calls_per_minute,
     }
+}
+
+/// The account's upstream budget (SPEC §12): its own `max_calls_per_minute`, else
+/// `[defaults]`, else unlimited; at least 1 (a budget of nothing would be an account that can
+/// never be fetched: leave it out of the config instead).
+fn calls_per_minute(
+    own: &RawDefaults,
+    key: impl Fn(&str) -> String,
+    d: &RawDefaults,
+) -> Result<Option<std::num::NonZeroU32>, ConfigError> {
+    let field = "max_calls_per_minute";
+    let Some(calls) = own.max_calls_per_minute.or(d.max_calls_per_minute) else {
+        return Ok(None);
+    };
+    let source = if own.max_calls_per_minute.is_some() { key(field) } else { format!("defaults.{field}") };
+    std::num::NonZeroU32::new(calls).map(Some).ok_or_else(|| ConfigError::new(source, "must be at least 1"))
 }
 
 /// The per-account settings: each from the account's own key (`own`, named by `key`), else

@@ -5,6 +5,7 @@ mod helpers;
 
 mod api;
 mod balances;
+mod budgets;
 mod cli;
 mod demo;
 mod deploy;
