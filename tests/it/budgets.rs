@@ -9,7 +9,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{BALANCE_PATH, Script, TestApp, TestDb, leanx, ok};
+use crate::helpers::{BALANCE_PATH, Script, TestApp, TestDb, eventually, leanx, more_checks, ok};
 
 const LEANX_PAYOUT: &str = "/api/v1/merchant/get-payout-transaction-by-id";
 
@@ -136,7 +136,19 @@ async fn a_429_with_retry_after_pauses_the_account_until_then(db: &TestDb) {
     assert_eq!(script.calls().len(), 3);
 }
 
+async fn retries_draw_from_the_budget_and_a_denied_retry_leaves_the_failure_before_it(db: &TestDb) {
+    let id = format!("budget-retries-{}", db.kind());
+    let upstream = leanx(ResponseTemplate::new(503)).await;
+    let extra = "max_calls_per_minute = 2\nmax_retries = 5\nretry_base_delay = \"1ms\"";
+    let app = TestApp::spawn(db.url(), &account(&id, &upstream.uri(), extra).replace("max_retries = 0\n", "")).await;
+    let (status, body) = app.get_json(&format!("/balances?account={id}&max_age=0")).await;
+    assert_eq!(status, 503, "nothing stored: {body}");
+    assert_eq!(body["accounts"][0]["error"]["code"], "upstream_unavailable", "the last call's failure: {body}");
+    assert_eq!(calls(&upstream).await, 2, "the first attempt and one retry; the budget refused the rest");
+}
+
 both_stores!(
+    retries_draw_from_the_budget_and_a_denied_retry_leaves_the_failure_before_it,
     a_budget_of_n_calls_makes_at_most_n_calls_a_minute_and_refills_after_it,
     an_unlimited_account_is_never_denied,
     under_a_spent_budget_a_stored_payout_is_served_stale_and_an_unseen_one_is_503,
@@ -234,4 +246,28 @@ async fn concurrent_draws_on_postgresql_grant_exactly_the_limit() {
         Err(tally::store::CallDenied::Paused { until })
     );
     assert_eq!(cluster.draw_call(&account, until, None).await.unwrap(), Ok(()), "the pause ends");
+}
+
+/// Background refresh is an upstream call like any other: it draws from the budget.
+#[tokio::test]
+async fn background_refresh_draws_from_the_budget() {
+    let db = TestDb::sqlite();
+    let id = "budget-background";
+    let upstream = leanx(ok("393.63", "26.05")).await;
+    // Checks run on real timers (~100 ms); the figure ages only when the test moves the clock.
+    let extra = "max_calls_per_minute = 1\nrefresh_interval = \"100ms\"\nttl = \"1h\"";
+    let app = TestApp::spawn(db.url(), &account(id, &upstream.uri(), extra)).await;
+    let mut checks = app.service.account(&id.parse().unwrap()).unwrap().background_checks();
+    eventually("the first refresh, at start", Duration::from_secs(10), || async { calls(&upstream).await == 1 }).await;
+    app.advance(Duration::from_secs(1));
+    let denied = format!("tally_upstream_budget_denied_total{{account=\"{id}\"}}");
+    eventually("a due refresh is refused by the budget", Duration::from_secs(10), || async {
+        app.counter(&denied).await >= 1
+    })
+    .await;
+    more_checks(&mut checks, 2).await;
+    assert_eq!(calls(&upstream).await, 1, "no second call within the minute");
+    app.advance(Duration::from_secs(59));
+    eventually("refreshed once the window ended", Duration::from_secs(10), || async { calls(&upstream).await == 2 })
+        .await;
 }
