@@ -219,6 +219,10 @@ impl Service {
                 })
             })
             .collect();
+        // Present from start at 0, so a dashboard's rate() sees the first refusal.
+        for account in &accounts {
+            metrics::counter!("tally_upstream_budget_denied_total", "account" => account.id().to_string()).increment(0);
+        }
         let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id().clone(), i)).collect();
         let store = GuardedStore::new(store);
         let cluster = cluster::GuardedCluster::of(&store, settings.server.request_timeout);

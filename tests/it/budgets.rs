@@ -40,6 +40,9 @@ async fn a_budget_of_n_calls_makes_at_most_n_calls_a_minute_and_refills_after_it
     let id = format!("budget-n-{}", db.kind());
     let upstream = leanx(ok("393.63", "26.05")).await;
     let app = TestApp::spawn(db.url(), &account(&id, &upstream.uri(), "max_calls_per_minute = 2")).await;
+    let denied = format!("tally_upstream_budget_denied_total{{account=\"{id}\"}} 0");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == denied), "the series is there from start, at 0");
     for _ in 0..2 {
         let (line, stale) = refresh(&app, &id).await;
         assert_eq!((line["status"].as_str(), stale), (Some("fresh"), false), "{line}");
