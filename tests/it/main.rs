@@ -8,6 +8,7 @@ mod balances;
 mod cli;
 mod demo;
 mod deploy;
+mod hostile;
 mod openapi;
 mod ops;
 mod payouts;
