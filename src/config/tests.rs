@@ -154,6 +154,7 @@ fn each_bad_config_names_its_key() {
         ),
         ("[auth]\napi_keys = [{ name = \"x\", sha256 = \"abc\" }]", "auth.api_keys[0].sha256", "hex SHA-256"),
         ("[store]\nurl = \"mysql://x\"", "store.url", "must start with"),
+        ("[store]\nurl = \"postgres://u@db/x?sslmod=require\"", "store.url", "unknown connection parameter `sslmod`"),
         ("[server]\nmax_concurrent_fetches = 0", "server.max_concurrent_fetches", "at least 1"),
         // Durations a clock cannot be moved by are refused, not obeyed (they once gave 500s).
         ("[server]\nrequest_timeout = \"500000000000years\"", "server.request_timeout", "at most 365 days"),
@@ -195,6 +196,26 @@ fn errors_never_echo_secret_values() {
     assert!(!text.contains("SUPERSECRET") && !text.contains("ALSOSECRET"), "{text}");
     let e = error_of("[store]\nurl = \"mysql://user:hunter2@db/x\"");
     assert!(!e.to_string().contains("hunter2"), "{e}");
+    // A secret typed into a key that is not one, or a value the driver would have logged.
+    for (toml, key) in [
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"https://u:hunter2@api.leanx.io\"",
+            "accounts[0].base_url",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"ftp://u:hunter2@x\"",
+            "accounts[0].base_url",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"hunter2 not a url\"",
+            "accounts[0].base_url",
+        ),
+        ("[store]\nurl = \"postgres://u@db/x?passwrd=hunter2\"", "store.url"),
+    ] {
+        let e = error_of(toml);
+        assert_eq!(e.key, key);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 }
 
 #[test]

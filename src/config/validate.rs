@@ -63,11 +63,48 @@ fn store(raw: &RawConfig) -> Result<StoreSettings, ConfigError> {
         // The value may hold a password, so it is not echoed back.
         return Err(ConfigError::new("store.url", "must start with sqlite:, postgres:// or postgresql://"));
     }
+    if url.starts_with("postgres") {
+        check_connect_parameters(&url)?;
+    }
     let max_connections = match raw.store.max_connections {
         Some(0) => return Err(ConfigError::new("store.max_connections", "must be at least 1")),
         v => v.unwrap_or(10),
     };
     Ok(StoreSettings { url: url.into(), max_connections })
+}
+
+/// The PostgreSQL driver logs a connect parameter it does not know, value included, and goes
+/// on without it: a mistyped `sslmode` would silently connect unencrypted, and a secret in
+/// the wrong parameter would reach the log. Only the parameters it reads are taken; an error
+/// names the parameter, never a value.
+fn check_connect_parameters(url: &str) -> Result<(), ConfigError> {
+    const KNOWN: [&str; 17] = [
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "application_name",
+    ];
+    let url = Url::parse(url).map_err(|e| ConfigError::new("store.url", format!("is not a URL ({e})")))?;
+    match url.query_pairs().find(|(key, _)| !KNOWN.contains(&key.as_ref()) && key != "options") {
+        Some((key, _)) => Err(ConfigError::new(
+            "store.url",
+            format!("unknown connection parameter `{key}` (PostgreSQL takes {}, options)", KNOWN.join(", ")),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn auth(raw: &RawConfig) -> Result<AuthSettings, ConfigError> {
@@ -189,10 +226,15 @@ fn policies(
     Ok((freshness, retry, circuit))
 }
 
+/// A provider's base URL. Errors never echo the value: a credential typed into it
+/// (`https://user:secret@host`) would otherwise reach the terminal and the logs.
 fn parse_base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|e| ConfigError::new(key, format!("`{text}` is not a URL ({e})")))?;
+    let url = Url::parse(text).map_err(|e| ConfigError::new(key, format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(ConfigError::new(key, format!("`{text}` must be an http(s) URL with a host")));
+        return Err(ConfigError::new(key, "must be an http(s) URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(key, "must not carry a user or password (credentials go in the provider's keys)"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::new(key, "must not have a query or fragment"));

@@ -335,7 +335,8 @@ enum Coordinated {
 /// Whether an attempt started after `delay` ends, even if it takes its whole `timeout`, by the
 /// end of the budget: a retry that cannot answer in time only adds an upstream call.
 fn retry_fits(now: Instant, delay: Duration, timeout: Duration, budget_ends: Instant) -> bool {
-    now + delay + timeout <= budget_ends
+    // The delay may come from an upstream's Retry-After: a sum past any clock does not fit.
+    now.checked_add(delay).and_then(|t| t.checked_add(timeout)).is_some_and(|end| end <= budget_ends)
 }
 
 /// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.

@@ -9,6 +9,7 @@ mod budgets;
 mod cli;
 mod demo;
 mod deploy;
+mod hostile;
 mod openapi;
 mod ops;
 mod payouts;
