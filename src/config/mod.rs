@@ -107,6 +107,9 @@ pub struct AccountConfig {
     pub freshness: Freshness,
     pub retry: RetryPolicy,
     pub circuit: CircuitPolicy,
+    /// Upstream calls this account may make per minute, cluster-wide (SPEC §12); `None` is
+    /// unlimited.
+    pub max_calls_per_minute: Option<std::num::NonZeroU32>,
     pub provider: ProviderConfig,
 }
 

@@ -51,6 +51,7 @@ pub struct RawDefaults {
     pub retry_base_delay: Option<String>,
     pub circuit_failure_threshold: Option<u32>,
     pub circuit_cooldown: Option<String>,
+    pub max_calls_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +94,7 @@ pub struct RawAccount {
     pub retry_base_delay: Option<String>,
     pub circuit_failure_threshold: Option<u32>,
     pub circuit_cooldown: Option<String>,
+    pub max_calls_per_minute: Option<u32>,
     /// The provider's own keys (credentials and the like), as written.
     #[serde(flatten)]
     pub provider_settings: serde_json::Map<String, serde_json::Value>,
