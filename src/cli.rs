@@ -57,6 +57,19 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The name of a command that reads no config file.
+    fn without_config(&self) -> Option<&'static str> {
+        match self {
+            Self::Serve | Self::Migrate | Self::CheckConfig => None,
+            Self::HashKey => Some("hash-key"),
+            Self::Demo { .. } => Some("demo"),
+            Self::Emulate { .. } => Some("emulate"),
+            Self::Openapi { .. } => Some("openapi"),
+        }
+    }
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum Format {
     Json,
@@ -76,7 +89,16 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // `--config` is global so that it may stand anywhere on the line, but only the commands
+    // that read a config use it: elsewhere it would be silently ignored.
+    if let (Some(_), Some(name)) = (&cli.config, command.without_config()) {
+        return Err(format!(
+            "--config is not used by `tally {name}`{}",
+            if name == "demo" { " (the demo makes its own config; `tally serve --config` runs yours)" } else { "" }
+        ));
+    }
+    match command {
         Command::Serve => runtime()?.block_on(serve(load(cli.config)?)),
         Command::Migrate => runtime()?.block_on(migrate(load(cli.config)?)),
         Command::CheckConfig => {

@@ -63,6 +63,12 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_timeout: Duration,
+    /// How long an HTTP/1 connection may take to send a request's whole head, counted from
+    /// when tally is ready to read it: after connecting, and after each answer on a kept-alive
+    /// connection.
+    pub header_read_timeout: Duration,
+    /// How long a connection may stay open with no request in flight and no bytes moving.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +107,9 @@ pub struct AccountConfig {
     pub freshness: Freshness,
     pub retry: RetryPolicy,
     pub circuit: CircuitPolicy,
+    /// Upstream calls this account may make per minute, cluster-wide (SPEC §12); `None` is
+    /// unlimited.
+    pub max_calls_per_minute: Option<std::num::NonZeroU32>,
     pub provider: ProviderConfig,
 }
 

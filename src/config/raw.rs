@@ -29,6 +29,8 @@ pub struct RawServer {
     pub max_concurrent_requests: Option<usize>,
     pub body_limit_bytes: Option<usize>,
     pub shutdown_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +51,7 @@ pub struct RawDefaults {
     pub retry_base_delay: Option<String>,
     pub circuit_failure_threshold: Option<u32>,
     pub circuit_cooldown: Option<String>,
+    pub max_calls_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +94,7 @@ pub struct RawAccount {
     pub retry_base_delay: Option<String>,
     pub circuit_failure_threshold: Option<u32>,
     pub circuit_cooldown: Option<String>,
+    pub max_calls_per_minute: Option<u32>,
     /// The provider's own keys (credentials and the like), as written.
     #[serde(flatten)]
     pub provider_settings: serde_json::Map<String, serde_json::Value>,

@@ -154,6 +154,7 @@ fn each_bad_config_names_its_key() {
         ),
         ("[auth]\napi_keys = [{ name = \"x\", sha256 = \"abc\" }]", "auth.api_keys[0].sha256", "hex SHA-256"),
         ("[store]\nurl = \"mysql://x\"", "store.url", "must start with"),
+        ("[store]\nurl = \"postgres://u@db/x?sslmod=require\"", "store.url", "unknown connection parameter `sslmod`"),
         ("[server]\nmax_concurrent_fetches = 0", "server.max_concurrent_fetches", "at least 1"),
         // Durations a clock cannot be moved by are refused, not obeyed (they once gave 500s).
         ("[server]\nrequest_timeout = \"500000000000years\"", "server.request_timeout", "at most 365 days"),
@@ -173,6 +174,9 @@ fn each_bad_config_names_its_key() {
         ("[defaults]\ntimeout = \"0s\"", "defaults.timeout", "longer than zero"),
         ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
         ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),
+        ("[defaults]\nmax_calls_per_minute = 0", "defaults.max_calls_per_minute", "at least 1"),
+        (&format!("{leanx}max_calls_per_minute = 0"), "accounts[0].max_calls_per_minute", "at least 1"),
+        (&format!("[defaults]\nmax_calls_per_minute = 0\n{leanx}"), "defaults.max_calls_per_minute", "at least 1"),
         ("[[accounts]]\nid = \"a\"\nprovider = \"leanx\"", "accounts[0].auth_token", "is required for provider leanx"),
     ];
     for (toml, key, problem) in cases {
@@ -192,6 +196,26 @@ fn errors_never_echo_secret_values() {
     assert!(!text.contains("SUPERSECRET") && !text.contains("ALSOSECRET"), "{text}");
     let e = error_of("[store]\nurl = \"mysql://user:hunter2@db/x\"");
     assert!(!e.to_string().contains("hunter2"), "{e}");
+    // A secret typed into a key that is not one, or a value the driver would have logged.
+    for (toml, key) in [
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"https://u:hunter2@api.leanx.io\"",
+            "accounts[0].base_url",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"ftp://u:hunter2@x\"",
+            "accounts[0].base_url",
+        ),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\nbase_url = \"hunter2 not a url\"",
+            "accounts[0].base_url",
+        ),
+        ("[store]\nurl = \"postgres://u@db/x?passwrd=hunter2\"", "store.url"),
+    ] {
+        let e = error_of(toml);
+        assert_eq!(e.key, key);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 }
 
 #[test]
@@ -242,4 +266,39 @@ fn debug_output_redacts_secrets() {
     for secret in ["LP-X|uuid|hex", "KEY", "JBSWY3DPEHPK3PXP", "tally@db.internal"] {
         assert!(!debug.contains(secret), "Debug output leaks {secret}");
     }
+}
+
+#[test]
+fn connection_timeouts_default_and_are_validated_like_every_duration() {
+    let s = from_toml("").unwrap();
+    assert_eq!(s.server.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+    let s = from_toml("[server]\nheader_read_timeout = \"250ms\"\nidle_timeout = \"2m\"").unwrap();
+    assert_eq!(s.server.header_read_timeout, Duration::from_millis(250));
+    assert_eq!(s.server.idle_timeout, Duration::from_secs(120));
+    for key in ["header_read_timeout", "idle_timeout"] {
+        for (value, problem) in [("0s", "longer than zero"), ("366d", "at most 365 days"), ("soon", "not a duration")] {
+            let e = error_of(&format!("[server]\n{key} = \"{value}\""));
+            assert_eq!(e.key, format!("server.{key}"), "{value}");
+            assert!(e.to_string().contains(problem), "{key} = {value}: {e}");
+        }
+    }
+}
+
+#[test]
+fn max_calls_per_minute_comes_from_the_account_then_defaults_and_is_unlimited_otherwise() {
+    let leanx = |id: &str, extra: &str| {
+        format!("[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nauth_token = \"t\"\n{extra}\n")
+    };
+    let s = from_toml(&format!("{}{}", leanx("a", "max_calls_per_minute = 7"), leanx("b", ""))).unwrap();
+    let budgets: Vec<_> = s.accounts.iter().map(|a| a.max_calls_per_minute.map(|n| n.get())).collect();
+    assert_eq!(budgets, [Some(7), None], "unlimited by default");
+    let s = from_toml(&format!(
+        "[defaults]\nmax_calls_per_minute = 30\n{}{}",
+        leanx("a", "max_calls_per_minute = 7"),
+        leanx("b", "")
+    ))
+    .unwrap();
+    let budgets: Vec<_> = s.accounts.iter().map(|a| a.max_calls_per_minute.map(|n| n.get())).collect();
+    assert_eq!(budgets, [Some(7), Some(30)], "the account's own key wins over [defaults]");
 }

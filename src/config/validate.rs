@@ -17,6 +17,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     // [defaults] is checked on its own, so a bad default is refused even before an account
     // uses it.
     policies(&RawDefaults::default(), |field| format!("defaults.{field}"), &raw.defaults)?;
+    calls_per_minute(&RawDefaults::default(), |field| format!("defaults.{field}"), &raw.defaults)?;
     let store = store(&raw)?;
     let auth = auth(&raw)?;
     let mut seen = HashSet::new();
@@ -52,6 +53,8 @@ fn server(raw: &RawConfig) -> Result<ServerSettings, ConfigError> {
         max_concurrent_requests: positive("server.max_concurrent_requests", s.max_concurrent_requests, 512)?,
         body_limit_bytes: positive("server.body_limit_bytes", s.body_limit_bytes, 64 * 1024)?,
         shutdown_timeout: duration("server.shutdown_timeout", s.shutdown_timeout.as_deref(), "10s", true)?,
+        header_read_timeout: duration("server.header_read_timeout", s.header_read_timeout.as_deref(), "10s", true)?,
+        idle_timeout: duration("server.idle_timeout", s.idle_timeout.as_deref(), "60s", true)?,
     })
 }
 
@@ -62,11 +65,48 @@ fn store(raw: &RawConfig) -> Result<StoreSettings, ConfigError> {
         // The value may hold a password, so it is not echoed back.
         return Err(ConfigError::new("store.url", "must start with sqlite:, postgres:// or postgresql://"));
     }
+    if url.starts_with("postgres") {
+        check_connect_parameters(&url)?;
+    }
     let max_connections = match raw.store.max_connections {
         Some(0) => return Err(ConfigError::new("store.max_connections", "must be at least 1")),
         v => v.unwrap_or(10),
     };
     Ok(StoreSettings { url: url.into(), max_connections })
+}
+
+/// The PostgreSQL driver logs a connect parameter it does not know, value included, and goes
+/// on without it: a mistyped `sslmode` would silently connect unencrypted, and a secret in
+/// the wrong parameter would reach the log. Only the parameters it reads are taken; an error
+/// names the parameter, never a value.
+fn check_connect_parameters(url: &str) -> Result<(), ConfigError> {
+    const KNOWN: [&str; 17] = [
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "application_name",
+    ];
+    let url = Url::parse(url).map_err(|e| ConfigError::new("store.url", format!("is not a URL ({e})")))?;
+    match url.query_pairs().find(|(key, _)| !KNOWN.contains(&key.as_ref()) && key != "options") {
+        Some((key, _)) => Err(ConfigError::new(
+            "store.url",
+            format!("unknown connection parameter `{key}` (PostgreSQL takes {}, options)", KNOWN.join(", ")),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn auth(raw: &RawConfig) -> Result<AuthSettings, ConfigError> {
@@ -115,11 +155,12 @@ fn account(i: usize, a: &RawAccount, d: &RawDefaults) -> Result<AccountConfig, C
         None => registered.default_utc_offset,
     };
     let (freshness, retry, circuit) = policies(&overrides(a), key, d)?;
+    let max_calls_per_minute = calls_per_minute(&overrides(a), key, d)?;
     let settings = serde_json::Value::Object(a.provider_settings.clone());
     let provider = ProviderConfig::read(provider, settings).map_err(|SettingError { key: field, problem }| {
         ConfigError::new(field.map_or_else(|| format!("accounts[{i}]"), |f| format!("accounts[{i}].{f}")), problem)
     })?;
-    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, provider })
+    Ok(AccountConfig { id, base_url, utc_offset, freshness, retry, circuit, max_calls_per_minute, provider })
 }
 
 /// An account's own overrides of `[defaults]`.
@@ -132,7 +173,24 @@ fn overrides(a: &RawAccount) -> RawDefaults {
         retry_base_delay: a.retry_base_delay.clone(),
         circuit_failure_threshold: a.circuit_failure_threshold,
         circuit_cooldown: a.circuit_cooldown.clone(),
+        max_calls_per_minute: a.max_calls_per_minute,
     }
+}
+
+/// The account's upstream budget (SPEC §12): its own `max_calls_per_minute`, else
+/// `[defaults]`, else unlimited; at least 1 (a budget of nothing would be an account that can
+/// never be fetched: leave it out of the config instead).
+fn calls_per_minute(
+    own: &RawDefaults,
+    key: impl Fn(&str) -> String,
+    d: &RawDefaults,
+) -> Result<Option<std::num::NonZeroU32>, ConfigError> {
+    let field = "max_calls_per_minute";
+    let Some(calls) = own.max_calls_per_minute.or(d.max_calls_per_minute) else {
+        return Ok(None);
+    };
+    let source = if own.max_calls_per_minute.is_some() { key(field) } else { format!("defaults.{field}") };
+    std::num::NonZeroU32::new(calls).map(Some).ok_or_else(|| ConfigError::new(source, "must be at least 1"))
 }
 
 /// The per-account settings: each from the account's own key (`own`, named by `key`), else
@@ -170,10 +228,15 @@ fn policies(
     Ok((freshness, retry, circuit))
 }
 
+/// A provider's base URL. Errors never echo the value: a credential typed into it
+/// (`https://user:secret@host`) would otherwise reach the terminal and the logs.
 fn parse_base_url(key: &str, text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|e| ConfigError::new(key, format!("`{text}` is not a URL ({e})")))?;
+    let url = Url::parse(text).map_err(|e| ConfigError::new(key, format!("is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(ConfigError::new(key, format!("`{text}` must be an http(s) URL with a host")));
+        return Err(ConfigError::new(key, "must be an http(s) URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(key, "must not carry a user or password (credentials go in the provider's keys)"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::new(key, "must not have a query or fragment"));

@@ -19,9 +19,9 @@ use crate::store::{HistoryPoint, HistoryQuery, StoreError};
     path = "/balances",
     tag = "balances",
     params(
-        ("account" = Option<Vec<String>>, Query, description = "Only these accounts (repeatable or comma-separated).", explode = true),
-        ("provider" = Option<Vec<Provider>>, Query, description = "Only accounts of these providers (repeatable or comma-separated).", explode = true),
-        ("currency" = Option<Vec<String>>, Query, description = "Only entries in these currencies (repeatable or comma-separated).", explode = true),
+        ("account" = Option<Vec<String>>, Query, description = "Only these accounts (repeatable or comma-separated; an empty value is refused with `invalid_query`).", explode = true),
+        ("provider" = Option<Vec<Provider>>, Query, description = "Only accounts of these providers (repeatable or comma-separated; an empty value is refused with `invalid_query`).", explode = true),
+        ("currency" = Option<Vec<String>>, Query, description = "Only entries in these currencies (repeatable or comma-separated; an empty value is refused with `invalid_query`).", explode = true),
         ("max_age" = Option<u32>, Query, description = "Accept a cached figure at most this many seconds old; 0 forces a live fetch.", minimum = 0),
         ("include" = Option<String>, Query, description = "`raw` adds each account's last raw provider payload."),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a previous answer: 304 when nothing changed."),
@@ -31,7 +31,7 @@ use crate::store::{HistoryPoint, HistoryQuery, StoreError};
             headers(("ETag" = String, description = "Tag over the content (not `generated_at` or ages)."),
                     ("Cache-Control" = String, description = "`private, max-age=N`: seconds until the first figure leaves its freshness bound."))),
         (status = 304, description = "Not modified since the `If-None-Match` tag."),
-        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query`, `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (an empty `account`, `provider` or `currency` among them), `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Nothing can be served (`nothing_to_serve`) or tally is overloaded (`overloaded`); see `Retry-After`.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
@@ -75,7 +75,7 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
 fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
     let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include"])?;
     let accounts =
-        params.list("account").into_iter().map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)));
+        params.list("account")?.into_iter().map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)));
     let include_raw = match params.single("include")? {
         None => false,
         Some("raw") => true,

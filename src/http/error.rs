@@ -70,6 +70,7 @@ error_codes! {
     NothingToServe          => SERVICE_UNAVAILABLE,   "nothing_to_serve";
     NotReady                => SERVICE_UNAVAILABLE,   "not_ready";
     Overloaded              => SERVICE_UNAVAILABLE,   "overloaded";
+    RateBudgetExhausted     => SERVICE_UNAVAILABLE,   "rate_budget_exhausted";
     UpstreamTimeout         => GATEWAY_TIMEOUT,       "upstream_timeout";
 }
 

@@ -28,12 +28,17 @@ use crate::sync::RwLockExt;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn wrap(router: Router, server: &ServerSettings) -> Router {
+/// `routes`: the matched routes whose HTTP metrics are exported from the start (at 0).
+pub fn wrap(router: Router, server: &ServerSettings, routes: impl IntoIterator<Item = String>) -> Router {
+    let metrics = HttpMetrics::default();
+    for route in routes {
+        let _ = metrics.register(&route, StatusCode::OK.as_u16());
+    }
     let state = Arc::new(Envelope {
         permits: Semaphore::new(server.max_concurrent_requests),
         // The service answers within request_timeout on its own; this is the backstop.
         backstop: server.request_timeout + Duration::from_secs(2),
-        metrics: HttpMetrics::default(),
+        metrics,
         ids: RequestIds::new(),
         body_limit: server.body_limit_bytes,
     });
@@ -186,8 +191,8 @@ struct Envelope {
 }
 
 impl Envelope {
-    /// Gives the request an id (the caller's `x-request-id`, else a new one) and returns it on
-    /// the answer; runs it in a span with one log line when answered; refuses a declared body over
+    /// Gives the request an id (the caller's `x-request-id` if [usable](usable_request_id), else
+    /// a new one) and returns it on the answer; runs it in a span with one log line when answered; refuses a declared body over
     /// `body_limit_bytes` (no route reads a body, so a body without a length is never buffered);
     /// sheds load instead of queueing without bound (past `max_concurrent_requests` in flight a
     /// request gets 503 with `Retry-After` at once; probes are never shed, so an orchestrator does
@@ -203,8 +208,8 @@ impl Envelope {
         let route = request.extensions().get::<MatchedPath>().cloned();
         let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
         let id = match request.headers().get(&REQUEST_ID) {
-            Some(given) => given.clone(),
-            None => self.ids.next(),
+            Some(given) if usable_request_id(given) => given.clone(),
+            _ => self.ids.next(),
         };
         let span = tracing::info_span!("request", method = %request.method(), route,
         request_id = id.to_str().unwrap_or("(not text)"), caller = tracing::field::Empty);
@@ -236,6 +241,17 @@ impl Envelope {
         self.metrics.record(route, status, elapsed);
         response
     }
+}
+
+/// The longest caller's `x-request-id` tally adopts.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A caller's request id is echoed and logged only if it is 1 to 128 visible ASCII characters
+/// (no spaces, no control or non-ASCII bytes): one of 380 KB was once echoed and logged whole.
+/// Any other gets a fresh id, as a request without one does.
+fn usable_request_id(given: &HeaderValue) -> bool {
+    let bytes = given.as_bytes();
+    (1..=MAX_REQUEST_ID).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 fn declared_length(request: &Request) -> Option<u64> {
@@ -307,6 +323,13 @@ impl HttpMetrics {
                 return;
             }
         }
+        let (requests, duration) = self.register(route, status);
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    }
+
+    /// The handles of a route and status, registered (at 0) if they were not.
+    fn register(&self, route: &str, status: u16) -> (metrics::Counter, metrics::Histogram) {
         let mut known = self.0.write_locked();
         let m = known.entry(route.into()).or_insert_with(|| RouteMetrics {
             duration: metrics::histogram!("tally_http_request_duration_seconds", "route" => route.to_owned()),
@@ -315,11 +338,11 @@ impl HttpMetrics {
         if !m.requests.iter().any(|(s, _)| *s == status) {
             let counter = metrics::counter!("tally_http_requests_total",
                 "route" => route.to_owned(), "status" => status.to_string());
+            counter.increment(0);
             m.requests.push((status, counter));
         }
         let (_, requests) = m.requests.iter().find(|(s, _)| *s == status).expect("registered just above");
-        requests.increment(1);
-        m.duration.record(elapsed.as_secs_f64());
+        (requests.clone(), m.duration.clone())
     }
 }
 
@@ -378,8 +401,11 @@ mod tests {
     #[tokio::test]
     async fn gzip_is_negotiated_as_http_says_and_skipped_when_not_asked() {
         let answer = || async { ([(header::CONTENT_TYPE, "application/json")], vec![b'a'; 4096]) };
-        let router =
-            wrap(Router::new().route("/", axum::routing::get(answer)), &crate::config::from_toml("").unwrap().server);
+        let router = wrap(
+            Router::new().route("/", axum::routing::get(answer)),
+            &crate::config::from_toml("").unwrap().server,
+            [],
+        );
         let encoding = |accept: Option<&'static str>| {
             let router = router.clone();
             async move {

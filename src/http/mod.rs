@@ -1,8 +1,9 @@
 //! The HTTP API: routes registered in one place (so the OpenAPI document cannot drift from
 //! the code), the middleware stack, errors rendered as problem+json ([`error`]: one table of
 //! codes, and the conversions from the service's refusals), and the wire types of the answers
-//! ([`report`]: the `/balances` report, built from what the service found). `http` depends on
-//! `service`, never the other way.
+//! ([`report`]: the `/balances` report, built from what the service found), and the connection
+//! loop that serves them ([`serve()`]: header-read and idle timeouts, graceful shutdown). `http`
+//! depends on `service`, never the other way.
 
 mod auth;
 pub mod balances;
@@ -13,6 +14,7 @@ pub mod ops;
 pub mod payouts;
 mod query;
 pub mod report;
+mod serve;
 
 use std::sync::Arc;
 
@@ -28,6 +30,7 @@ use crate::store::MigrationGate;
 
 pub use auth::digest_hex;
 pub use error::{ApiError, ErrorCode, PROBLEM_JSON};
+pub use serve::serve;
 
 /// What every handler can reach: one reference-counted value, since axum clones the state for
 /// every extraction.
@@ -60,6 +63,15 @@ impl AppState {
         metrics: PrometheusHandle,
     ) -> Self {
         let auth = AuthPolicy { keys: !settings.auth.api_keys.is_empty(), metrics: settings.metrics.require_auth };
+        ops::export_known_series(&service);
+        if auth.keys && !auth.metrics {
+            // A choice the operator may have made by default: say what it exposes.
+            tracing::warn!(
+                "metrics.require_auth is false: /metrics answers callers without a key, and its labels name every \
+                 account id (which /openapi.json hides from them); keep this port on a private network for the \
+                 scraper, or set metrics.require_auth = true"
+            );
+        }
         Self(Arc::new(Shared {
             openapi: OpenApiDocs::new(&service, auth),
             service,
@@ -288,7 +300,9 @@ fn add_shared_responses(value: &mut serde_json::Value, instance: &Instance) {
 /// The whole application router, as production serves it and tests drive it.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (routes, _) = api().split_for_parts();
-    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
+    // No validator badge: by default the page sends the document to validator.swagger.io.
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .config(utoipa_swagger_ui::Config::from("/openapi.json").validator_url("none"));
     let mut routes = routes
         .route("/openapi.json", axum::routing::get(openapi_json))
         .merge(docs)
@@ -297,5 +311,6 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     if !state.api_keys.is_empty() {
         routes = routes.layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
     }
-    layers::wrap(routes.with_state(state), &settings.server)
+    let documented = api().split_for_parts().1.paths.paths.into_keys();
+    layers::wrap(routes.with_state(state), &settings.server, documented)
 }

@@ -126,10 +126,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         let (hits, misses) = a.cache_counts();
         metrics::counter!("tally_cache_hits_total", "account" => account.clone()).absolute(hits);
         metrics::counter!("tally_cache_misses_total", "account" => account.clone()).absolute(misses);
-        if let Some(latest) = a.latest() {
-            let age = (now - latest.fetched_at).to_std().unwrap_or_default();
-            metrics::gauge!("tally_figure_age_seconds", "account" => account).set(age.as_secs_f64());
-        }
+        // NaN (no value) until the account has a figure: 0 would read as a fresh one.
+        let age =
+            a.latest().map_or(f64::NAN, |latest| (now - latest.fetched_at).to_std().unwrap_or_default().as_secs_f64());
+        metrics::gauge!("tally_figure_age_seconds", "account" => account).set(age);
     }
     let body = state.metrics.render();
     let mut response = body.into_response();
@@ -137,4 +137,36 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
+}
+
+/// Registers, at 0, every series of the metrics table whose labels are known at start (each
+/// account's, each provider's in use), so that a fresh scrape lists them all: a series that
+/// appears only with its first event breaks `rate()` and alerts on its absence. Series labelled
+/// by an error code appear with their first event; the gauges are set at each scrape.
+pub(super) fn export_known_series(service: &crate::service::Service) {
+    let mut providers = std::collections::BTreeSet::new();
+    for a in service.accounts() {
+        let (provider, account) = (a.provider().as_str(), a.id().to_string());
+        let payouts = a.capabilities().payouts;
+        providers.insert((provider, "balances"));
+        metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => account.clone(),
+            "operation" => "balances", "outcome" => "success")
+        .increment(0);
+        if payouts {
+            providers.insert((provider, "payout"));
+            for outcome in ["found", "not_found"] {
+                metrics::counter!("tally_upstream_calls_total", "provider" => provider, "account" => account.clone(),
+                    "operation" => "payout", "outcome" => outcome)
+                .increment(0);
+            }
+            metrics::counter!("tally_coalesced_payout_waiters_total", "account" => account.clone()).increment(0);
+        }
+        metrics::counter!("tally_coalesced_waiters_total", "account" => account.clone()).increment(0);
+        metrics::counter!("tally_replica_waits_total", "account" => account).increment(0);
+    }
+    for (provider, operation) in providers {
+        // A histogram handle is rendered, with empty buckets, from its registration.
+        let _ = metrics::histogram!("tally_upstream_latency_seconds", "provider" => provider, "operation" => operation);
+    }
+    metrics::counter!("tally_http_shed_total").increment(0);
 }

@@ -48,6 +48,8 @@ pub struct PayoutResponse {
     pub fetched_at: DateTime<Utc>,
     /// True when a refresh failed and the stored observation is served.
     pub stale: bool,
+    /// Why the refresh failed, or was not made (`rate_budget_exhausted`); null otherwise.
+    pub error: Option<AccountError>,
 }
 
 impl From<PayoutView> for PayoutResponse {
@@ -70,6 +72,7 @@ impl From<PayoutView> for PayoutResponse {
             updated_at: p.updated_at,
             fetched_at: s.fetched_at,
             stale: view.stale,
+            error: view.error.map(AccountError::from),
         }
     }
 }
@@ -92,7 +95,8 @@ impl From<PayoutView> for PayoutResponse {
         (status = 404, description = "No asked account knows the id: `payout_not_found`.", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Several accounts know the id and no `account` was given: `payout_ambiguous`; `accounts` lists them.", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "No account found the id and at least one lookup failed with nothing stored: `upstream_failed`; `accounts` has each failed lookup's error.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "tally is overloaded: `overloaded`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "tally is overloaded (`overloaded`), or the payout is not stored and no asked account's upstream budget can afford a lookup now (`rate_budget_exhausted`; `accounts` has each account's error); see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
         (status = 504, description = "As 502, when every failed lookup timed out: `upstream_timeout`.", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ()),
@@ -120,6 +124,18 @@ pub async fn get_payout(
             format!("several accounts know payout `{id}`; ask one with `account`"),
         )
         .with_accounts(accounts.into_iter().map(|a| problem_account(&state, a, None)).collect())),
+        PayoutAnswer::Failed(errors) if errors.iter().all(|(_, f)| f.denied.is_some()) => {
+            // No lookup was made: every asked account's upstream budget is spent (or paused).
+            let wait = errors.iter().filter_map(|(_, f)| f.retry_after()).min().unwrap_or_default();
+            let accounts = errors
+                .into_iter()
+                .map(|(a, failure)| problem_account(&state, a, Some(AccountError::from(failure))))
+                .collect();
+            let detail = "the payout is not stored, and the upstream budget cannot afford a lookup now";
+            Err(ApiError::new(ErrorCode::RateBudgetExhausted, detail)
+                .retry_after(wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0)))
+                .with_accounts(accounts))
+        }
         PayoutAnswer::Failed(errors) => {
             let all_timeouts = errors.iter().all(|(_, f)| f.error.kind == UpstreamErrorKind::Timeout);
             let code = if all_timeouts { ErrorCode::UpstreamTimeout } else { ErrorCode::UpstreamFailed };

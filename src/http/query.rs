@@ -36,14 +36,21 @@ impl Params {
         Ok(Self(pairs))
     }
 
-    /// Every value of a repeatable, comma-separated parameter, without empty items.
-    pub fn list(&self, key: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(k, _)| k == key)
-            .flat_map(|(_, v)| v.split(','))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
+    /// Every value of a repeatable, comma-separated parameter. An empty item (`account=`,
+    /// `a,,b`, a trailing comma) is refused: selecting nothing by mistake must not select
+    /// everything, which is what leaving the parameter out does.
+    pub fn list(&self, key: &str) -> Result<Vec<&str>, ApiError> {
+        let items = self.0.iter().filter(|(k, _)| k == key).flat_map(|(_, v)| v.split(',')).map(str::trim);
+        items
+            .map(|v| {
+                if v.is_empty() {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidQuery,
+                        format!("`{key}` has an empty value; leave `{key}` out to select every one"),
+                    ));
+                }
+                Ok(v)
+            })
             .collect()
     }
 
@@ -59,7 +66,7 @@ impl Params {
 
     /// Parses every item of a list parameter, with the error code of that parameter.
     pub fn parsed<T>(&self, key: &str, code: ErrorCode, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, ApiError> {
-        self.list(key)
+        self.list(key)?
             .into_iter()
             .map(|v| parse(v).ok_or_else(|| ApiError::new(code, format!("`{v}` is not a valid `{key}`"))))
             .collect()

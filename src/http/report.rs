@@ -117,15 +117,39 @@ pub struct AccountLine {
 /// Why an account's figure is not fresh.
 #[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
 pub struct AccountError {
-    /// One of `upstream_timeout`, `upstream_unavailable`, `upstream_rate_limited`,
-    /// `upstream_auth_failed`, `upstream_invalid_response`, `upstream_rejected`, `circuit_open`.
-    #[schema(example = "upstream_unavailable")]
+    #[schema(schema_with = account_error_code)]
     pub code: String,
     pub message: String,
     /// The HTTP status the provider answered with, if it answered.
     pub upstream_status: Option<u16>,
     /// When the failure happened.
     pub at: DateTime<Utc>,
+}
+
+/// Every code an [`AccountError`] may carry: the upstream failures, the open circuit, and a
+/// call the upstream budget could not afford.
+pub const ACCOUNT_ERROR_CODES: [&str; 8] = [
+    "upstream_timeout",
+    "upstream_unavailable",
+    "upstream_rate_limited",
+    "upstream_auth_failed",
+    "upstream_invalid_response",
+    "upstream_rejected",
+    "circuit_open",
+    crate::service::budget::RATE_BUDGET_EXHAUSTED,
+];
+
+/// The schema of [`AccountError::code`]: a string, one of [`ACCOUNT_ERROR_CODES`].
+fn account_error_code() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ACCOUNT_ERROR_CODES))
+        .description(Some(
+            "Why the figure or payout is not fresh. `rate_budget_exhausted`: no call was made, because the account's \
+             `max_calls_per_minute` is spent or the provider asked for a pause (429 with `Retry-After`).",
+        ))
+        .examples(["upstream_unavailable"])
+        .build()
 }
 
 impl AccountError {
@@ -136,8 +160,9 @@ impl AccountError {
 }
 
 impl From<FetchFailure> for AccountError {
-    fn from(FetchFailure { error, at }: FetchFailure) -> Self {
-        Self::new(error, at)
+    fn from(failure: FetchFailure) -> Self {
+        let code = failure.code();
+        Self { code: code.to_owned(), ..Self::new(failure.error, failure.at) }
     }
 }
 
@@ -218,4 +243,18 @@ impl From<&BalancesOutcome> for BalancesReport {
 /// RFC 3339 with exactly three fractional digits, so the field has a fixed width.
 fn millis<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::UpstreamErrorKind;
+
+    #[test]
+    fn the_documented_account_error_codes_are_the_codes_tally_gives() {
+        let (budget, upstream) = super::ACCOUNT_ERROR_CODES.split_last().unwrap();
+        assert_eq!(*budget, crate::service::budget::RATE_BUDGET_EXHAUSTED);
+        for code in upstream {
+            assert_eq!(UpstreamErrorKind::from_code(code).code(), *code, "{code} is an upstream error code");
+        }
+    }
 }

@@ -12,6 +12,8 @@
 #[cfg(test)]
 mod conformance;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod http;
 pub mod ibanera;
 pub mod leanx;

@@ -279,6 +279,8 @@ impl Service {
             views
                 .iter()
                 .filter_map(|v| self.accounts[v.account].circuit.locked().allow(now).err())
+                // A call the upstream budget could not afford may be made when it refills.
+                .chain(views.iter().filter_map(|v| Some(v.error.as_ref()?.denied?.until())))
                 .map(|at| age(at, now))
                 .min()
                 .unwrap_or(Duration::from_secs(5))
@@ -389,7 +391,7 @@ fn content_tag(accounts: &[Arc<AccountState>], views: &[View], selection: &Selec
             h.update(s.fetched_at.timestamp_micros().to_le_bytes());
         }
         if let Some(e) = &v.error {
-            h.update(e.error.code().as_bytes());
+            h.update(e.code().as_bytes());
             h.update(e.error.message.as_bytes());
         }
         h.update([0xff]);

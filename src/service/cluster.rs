@@ -6,17 +6,19 @@
 //! or an account's lease". Its calls are bounded as the store's are, by the store's health:
 //! the cluster lives in the same database.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::guarded_store::{GuardedStore, StoreHealth, Within, write_until};
 use super::lease::{self, Lease};
 use crate::domain::AccountId;
-use crate::store::{Cluster, FailedFetch, SharedFailure, StoreError};
+use crate::store::{CallDenied, Cluster, FailedFetch, SharedFailure, StoreError};
 
 pub struct GuardedCluster {
     cluster: Arc<dyn Cluster>,
@@ -89,6 +91,30 @@ impl GuardedCluster {
         let (cluster, account) = (Arc::clone(&self.cluster), account.clone());
         let record = async move { cluster.record_failure(&account, &failed, threshold).await };
         self.health.behind(record, write_until(deadline)).await
+    }
+
+    /// Draws one upstream call of `account` from the cluster's budget
+    /// ([`Cluster::draw_call`]), giving up on the store as `within` says.
+    pub(super) async fn draw_call(
+        &self,
+        account: &AccountId,
+        now: DateTime<Utc>,
+        limit: Option<NonZeroU32>,
+        within: Within,
+    ) -> Result<Result<(), CallDenied>, StoreError> {
+        self.health.run(within, self.cluster.draw_call(account, now, limit.map(NonZeroU32::get))).await
+    }
+
+    /// Records a provider's pause of `account`'s calls for every replica, waited for until
+    /// `by`; `None` if the write was still running then (it goes on).
+    pub(super) async fn pause_calls(
+        &self,
+        account: &AccountId,
+        until: DateTime<Utc>,
+        by: Instant,
+    ) -> Option<Result<(), StoreError>> {
+        let (cluster, account) = (Arc::clone(&self.cluster), account.clone());
+        self.health.behind(async move { cluster.pause_calls(&account, until).await }, by).await
     }
 
     /// Announcements of fetches finished anywhere in the cluster (account ids).

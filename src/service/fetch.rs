@@ -73,6 +73,12 @@ impl Service {
             let _permit = self.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
             self.fetch_with_retries(account, deadline).await
         };
+        let result = match result {
+            Ok(fetch) => Ok(fetch),
+            Err(Stopped::Failed(error)) => Err(error),
+            // No call was made: nothing to record, for the circuit or the cluster.
+            Err(Stopped::Denied(denied)) => return Err(denied),
+        };
         let outcome = self.conclude(account, result, deadline).await;
         drop(lease);
         outcome
@@ -91,7 +97,7 @@ impl Service {
             "too many consecutive failures; the next attempt is allowed at {}",
             reopens_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ));
-        Err(FetchFailure { error, at: now })
+        Err(FetchFailure::new(error, now))
     }
 
     /// Records a fetch's result: persisted and cached on success; on failure counted by the
@@ -147,7 +153,7 @@ impl Service {
                         account.circuit.locked().on_failure(now);
                     }
                 }
-                Err(FetchFailure { error, at: now })
+                Err(FetchFailure::new(error, now))
             }
         }
     }
@@ -223,7 +229,7 @@ impl Service {
                 let error = UpstreamError::new(UpstreamErrorKind::from_code(&failure.code), failure.message)
                     .with_status_opt(failure.upstream_status);
                 account.health.locked().last_error = Some((error.clone(), failure.failed_at));
-                return Coordinated::Done(Err(FetchFailure { error, at: failure.failed_at }));
+                return Coordinated::Done(Err(FetchFailure::new(error, failure.failed_at)));
             }
             // Nothing landed since we looked: with the lease, the fetch is ours.
             if let Some(lease) = lease {
@@ -236,30 +242,40 @@ impl Service {
     /// Calls the provider, retrying transient failures with exponential backoff and jitter
     /// while the retry, its wait and its whole attempt, still ends by the deadline of the
     /// request that started the fetch. Auth failures are never retried.
+    ///
+    /// Every attempt draws from the account's upstream budget first: a first attempt the
+    /// budget cannot afford is [`Stopped::Denied`]; a retry it cannot afford is not made, and
+    /// the failure before it stands. A 429 with `Retry-After` pauses the account's calls.
     async fn fetch_with_retries(
         &self,
         account: &AccountState,
         budget_ends: Instant,
-    ) -> Result<crate::domain::BalanceFetch, UpstreamError> {
+    ) -> Result<crate::domain::BalanceFetch, Stopped> {
         let policy = account.config.retry;
         let mut attempt = 0;
+        let mut last_error = None;
         loop {
+            if let Err(denied) = self.draw_call(account, "balances", budget_ends).await {
+                return Err(last_error.map_or(Stopped::Denied(denied), Stopped::Failed));
+            }
             let result = self.fetch_once(account).await;
             let error = match result {
                 Ok(fetch) => return Ok(fetch),
                 Err(e) => e,
             };
+            self.pause_calls(account, &error, budget_ends).await;
             if !error.kind.is_transient() || attempt >= policy.max_retries {
-                return Err(error);
+                return Err(Stopped::Failed(error));
             }
             let delay = backoff(policy.base_delay, attempt).max(error.retry_after.unwrap_or_default());
             if !retry_fits(Instant::now(), delay, account.config.freshness.timeout, budget_ends) {
-                return Err(error);
+                return Err(Stopped::Failed(error));
             }
             tracing::debug!(account = %account.id(), attempt, delay_ms = delay.as_millis() as u64, code = error.code(),
                 "retrying balance fetch");
             tokio::time::sleep(delay).await;
             attempt += 1;
+            last_error = Some(error);
         }
     }
 
@@ -298,6 +314,14 @@ impl Service {
     }
 }
 
+/// Why a fetch's attempts stopped without a figure.
+enum Stopped {
+    /// The last call made failed.
+    Failed(UpstreamError),
+    /// No call was made: the upstream budget could not afford the first.
+    Denied(FetchFailure),
+}
+
 /// What coordinating with other replicas decided.
 enum Coordinated {
     /// Another replica's fetch finished meanwhile; its result is ours.
@@ -311,7 +335,8 @@ enum Coordinated {
 /// Whether an attempt started after `delay` ends, even if it takes its whole `timeout`, by the
 /// end of the budget: a retry that cannot answer in time only adds an upstream call.
 fn retry_fits(now: Instant, delay: Duration, timeout: Duration, budget_ends: Instant) -> bool {
-    now + delay + timeout <= budget_ends
+    // The delay may come from an upstream's Retry-After: a sum past any clock does not fit.
+    now.checked_add(delay).and_then(|t| t.checked_add(timeout)).is_some_and(|end| end <= budget_ends)
 }
 
 /// `base · 2^attempt`, with ±25% jitter so retries of many accounts spread out.

@@ -14,12 +14,15 @@
 //!   the shared failures and circuit, fetch announcements;
 //! - [`lease`]: a fetch's cluster-wide lease on an account;
 //! - `background`: periodic refresh, and following other replicas' fetches;
-//! - [`circuit`]: the breaker (shared through the store by replicas).
+//! - [`circuit`]: the breaker (shared through the store by replicas);
+//! - [`budget`]: each account's upstream calls per minute, and a provider's pause (shared
+//!   through the store by replicas).
 //!
 //! Every store call on a request's path is bounded by the request's deadline.
 
 mod background;
 pub mod balances;
+pub mod budget;
 pub mod circuit;
 pub mod cluster;
 mod fetch;
@@ -58,6 +61,22 @@ pub type FetchOutcome = Result<Arc<AccountSnapshot>, FetchFailure>;
 pub struct FetchFailure {
     pub error: UpstreamError,
     pub at: DateTime<Utc>,
+    /// Set when no call was made: the account's upstream budget could not afford it, or a
+    /// provider's pause lasts ([`FetchFailure::denied`]).
+    pub denied: Option<crate::store::CallDenied>,
+}
+
+impl FetchFailure {
+    /// An upstream call that failed at `at`.
+    pub fn new(error: UpstreamError, at: DateTime<Utc>) -> Self {
+        Self { error, at, denied: None }
+    }
+
+    /// The stable code the API shows: the upstream error's, or
+    /// [`budget::RATE_BUDGET_EXHAUSTED`] for a call that was not made.
+    pub fn code(&self) -> &'static str {
+        if self.denied.is_some() { budget::RATE_BUDGET_EXHAUSTED } else { self.error.code() }
+    }
 }
 
 /// Waits until `deadline` for the outcome of a shared (coalesced) call. `None` when the
@@ -90,6 +109,8 @@ pub struct AccountState {
     client: Arc<dyn ProviderClient>,
     latest: RwLock<Option<Arc<AccountSnapshot>>>,
     circuit: Mutex<circuit::Circuit>,
+    /// The upstream budget as this process keeps it (alone, or while the store fails).
+    budget: Mutex<budget::Local>,
     health: Mutex<Health>,
     /// Background checks of this account finished in this process (refreshed or not due).
     background_checks: watch::Sender<u64>,
@@ -191,12 +212,17 @@ impl Service {
                     }),
                     latest: RwLock::new(None),
                     circuit: Mutex::new(circuit::Circuit::new(config.circuit)),
+                    budget: Mutex::default(),
                     health: Mutex::new(Health::default()),
                     background_checks: watch::Sender::new(0),
                     config: config.clone(),
                 })
             })
             .collect();
+        // Present from start at 0, so a dashboard's rate() sees the first refusal.
+        for account in &accounts {
+            metrics::counter!("tally_upstream_budget_denied_total", "account" => account.id().to_string()).increment(0);
+        }
         let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id().clone(), i)).collect();
         let store = GuardedStore::new(store);
         let cluster = cluster::GuardedCluster::of(&store, settings.server.request_timeout);
@@ -242,7 +268,7 @@ impl Service {
 
     /// The failure of an account still unresolved at the request deadline, as of now.
     fn deadline_failure(&self) -> FetchFailure {
-        FetchFailure { error: UpstreamError::timeout("no answer before the request deadline"), at: self.clock.now() }
+        FetchFailure::new(UpstreamError::timeout("no answer before the request deadline"), self.clock.now())
     }
 
     /// Stored change points, within the request deadline: a stalled store gets a 503 in time

@@ -41,11 +41,13 @@ pub enum PayoutQueryError {
     Unsupported(AccountId),
 }
 
-/// A payout as served: the stored observation and whether a refresh failed.
+/// A payout as served: the stored observation, whether a refresh failed, and why.
 #[derive(Debug, Clone)]
 pub struct PayoutView {
     pub stored: StoredPayout,
     pub stale: bool,
+    /// Why the refresh failed (or was not made), when it did.
+    pub error: Option<FetchFailure>,
 }
 
 #[derive(Debug)]
@@ -60,7 +62,7 @@ pub enum PayoutAnswer {
 
 /// One account's answer.
 enum Per {
-    Found(PayoutView),
+    Found(Box<PayoutView>),
     NotFound,
     Failed(FetchFailure),
 }
@@ -101,7 +103,7 @@ impl Service {
             }
         }
         Ok(match found.len() {
-            1 => PayoutAnswer::Found(Box::new(found.remove(0))),
+            1 => PayoutAnswer::Found(found.remove(0)),
             // "Not found" only when every account asked could answer: one that failed may be
             // the one that knows the payout.
             0 if failed.is_empty() => PayoutAnswer::NotFound,
@@ -131,18 +133,21 @@ impl Service {
             let forced = query.max_age == Some(Duration::ZERO);
             let young = age(now, stored.fetched_at) <= query.max_age.unwrap_or(DEFAULT_PAYOUT_MAX_AGE);
             if !forced && (stored.payout.is_final || young) {
-                return Per::Found(PayoutView { stored: stored.clone(), stale: false });
+                return Per::Found(Box::new(PayoutView { stored: stored.clone(), stale: false, error: None }));
             }
         }
-        let looked_up = super::await_shared(self.lookup(account, &query.id), deadline).await;
+        let looked_up = super::await_shared(self.lookup(account, &query.id, deadline), deadline).await;
         match (looked_up.unwrap_or_else(|| Err(self.deadline_failure())), stored) {
             (Ok(PayoutLookup::Found(payout)), stored) => {
-                Per::Found(self.observe(account, *payout, stored, deadline).await)
+                Per::Found(Box::new(self.observe(account, *payout, stored, deadline).await))
             }
             (Ok(PayoutLookup::NotFound), None) => Per::NotFound,
             // The provider no longer finds what it once reported: serve what we saw, flagged.
-            (Ok(PayoutLookup::NotFound), Some(stored)) => Per::Found(PayoutView { stored, stale: true }),
-            (Err(_), Some(stored)) => Per::Found(PayoutView { stored, stale: true }),
+            (Ok(PayoutLookup::NotFound), Some(stored)) => {
+                Per::Found(Box::new(PayoutView { stored, stale: true, error: None }))
+            }
+            // The lookup failed, or was not made (the upstream budget): what we saw, and why.
+            (Err(e), Some(stored)) => Per::Found(Box::new(PayoutView { stored, stale: true, error: Some(e) })),
             (Err(e), None) => Per::Failed(e),
         }
     }
@@ -163,7 +168,11 @@ impl Service {
             tracing::warn!(account = %account.id(), payout = %payout.id, stored = previous.payout.status.as_str(),
                 reported = payout.status.as_str(), provider_status = %payout.provider_status,
                 "provider reported a non-final status for a final payout; keeping the final status");
-            return PayoutView { stored: StoredPayout { fetched_at: now, ..previous.clone() }, stale: false };
+            return PayoutView {
+                stored: StoredPayout { fetched_at: now, ..previous.clone() },
+                stale: false,
+                error: None,
+            };
         }
         let fresh =
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
@@ -178,11 +187,12 @@ impl Service {
                 tracing::warn!(account = %account.id(), "serving a payout before the slow store confirmed its write")
             }
         }
-        PayoutView { stored: fresh, stale: false }
+        PayoutView { stored: fresh, stale: false, error: None }
     }
 
-    /// Joins the lookup of `(account, id)` in flight, or starts one in its own task.
-    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str) -> Shared<LookupOutcome> {
+    /// Joins the lookup of `(account, id)` in flight, or starts one in its own task; its
+    /// store calls keep within `deadline`, the starting caller's.
+    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str, deadline: Instant) -> Shared<LookupOutcome> {
         let key: LookupKey = (account.id().clone(), id.to_owned());
         let (publisher, rx) = match self.payout_lookups.join_or_start(&key) {
             Joined::Waiting(rx) => {
@@ -195,14 +205,27 @@ impl Service {
         let service = Arc::clone(self);
         let account = Arc::clone(account);
         tokio::spawn(async move {
+            // A lookup is an upstream call like a balance fetch: it waits for one of the same
+            // permits (`server.max_concurrent_fetches`), held for the call only.
+            let permit = service.fetch_permits.acquire().await.expect("the fetch semaphore is never closed");
+            // And it draws from the account's upstream budget: a call it cannot afford is not made.
+            if let Err(denied) = service.draw_call(&account, "payout", deadline).await {
+                drop(permit);
+                service.payout_lookups.finish(publisher, Err(denied));
+                return;
+            }
             let started = Instant::now();
             let timeout = account.config.freshness.timeout;
             let outcome =
                 tokio::time::timeout(timeout, account.client.lookup_payout(&key.1)).await.unwrap_or_else(|_| {
                     Err(UpstreamError::timeout(format!("no answer within {}", humantime::format_duration(timeout))))
                 });
+            drop(permit);
+            if let Err(error) = &outcome {
+                service.pause_calls(&account, error, deadline).await;
+            }
             // A failure is reported as of when it happened, to every caller sharing it.
-            let outcome = outcome.map_err(|error| FetchFailure { error, at: service.clock.now() });
+            let outcome = outcome.map_err(|error| FetchFailure::new(error, service.clock.now()));
             let result = match &outcome {
                 Ok(PayoutLookup::Found(_)) => "found",
                 Ok(PayoutLookup::NotFound) => "not_found",

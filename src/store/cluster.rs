@@ -31,6 +31,26 @@ pub struct SharedFailure {
     pub opened_at: Option<DateTime<Utc>>,
 }
 
+/// The length of an upstream budget's window: `max_calls_per_minute` counts calls in one.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
+/// Why an upstream call was not granted, and when one may be asked for again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallDenied {
+    /// The window in progress has counted `max_calls_per_minute` calls; it ends at `until`.
+    Exhausted { until: DateTime<Utc> },
+    /// A provider asked for a pause (429 with `Retry-After`) that lasts until `until`.
+    Paused { until: DateTime<Utc> },
+}
+
+impl CallDenied {
+    pub fn until(self) -> DateTime<Utc> {
+        match self {
+            Self::Exhausted { until } | Self::Paused { until } => until,
+        }
+    }
+}
+
 /// The channel on which the store announces that an account's fetch finished (succeeded or
 /// failed) somewhere in the cluster; the payload is the account id.
 pub const FETCH_EVENTS: &str = "tally_fetches";
@@ -60,6 +80,20 @@ pub trait Cluster: Send + Sync {
     /// The last recorded failure and the shared circuit (a success resets its run, not the
     /// failure's details).
     async fn last_failure(&self, account: &AccountId) -> Result<Option<SharedFailure>, StoreError>;
+
+    /// Draws one upstream call of `account` from its budget at `now`, in one statement (so
+    /// replicas drawing at once each count once): granted unless a pause lasts past `now`, or
+    /// `limit` calls were already counted in the window in progress (one [`BUDGET_WINDOW`]
+    /// from its first call). `None` is unlimited: only the pause is checked, nothing counted.
+    async fn draw_call(
+        &self,
+        account: &AccountId,
+        now: DateTime<Utc>,
+        limit: Option<u32>,
+    ) -> Result<Result<(), CallDenied>, StoreError>;
+
+    /// Pauses `account`'s upstream calls until `until` (kept if a longer pause is recorded).
+    async fn pause_calls(&self, account: &AccountId, until: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Announcements of finished fetches across the cluster (account ids). The first
     /// subscription starts listening.

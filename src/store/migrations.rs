@@ -32,6 +32,7 @@ pub fn postgres() -> Migrator {
         (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
         (2, "replicas", include_str!("../../migrations/postgres/0002_replicas.sql")),
         (3, "shared_circuit", include_str!("../../migrations/postgres/0003_shared_circuit.sql")),
+        (4, "upstream_budgets", include_str!("../../migrations/postgres/0004_upstream_budgets.sql")),
     ])
 }
 

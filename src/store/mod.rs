@@ -18,7 +18,7 @@ pub mod cluster;
 pub mod decide;
 mod migrations;
 
-pub use cluster::{Cluster, FETCH_EVENTS, FailedFetch, SharedFailure};
+pub use cluster::{BUDGET_WINDOW, CallDenied, Cluster, FETCH_EVENTS, FailedFetch, SharedFailure};
 pub use migrations::MigrationGate;
 pub mod postgres;
 pub mod sqlite;

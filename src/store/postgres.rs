@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::broadcast;
@@ -466,6 +466,76 @@ impl Cluster for PostgresCluster {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(shared_failure).transpose()
+    }
+
+    async fn draw_call(
+        &self,
+        account: &AccountId,
+        now: DateTime<Utc>,
+        limit: Option<u32>,
+    ) -> Result<Result<(), CallDenied>, StoreError> {
+        let window = TimeDelta::from_std(BUDGET_WINDOW).expect("a minute is a TimeDelta");
+        // A window that started at or before this ended by now.
+        let ended_if_started_by = now.checked_sub_signed(window).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let granted = match limit {
+            // Unlimited: nothing to count, only a pause to respect.
+            None => {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT NOT EXISTS (SELECT 1 FROM upstream_budgets WHERE account = $1 AND paused_until > $2)",
+                )
+                .bind(account.as_str())
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await?
+            }
+            // One statement decides and counts: the row is locked by the upsert, so calls drawn
+            // at once by several replicas are counted one after the other, each against the
+            // count the previous one left.
+            Some(limit) => sqlx::query_scalar::<_, i32>(
+                "INSERT INTO upstream_budgets AS b (account, window_start, calls) VALUES ($1, $2, 1)
+                 ON CONFLICT (account) DO UPDATE SET
+                     window_start = CASE WHEN b.window_start > $3 THEN b.window_start ELSE $2 END,
+                     calls = CASE WHEN b.window_start > $3 THEN b.calls + 1 ELSE 1 END
+                 WHERE (b.paused_until IS NULL OR b.paused_until <= $2)
+                   AND (b.window_start IS NULL OR b.window_start <= $3 OR b.calls < $4)
+                 RETURNING 1",
+            )
+            .bind(account.as_str())
+            .bind(now)
+            .bind(ended_if_started_by)
+            .bind(i64::from(limit))
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some(),
+        };
+        if granted {
+            return Ok(Ok(()));
+        }
+        // Denied: say until when, from the row as it is now (advice for Retry-After only).
+        let row: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
+            sqlx::query_as("SELECT window_start, paused_until FROM upstream_budgets WHERE account = $1")
+                .bind(account.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        let (window_start, paused_until) = row.unwrap_or_default();
+        Ok(Err(match paused_until.filter(|&until| until > now) {
+            Some(until) => CallDenied::Paused { until },
+            None => CallDenied::Exhausted {
+                until: window_start.and_then(|s| s.checked_add_signed(window)).unwrap_or(now).max(now),
+            },
+        }))
+    }
+
+    async fn pause_calls(&self, account: &AccountId, until: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO upstream_budgets AS b (account, paused_until) VALUES ($1, $2)
+             ON CONFLICT (account) DO UPDATE SET paused_until = GREATEST(b.paused_until, $2)",
+        )
+        .bind(account.as_str())
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     fn fetch_events(&self) -> broadcast::Receiver<String> {

@@ -79,3 +79,47 @@ async fn the_openapi_document_and_docs_page_are_served() {
     let page = r.text().await.unwrap();
     assert!(page.contains("swagger"), "an interactive page");
 }
+
+#[tokio::test]
+async fn the_docs_page_calls_no_external_host() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let page = app.get("/docs/").await.text().await.unwrap();
+    let config = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
+    assert!(config.contains("/openapi.json"), "the page's config is served: {config}");
+    // Swagger UI's default validator badge makes the page fetch validator.swagger.io.
+    let config: String = config.split_whitespace().collect();
+    assert!(config.contains(r#""validatorUrl":"none""#), "the validator is off: {config}");
+    for (what, text) in [("the page", &page), ("its config", &config)] {
+        assert!(!text.contains("://"), "{what} names no host: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_id_is_adopted_only_if_short_and_visible_ascii() {
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), "").await;
+    let id_for = |given: Vec<u8>| {
+        let request = app.http.get(format!("{}/healthz", app.base));
+        let value = reqwest::header::HeaderValue::from_bytes(&given).expect("a header value");
+        async move {
+            let r = request.header("x-request-id", value).send().await.unwrap();
+            assert_eq!(r.status(), 200, "the request is answered whatever its id");
+            r.headers()["x-request-id"].as_bytes().to_vec()
+        }
+    };
+    let longest = "a".repeat(127) + "~";
+    assert_eq!(id_for(longest.clone().into_bytes()).await, longest.as_bytes(), "128 visible characters are kept");
+    for refused in [
+        "x".repeat(380 * 1024).into_bytes(),
+        "b".repeat(129).into_bytes(),
+        b"two words".to_vec(),
+        "caf\u{e9}".as_bytes().to_vec(),
+        b"tab\there".to_vec(),
+    ] {
+        let id = id_for(refused.clone()).await;
+        let shown = String::from_utf8_lossy(&refused[..refused.len().min(40)]).into_owned();
+        assert!(id != refused, "{shown}… ({} bytes) is not echoed", refused.len());
+        assert!((1..=128).contains(&id.len()) && id.iter().all(u8::is_ascii_graphic), "a fresh id instead");
+    }
+}

@@ -1,14 +1,16 @@
 //! `GET /balances`, `/balances/history` and `/accounts` over HTTP, with LeanX-shaped
 //! upstreams faked by wiremock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{BALANCE_PATH, Script, StallingProxy, TestApp, TestDb, eventually, leanx, more_checks, ok};
+use crate::helpers::{
+    BALANCE_PATH, Script, StallingProxy, TestApp, TestDb, eventually, leanx, leanx_body, more_checks, ok,
+};
 
 /// A LeanX account on `server`; no retries unless `extra` sets `max_retries`.
 fn account(id: &str, server: &MockServer, extra: &str) -> String {
@@ -27,24 +29,37 @@ fn account_line<'a>(body: &'a Value, account: &str) -> &'a Value {
     body["accounts"].as_array().unwrap().iter().find(|a| a["account"] == account).unwrap()
 }
 
-async fn five_slow_upstreams_answer_in_about_the_time_of_one(db: &TestDb) {
-    let delay = Duration::from_millis(400);
-    let mut servers = Vec::new();
-    let mut config = String::new();
-    for i in 0..5 {
-        let server = leanx(ok("393.63", "26.05").set_delay(delay)).await;
-        config.push_str(&account(&format!("a{i}"), &server, ""));
-        servers.push(server);
-    }
+/// A LeanX upstream whose balance calls all wait for one another: `n` calls must be in
+/// flight at once before any is answered. A client that called one account after another would
+/// never get its first answer (its calls would run into the account timeout).
+async fn rendezvous_upstream(n: usize) -> String {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
+    let handler = move || {
+        let barrier = barrier.clone();
+        async move {
+            barrier.wait().await;
+            ([(axum::http::header::CONTENT_TYPE, "application/json")], leanx_body("393.63", "26.05"))
+        }
+    };
+    let app = axum::Router::new().route(BALANCE_PATH, axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn five_upstreams_are_asked_at_once(db: &TestDb) {
+    let upstream = rendezvous_upstream(5).await;
+    let config: String = (0..5)
+        .map(|i| {
+            format!("[[accounts]]\nid = \"a{i}\"\nprovider = \"leanx\"\nbase_url = \"{upstream}\"\nauth_token = \"tok\"\nmax_retries = 0\n")
+        })
+        .collect();
     let app = TestApp::spawn(db.url(), &config).await;
-    let started = Instant::now();
     let (status, body) = app.get_json("/balances?max_age=0").await;
-    let took = started.elapsed();
     assert_eq!(status, 200);
-    assert_eq!(body["complete"], true);
+    assert_eq!(body["complete"], true, "all five calls were in flight together: {body}");
     assert_eq!(body["balances"].as_array().unwrap().len(), 10);
-    assert!(took < delay * 2, "five upstreams of {delay:?} each took {took:?}: they must run concurrently");
-    eprintln!("fan-out ({}): 5 upstreams × {delay:?} answered in {took:?}", db.kind());
 }
 
 async fn concurrent_requests_share_one_upstream_call(db: &TestDb) {
@@ -124,15 +139,14 @@ async fn a_hung_upstream_times_out_at_the_deadline_while_the_others_stay_fresh(d
     let hung = leanx(ok("3.00", "4.00").set_delay(Duration::from_secs(30))).await;
     let accounts = format!("{}{}", account("fast", &fast, ""), account("hung", &hung, "timeout = \"20s\""));
     let app = TestApp::spawn_with(db.url(), "request_timeout = \"1s\"", &accounts).await;
-    let started = Instant::now();
     let (status, body) = app.get_json("/balances").await;
-    let took = started.elapsed();
     assert_eq!(status, 200);
-    assert!(took < Duration::from_millis(1800), "answered at the 1 s deadline, took {took:?}");
     assert_eq!(account_line(&body, "fast")["status"], "fresh");
     let hung_line = account_line(&body, "hung");
     assert_eq!(hung_line["status"], "failed");
     assert_eq!(hung_line["error"]["code"], "upstream_timeout");
+    // The request's deadline answered, not the account's own 20 s timeout.
+    assert_eq!(hung_line["error"]["message"], "no answer before the request deadline", "{body}");
     assert_eq!(body["complete"], false);
     assert_eq!(lines_of(&body, "fast").len(), 2);
 }
@@ -243,7 +257,7 @@ async fn include_raw_keeps_the_providers_digits_through_the_store(db: &TestDb) {
 }
 
 both_stores!(
-    five_slow_upstreams_answer_in_about_the_time_of_one,
+    five_upstreams_are_asked_at_once,
     concurrent_requests_share_one_upstream_call,
     a_figure_within_its_ttl_is_served_from_cache_without_an_upstream_call,
     a_failed_refresh_serves_the_stored_figure_as_stale,
@@ -339,6 +353,33 @@ async fn every_bad_query_is_a_400_problem_with_a_stable_code() {
         assert_eq!(body["status"], 400);
     }
     assert_eq!(server.received_requests().await.unwrap().len(), 0, "a bad query calls no upstream");
+}
+
+#[tokio::test]
+async fn an_empty_selection_value_is_refused_not_read_as_every_account() {
+    let server = leanx(ok("393.63", "26.05")).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &account("leanx-main", &server, "")).await;
+    for uri in [
+        "/balances?account=",
+        "/balances?account=leanx-main&account=",
+        "/balances?account=leanx-main,,leanx-main",
+        "/balances?account=leanx-main,",
+        "/balances?account=%20",
+        "/balances?provider=",
+        "/balances?provider=leanx,,luxtak",
+        "/balances?currency=",
+        "/balances?currency=MYR,",
+    ] {
+        let r = app.get(uri).await;
+        assert_eq!(r.status(), 400, "{uri}");
+        let body: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["code"], "invalid_query", "{uri}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains("empty value"), "{uri}: {body}");
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), 0, "a refused query calls no upstream");
+    // Items with spaces around them are still read.
+    assert_eq!(app.get("/balances?account=leanx-main,%20leanx-main&currency=MYR").await.status(), 200);
 }
 
 async fn accounts_lists_settings_and_health_without_secrets(db: &TestDb) {
@@ -512,21 +553,19 @@ async fn a_stalled_store_does_not_hold_balances_past_the_deadline() {
     let Some(db) = TestDb::postgres().await else { return };
     let server = leanx(ok("393.63", "26.05")).await;
     let proxy = StallingProxy::start(&db).await;
-    let request_timeout = Duration::from_secs(2);
     let app = TestApp::spawn_with(proxy.url(), "request_timeout = \"2s\"", &account("stalled", &server, "")).await;
     let (status, body) = app.get_json("/balances").await;
     assert_eq!((status, account_line(&body, "stalled")["source"].as_str()), (200, Some("live")));
 
     proxy.stall();
     // The first request finds the store stalled; the next ones know it is failing.
+    // A store call not bounded by the deadline would hold the answer until the HTTP backstop,
+    // which answers 408: a 200 with the live figure is the deadline's answer.
     for attempt in 1..=3 {
-        let started = Instant::now();
         let (status, body) = app.get_json("/balances?max_age=0").await;
-        let took = started.elapsed();
-        assert_eq!(status, 200, "{body}");
+        assert_eq!(status, 200, "attempt {attempt}: {body}");
         let line = account_line(&body, "stalled");
         assert_eq!((line["status"].as_str(), line["source"].as_str()), (Some("fresh"), Some("live")), "{body}");
-        assert!(took < request_timeout, "attempt {attempt}: answered within the deadline, took {took:?}");
     }
     assert_eq!(server.received_requests().await.unwrap().len(), 4);
 }
@@ -540,13 +579,11 @@ async fn a_stalled_store_makes_history_a_503_within_the_deadline() {
     assert_eq!(status, 200, "{body}");
 
     proxy.stall();
-    let started = Instant::now();
+    // The HTTP backstop would answer 408: a 503 `not_ready` is the deadline's answer.
     let r = app.get("/balances/history").await;
-    let took = started.elapsed();
     assert_eq!((r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap())), (503, Some("5")));
     let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(body["code"], "not_ready");
-    assert!(took < Duration::from_secs(2), "answered by the deadline, not the backstop: {took:?}");
 }
 
 async fn the_warm_up_serves_stored_figures_with_their_real_ages(db: &TestDb) {

@@ -92,3 +92,18 @@ fn openapi_prints_json_and_yaml() {
     let out = tally(&["openapi", "--format", "yaml"], &[], None);
     assert!(text(&out.stdout).starts_with("openapi: 3.1.0"), "{}", text(&out.stdout));
 }
+
+#[test]
+fn config_is_refused_by_the_commands_that_would_ignore_it() {
+    for (args, named) in [
+        (&["demo", "--config", "tally.toml"][..], "`tally demo` (the demo makes its own config"),
+        (&["--config", "tally.toml", "emulate"][..], "`tally emulate`"),
+        (&["openapi", "--config", "tally.toml"][..], "`tally openapi`"),
+        (&["hash-key", "--config", "tally.toml"][..], "`tally hash-key`"),
+    ] {
+        let out = tally(args, &[], Some("key"));
+        assert!(!out.status.success(), "{args:?} must not run");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("--config is not used by {named}")), "{args:?}: {err}");
+    }
+}

@@ -5,9 +5,12 @@ mod helpers;
 
 mod api;
 mod balances;
+mod budgets;
 mod cli;
+mod connections;
 mod demo;
 mod deploy;
+mod hostile;
 mod openapi;
 mod ops;
 mod payouts;

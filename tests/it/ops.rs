@@ -227,3 +227,40 @@ async fn metrics_count_cache_hits_coalesced_waiters_and_figure_ages() {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
 }
+
+/// The series of the README's metrics table, each with whether it is labelled by account.
+fn documented_series() -> Vec<(String, bool)> {
+    let readme = include_str!("../../README.md");
+    let table = readme.split("### Metrics").nth(1).expect("a Metrics section");
+    let rows = table.lines().skip_while(|l| !l.starts_with("| series")).skip(2).take_while(|l| l.starts_with('|'));
+    rows.flat_map(|row| {
+        let cells: Vec<&str> = row.split('|').collect();
+        let by_account = cells[2].contains("account");
+        let names: Vec<String> = cells[1].split('`').skip(1).step_by(2).map(str::to_owned).collect();
+        names.into_iter().map(move |name| (name, by_account))
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn a_fresh_scrape_lists_every_series_the_readme_documents() {
+    let db = TestDb::sqlite();
+    // A name no other test uses: metrics are process-wide. The upstream is never called.
+    let extra = "[[accounts]]\nid = \"fresh-scrape\"\nprovider = \"leanx\"\nbase_url = \"http://127.0.0.1:9\"\nauth_token = \"t\"\n";
+    let app = TestApp::spawn(db.url(), extra).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let series = documented_series();
+    assert!(series.len() >= 12, "the table is read: {series:?}");
+    let missing: Vec<&str> = series
+        .iter()
+        .filter(|(name, by_account)| {
+            !text.lines().any(|line| {
+                let Some(rest) = line.strip_prefix(name.as_str()) else { return false };
+                let ours = !by_account || rest.contains(r#"account="fresh-scrape""#);
+                (rest.starts_with('{') || rest.starts_with(' ') || rest.starts_with("_bucket")) && ours
+            })
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert!(missing.is_empty(), "absent from a fresh scrape: {missing:?}\n{text}");
+}

@@ -375,3 +375,68 @@ async fn a_failed_lookup_is_reported_as_of_when_it_failed() {
     assert_eq!(body["accounts"][0]["account"], "at-refused");
     assert_eq!(body["accounts"][0]["error"]["at"], "2026-11-22T08:00:00Z", "{body}");
 }
+
+/// A LeanX payout fake that holds every lookup until the test opens it, counting the lookups
+/// in flight at once: axum, so that held requests do not serialize on one thread.
+#[derive(Clone, Default)]
+struct Held {
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    most: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+async fn held_upstream(held: Held) -> String {
+    use std::sync::atomic::Ordering;
+    let app = axum::Router::new().route(
+        LEANX_PAYOUT,
+        axum::routing::post(
+            |axum::extract::State(held): axum::extract::State<Held>,
+             axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+                let now = held.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                held.most.fetch_max(now, Ordering::SeqCst);
+                let _ = held.open.subscribe().wait_for(|open| *open).await;
+                held.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let id = q.get("_id").cloned().unwrap_or_default();
+                (
+                    [("content-type", "application/json")],
+                    format!(
+                        r#"{{"response_code":2000,"description":"SUCCESS","data":{{"payout_invoice_no":"{id}","transaction_status":"SUCCESS","value":13.00,"transaction_fee":0.00,"created_at":"2023-12-05T17:43:07","updated_at":"2023-12-05T17:44:05"}},"breakdown_errors":null,"token":""}}"#
+                    ),
+                )
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app.with_state(held)).await });
+    uri
+}
+
+/// Issue 17, point 7: payout lookups take the same permits as balance fetches.
+#[tokio::test]
+async fn payout_lookups_keep_within_max_concurrent_fetches() {
+    use std::sync::atomic::Ordering;
+    let db = TestDb::sqlite();
+    let held = Held::default();
+    let uri = held_upstream(held.clone()).await;
+    let account = format!(
+        "[[accounts]]\nid = \"capped-lookups\"\nprovider = \"leanx\"\nbase_url = \"{uri}\"\nauth_token = \"t\"\ntimeout = \"30s\"\n"
+    );
+    let app = TestApp::spawn_with(db.url(), "max_concurrent_fetches = 4\nrequest_timeout = \"60s\"", &account).await;
+    let lookups: Vec<_> = (0..40)
+        .map(|i| {
+            let (http, url) = (app.http.clone(), format!("{}/payouts/P-{i}", app.base));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    eventually("four lookups reach the upstream", Duration::from_secs(10), || async {
+        held.in_flight.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    held.open.send_replace(true);
+    for lookup in lookups {
+        assert_eq!(lookup.await.unwrap(), 200);
+    }
+    let most = held.most.load(Ordering::SeqCst);
+    assert_eq!(most, 4, "at most max_concurrent_fetches lookups at the upstream at once; saw {most}");
+}

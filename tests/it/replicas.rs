@@ -1,7 +1,7 @@
 //! Several tally replicas on one PostgreSQL database: one upstream call per account, however
 //! many replicas need it. PostgreSQL only (SQLite is single-process).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -111,7 +111,6 @@ async fn when_the_lease_holder_dies_another_replica_completes_the_refresh() {
     eventually("replica A calls the upstream", Duration::from_secs(5), || async { calls(&upstream).await == 1 }).await;
 
     // B asks while A holds the lease, and waits for A's result.
-    let started = Instant::now();
     let to_b = tokio::spawn({
         let (http, url) = (b.http.clone(), format!("{}/balances?max_age=0", b.base));
         async move {
@@ -126,10 +125,9 @@ async fn when_the_lease_holder_dies_another_replica_completes_the_refresh() {
     let _ = to_a.await;
 
     let body = to_b.await.unwrap();
-    let took = started.elapsed();
-    assert_eq!(body["accounts"][0]["status"], "fresh", "B completes the refresh: {body}");
+    // Had B waited past its own deadline, it would have answered the account as failed.
+    assert_eq!(body["accounts"][0]["status"], "fresh", "B completes the refresh within its deadline: {body}");
     assert_eq!(body["accounts"][0]["source"], "live");
-    assert!(took < request_timeout, "B took over within its own {request_timeout:?} deadline; took {took:?}");
     assert_eq!(calls(&upstream).await, 2, "A's lost call and B's");
 }
 

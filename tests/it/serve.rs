@@ -103,6 +103,31 @@ async fn with_no_config_tally_serves_defaults_creates_tally_db_and_says_so_once(
 }
 
 #[tokio::test]
+async fn open_metrics_beside_api_keys_warn_that_they_name_every_account() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = format!(
+        "[auth]\napi_keys = [{{ name = \"ops\", sha256 = \"{}\" }}]\n\
+         [[accounts]]\nid = \"named-in-metrics\"\nprovider = \"leanx\"\nbase_url = \"http://127.0.0.1:9\"\nauth_token = \"t\"\n",
+        tally::http::digest_hex("k")
+    );
+    for (metrics, warned) in [("", true), ("[metrics]\nrequire_auth = true\n", false)] {
+        std::fs::write(dir.path().join("tally.toml"), format!("{keyed}{metrics}")).unwrap();
+        let served = Served::start(dir.path(), &[]);
+        let warning = served.start_lines.iter().find(|l| {
+            l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.contains("metrics.require_auth is false"))
+        });
+        assert_eq!(warning.is_some(), warned, "{metrics:?}: {:?}", served.start_lines);
+        let open = reqwest::get(format!("{}/metrics", served.base)).await.unwrap();
+        if warned {
+            let text = open.text().await.unwrap();
+            assert!(text.contains(r#"account="named-in-metrics""#), "what the warning says: {text}");
+        } else {
+            assert_eq!(open.status(), 401);
+        }
+    }
+}
+
+#[tokio::test]
 async fn tally_toml_in_the_working_directory_is_the_config() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tally.toml"), "[store]\nurl = \"sqlite://from-tally-toml.db\"\n").unwrap();
