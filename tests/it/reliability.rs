@@ -43,22 +43,27 @@ fn store_with_page_budget(db: &TestDb, pages: u64) -> Arc<dyn Store> {
     Arc::new(SqliteStore::with_options(options, 2))
 }
 
-/// Another connection to the file, with no page budget: the operator freeing space.
-async fn operator(db: &TestDb) -> SqliteConnection {
-    SqliteConnection::connect(db.url()).await.unwrap()
+/// A migrated SQLite store already as large as its page budget lets it be (a full disk), and
+/// the operator's own connection, with no budget, that frees space by deleting the filler.
+async fn full_disk(db: &TestDb) -> (Arc<dyn Store>, SqliteConnection) {
+    let unlimited = db.store();
+    unlimited.migrate().await.unwrap();
+    // Room that can be given back later: about 64 KiB of another account's payload.
+    unlimited.record_balances(&bulky("filler", 64)).await.unwrap();
+    let mut operator = SqliteConnection::connect(db.url()).await.unwrap();
+    let pages: u64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut operator).await.unwrap();
+    (store_with_page_budget(db, pages), operator)
+}
+
+/// Space comes back: the operator deletes the filler, whose pages are reused.
+async fn free_space(operator: &mut SqliteConnection) {
+    sqlx::query("DELETE FROM account_snapshots WHERE account = 'filler'").execute(operator).await.unwrap();
 }
 
 #[tokio::test]
 async fn sqlite_writes_recover_by_themselves_once_a_full_disk_has_space_again() {
     let db = TestDb::sqlite();
-    let unlimited = db.store();
-    unlimited.migrate().await.unwrap();
-    // Room that can be given back later: about 64 KiB of another account's payload.
-    unlimited.record_balances(&bulky("filler", 64)).await.unwrap();
-    let mut op = operator(&db).await;
-    let pages: u64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut op).await.unwrap();
-
-    let store = store_with_page_budget(&db, pages);
+    let (store, mut operator) = full_disk(&db).await;
     store.check_ready().await.expect("a full disk still answers reads");
     // Every pooled connection meets the full disk, more than once.
     for _ in 0..4 {
@@ -66,8 +71,7 @@ async fn sqlite_writes_recover_by_themselves_once_a_full_disk_has_space_again() 
         assert!(full.to_string().contains("database or disk is full"), "{full}");
     }
 
-    // Space comes back.
-    sqlx::query("DELETE FROM account_snapshots WHERE account = 'filler'").execute(&mut op).await.unwrap();
+    free_space(&mut operator).await;
     for _ in 0..4 {
         store.record_balances(&bulky("leanx-main", 32)).await.expect("writes go through again, without a restart");
     }
@@ -98,12 +102,7 @@ async fn status(url: String) -> u16 {
 #[tokio::test]
 async fn readyz_reports_a_store_that_refuses_writes_and_is_ready_again_once_it_takes_them() {
     let db = TestDb::sqlite();
-    let unlimited = db.store();
-    unlimited.migrate().await.unwrap();
-    unlimited.record_balances(&bulky("filler", 64)).await.unwrap();
-    let mut op = operator(&db).await;
-    let pages: u64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut op).await.unwrap();
-    let store = store_with_page_budget(&db, pages);
+    let (store, mut operator) = full_disk(&db).await;
 
     // A LeanX answer with 32 KiB more in it: its stored payload needs new pages.
     let padded = crate::helpers::leanx_body("2.25", "1.50").replacen(
@@ -128,7 +127,7 @@ async fn readyz_reports_a_store_that_refuses_writes_and_is_ready_again_once_it_t
     assert_eq!(status(format!("{base}/readyz")).await, 503, "still full: the probe write fails too");
 
     // Space comes back: ready again with no write from any request, then writes land.
-    sqlx::query("DELETE FROM account_snapshots WHERE account = 'filler'").execute(&mut op).await.unwrap();
+    free_space(&mut operator).await;
     assert_eq!(status(format!("{base}/readyz")).await, 200, "the probe write went through");
     assert_eq!(status(format!("{base}/balances?max_age=0")).await, 200);
     let stored = store.latest_balances(&"disk-full".parse().unwrap()).await.unwrap();
@@ -233,7 +232,7 @@ async fn a_sqlite_store_opens_no_connection_to_another_file_at_its_path() {
     store.migrate().await.unwrap();
     // A connection still on the old file, as a running tally has: the file lives on (and its
     // inode number cannot be given to the next file at the path).
-    let _still_open = operator(&db).await;
+    let _still_open = SqliteConnection::connect(db.url()).await.unwrap();
     let path = std::path::PathBuf::from(db.url().trim_start_matches("sqlite://"));
     std::fs::remove_file(&path).unwrap();
     // A new connection opens (SQLite creates) another file at the path: refused, until the
