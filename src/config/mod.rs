@@ -48,7 +48,15 @@ pub struct Settings {
     pub store: StoreSettings,
     pub auth: AuthSettings,
     pub metrics: MetricsSettings,
+    pub events: EventsSettings,
     pub accounts: Vec<AccountConfig>,
+}
+
+/// `[events]`: how long events are kept.
+#[derive(Debug, Clone)]
+pub struct EventsSettings {
+    /// Events observed longer ago than this are pruned (default 30 days).
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -17,7 +17,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
+    pub events: RawEvents,
+    #[serde(default)]
     pub accounts: Vec<RawAccount>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -91,6 +91,7 @@ fn no_file_means_loopback_sqlite_and_no_accounts() {
     assert_eq!(s.store.url.expose_secret(), "sqlite://tally.db");
     assert!(s.accounts.is_empty());
     assert_eq!(s.server.request_timeout, Duration::from_secs(10));
+    assert_eq!(s.events.retention, Duration::from_secs(30 * 24 * 3600), "events are kept 30 days");
 }
 
 fn error_of(toml: &str) -> ConfigError {
@@ -172,6 +173,10 @@ fn each_bad_config_names_its_key() {
             "lists HKD twice",
         ),
         ("[defaults]\ntimeout = \"0s\"", "defaults.timeout", "longer than zero"),
+        ("[events]\nretention = \"0s\"", "events.retention", "longer than zero"),
+        ("[events]\nretention = \"366d\"", "events.retention", "at most 365 days"),
+        ("[events]\nretention = \"a month\"", "events.retention", "not a duration"),
+        ("[events]\nretension = \"30d\"", "events.retension", "unknown field `retension`"),
         ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
         ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),
         ("[defaults]\nmax_calls_per_minute = 0", "defaults.max_calls_per_minute", "at least 1"),

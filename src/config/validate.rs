@@ -33,7 +33,16 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             Ok(account)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Settings { server, store, auth, metrics: MetricsSettings { require_auth: raw.metrics.require_auth }, accounts })
+    let events =
+        EventsSettings { retention: duration("events.retention", raw.events.retention.as_deref(), "30d", true)? };
+    Ok(Settings {
+        server,
+        store,
+        auth,
+        metrics: MetricsSettings { require_auth: raw.metrics.require_auth },
+        events,
+        accounts,
+    })
 }
 
 fn server(raw: &RawConfig) -> Result<ServerSettings, ConfigError> {

@@ -5,6 +5,7 @@
 
 mod account;
 mod balance;
+pub mod event;
 mod money;
 mod payout;
 mod provider;

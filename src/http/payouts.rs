@@ -9,6 +9,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use super::report::AccountError;
+use crate::domain::event::PayoutObject;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
 use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutView};
@@ -54,12 +55,13 @@ pub struct PayoutResponse {
 
 impl From<PayoutView> for PayoutResponse {
     fn from(view: PayoutView) -> Self {
+        // The object events carry too: one construction from the domain payout.
         let s = view.stored;
-        let p = s.payout;
+        let p = PayoutObject::of(&s.account, s.provider, &s.payout, s.fetched_at);
         Self {
             id: p.id,
-            account: s.account,
-            provider: s.provider,
+            account: p.account,
+            provider: p.provider,
             status: p.status,
             provider_status: p.provider_status,
             is_final: p.is_final,
@@ -70,7 +72,7 @@ impl From<PayoutView> for PayoutResponse {
             failure: p.failure,
             created_at: p.created_at,
             updated_at: p.updated_at,
-            fetched_at: s.fetched_at,
+            fetched_at: p.fetched_at,
             stale: view.stale,
             error: view.error.map(AccountError::from),
         }

@@ -1,5 +1,6 @@
 //! Work that is not driven by a request: periodic refresh of accounts with a
-//! `refresh_interval`, and following the fetches of other replicas sharing the store.
+//! `refresh_interval`, following the fetches of other replicas sharing the store, and the
+//! periodic prune of events past retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ impl Service {
         if let Some(cluster) = &self.cluster {
             tasks.push(tokio::spawn(Arc::clone(self).follow_cluster(cluster.events())));
         }
+        tasks.push(tokio::spawn(Arc::clone(self).prune_periodically()));
         tasks
     }
 

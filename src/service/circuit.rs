@@ -61,6 +61,11 @@ impl Circuit {
         }
     }
 
+    /// When the circuit (re)opened; `None` while it is closed.
+    pub fn opened_at(&self) -> Option<DateTime<Utc>> {
+        self.opened_at
+    }
+
     pub fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.opened_at = None;

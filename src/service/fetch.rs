@@ -122,8 +122,14 @@ impl Service {
                 });
                 self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
+                let was_open = account.circuit.locked().opened_at();
                 account.circuit.locked().on_success();
                 account.health.locked().last_success_at = Some(now);
+                // Alone, the recovery is this process's to raise; with replicas the store
+                // raised it with the write that closed the shared circuit.
+                if let (Some(since), None) = (was_open, &self.cluster) {
+                    self.circuit_recovered(account, since, now, deadline).await;
+                }
                 Ok(snapshot)
             }
             Err(error) => {
@@ -142,16 +148,28 @@ impl Service {
                     Some(cluster) => cluster.record_failure(account.id(), failed, threshold, deadline).await,
                     None => None,
                 };
-                match recorded {
-                    Some(Ok(shared)) => account.adopt_circuit(&shared),
+                let opened = match recorded {
+                    // The one failure that brought the shared run to the threshold opened the
+                    // circuit: its replica, and no other, raises the event.
+                    Some(Ok(shared)) => {
+                        account.adopt_circuit(&shared);
+                        shared.opened_at.is_some() && shared.consecutive_failures == threshold.max(1)
+                    }
                     // Alone, or not recorded (yet: once it lands, following the cluster's
                     // announcements adopts the recorded run).
                     recorded => {
                         if let Some(Err(e)) = recorded {
                             tracing::debug!(account = %id, error = %e, "could not share a fetch failure");
                         }
-                        account.circuit.locked().on_failure(now);
+                        let mut circuit = account.circuit.locked();
+                        let was_open = circuit.opened_at().is_some();
+                        circuit.on_failure(now);
+                        // With replicas, an opening the cluster did not record is not raised.
+                        !was_open && circuit.opened_at().is_some() && self.cluster.is_none()
                     }
+                };
+                if opened {
+                    self.circuit_opened(account, &error, now, deadline).await;
                 }
                 Err(FetchFailure::new(error, now))
             }

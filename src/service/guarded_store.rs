@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::domain::AccountId;
@@ -221,6 +222,35 @@ impl GuardedStore {
         let (store, stored) = (Arc::clone(&self.store), Arc::clone(snapshot));
         let write = async move { store.record_balances(&stored).await };
         self.health.behind(write, write_until(deadline)).await
+    }
+
+    /// Stores one event in its own write (a circuit opening or recovering).
+    pub async fn append_event(
+        &self,
+        event: &crate::domain::event::NewEvent,
+        within: Within,
+    ) -> Result<crate::domain::event::Event, StoreError> {
+        self.health.run(within, self.store.append_event(event)).await
+    }
+
+    pub async fn events(
+        &self,
+        query: &crate::store::EventQuery,
+        within: Within,
+    ) -> Result<Vec<crate::domain::event::Event>, StoreError> {
+        self.health.run(within, self.store.events(query)).await
+    }
+
+    pub async fn event(&self, seq: i64, within: Within) -> Result<Option<crate::domain::event::Event>, StoreError> {
+        self.health.run(within, self.store.event(seq)).await
+    }
+
+    pub async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.health.run(Within::Health, self.store.prune_events(before, limit)).await
+    }
+
+    pub fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.event_signal()
     }
 
     /// Saves a payout observation, waited for until `deadline` only: a lookup outlives no

@@ -15,6 +15,7 @@
 //! - [`lease`]: a fetch's cluster-wide lease on an account;
 //! - `background`: periodic refresh, and following other replicas' fetches;
 //! - [`circuit`]: the breaker (shared through the store by replicas);
+//! - [`events`]: the event feed and its long-poll, the circuit's events, retention;
 //! - [`budget`]: each account's upstream calls per minute, and a provider's pause (shared
 //!   through the store by replicas).
 //!
@@ -25,6 +26,7 @@ pub mod balances;
 pub mod budget;
 pub mod circuit;
 pub mod cluster;
+pub mod events;
 mod fetch;
 pub mod guarded_store;
 pub mod lease;
@@ -185,6 +187,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     fetch_permits: Arc<Semaphore>,
     request_timeout: Duration,
+    /// `[events] retention`: how long events are kept.
+    events_retention: Duration,
     /// Present when replicas share the store (PostgreSQL): whether another replica may hold
     /// newer figures or an account's lease.
     cluster: Option<cluster::GuardedCluster>,
@@ -234,6 +238,7 @@ impl Service {
             clock,
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
+            events_retention: settings.events.retention,
             fetches: Default::default(),
             payout_lookups: Default::default(),
         })

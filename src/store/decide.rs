@@ -4,6 +4,7 @@
 //! twins from drifting apart.
 
 use super::StoreError;
+use crate::domain::event::{self, NewEvent};
 use crate::domain::{BalanceEntry, Payout, PayoutStatus};
 
 /// Whether a schema whose newest applied migration is `applied` (`None`: none applied) is
@@ -22,8 +23,10 @@ pub enum Point<Id> {
     /// The same figures (scale included): the stored point, by its row id, is confirmed until
     /// the fetch's time.
     Confirms(Id),
-    /// New figures, or a series never seen: a new change point starts at the fetch's time.
-    Changes,
+    /// New figures, or a series never seen: a new change point starts at the fetch's time,
+    /// and raises `balance.changed` in the same transaction ([`Point::event`]). Holds the
+    /// figures it follows (`None`: the first of its series).
+    Changes(Option<BalanceEntry>),
 }
 
 /// Decides between confirming the last stored point of a series (`last`: its row id and
@@ -31,16 +34,41 @@ pub enum Point<Id> {
 pub fn point<Id>(last: Option<(Id, BalanceEntry)>, fetched: &BalanceEntry) -> Point<Id> {
     match last {
         Some((id, stored)) if stored.same_figures(fetched) => Point::Confirms(id),
-        _ => Point::Changes,
+        last => Point::Changes(last.map(|(_, stored)| stored)),
     }
+}
+
+impl<Id> Point<Id> {
+    /// The event a write of this point raises, in its transaction: `balance.changed` for a
+    /// new change point, nothing for a confirmation.
+    pub fn event(&self, snapshot: &super::AccountSnapshot, fetched: &BalanceEntry) -> Option<NewEvent> {
+        match self {
+            Point::Confirms(_) => None,
+            Point::Changes(previous) => Some(event::balance_changed(
+                &snapshot.account,
+                snapshot.provider,
+                fetched,
+                previous.as_ref(),
+                snapshot.fetched_at,
+            )),
+        }
+    }
+}
+
+/// The events of saving `saved` over the stored normalized status (`None`: first sight), in
+/// the transaction of the save: `payout.status_changed` (with `payout.finalized` for a final
+/// status) on first sight and when the normalized status changes.
+pub fn payout_events(previous: Option<&(String, String)>, saved: &super::StoredPayout) -> Vec<NewEvent> {
+    let previous = previous.map(|(status, _)| PayoutStatus::parse(status).unwrap_or(PayoutStatus::Unknown));
+    event::payout_events(&saved.account, saved.provider, previous, &saved.payout, saved.fetched_at)
 }
 
 /// Whether saving `saved` over the stored `(status, provider_status)` of the payout (`None`:
 /// first sight) is a transition to append to its history. A change of the provider's own
 /// status counts even when it maps to the same status.
-pub fn is_transition(previous: Option<(String, String)>, saved: &Payout) -> bool {
+pub fn is_transition(previous: Option<&(String, String)>, saved: &Payout) -> bool {
     previous.is_none_or(|(status, provider_status)| {
-        status != saved.status.as_str() || provider_status != saved.provider_status
+        status != saved.status.as_str() || *provider_status != saved.provider_status
     })
 }
 
@@ -95,9 +123,9 @@ mod tests {
     fn a_save_is_a_transition_on_first_sight_and_when_either_status_changes() {
         let pending = payout(PayoutStatus::Pending, false);
         assert!(is_transition(None, &pending));
-        assert!(!is_transition(Some(("pending".into(), "pending".into())), &pending));
-        assert!(is_transition(Some(("processing".into(), "pending".into())), &pending));
-        assert!(is_transition(Some(("pending".into(), "QUEUED".into())), &pending), "the provider's status moved");
+        assert!(!is_transition(Some(&("pending".into(), "pending".into())), &pending));
+        assert!(is_transition(Some(&("processing".into(), "pending".into())), &pending));
+        assert!(is_transition(Some(&("pending".into(), "QUEUED".into())), &pending), "the provider's status moved");
     }
 
     #[test]
@@ -112,8 +140,12 @@ mod tests {
             blocked: false,
         };
         assert_eq!(point(Some((7, entry("1.00"))), &entry("1.00")), Point::Confirms(7));
-        assert_eq!(point(Some((7, entry("1.00"))), &entry("1.0")), Point::Changes, "the scale is part of a figure");
-        assert_eq!(point(Some((7, entry("1.00"))), &entry("2.00")), Point::Changes);
-        assert_eq!(point::<i64>(None, &entry("1.00")), Point::Changes);
+        assert_eq!(
+            point(Some((7, entry("1.00"))), &entry("1.0")),
+            Point::Changes(Some(entry("1.00"))),
+            "the scale is part of a figure"
+        );
+        assert_eq!(point(Some((7, entry("1.00"))), &entry("2.00")), Point::Changes(Some(entry("1.00"))));
+        assert_eq!(point::<i64>(None, &entry("1.00")), Point::Changes(None));
     }
 }

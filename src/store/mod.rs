@@ -31,6 +31,7 @@ use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 
 use crate::config::StoreSettings;
+use crate::domain::event::{Event, NewEvent};
 use crate::domain::{AccountId, BalanceEntry, Currency, Payout, PayoutStatus, Provider, RawJson};
 
 /// A store failure. Messages come from the database driver and never hold the store URL.
@@ -126,6 +127,43 @@ pub struct PayoutTransition {
     pub source: String,
 }
 
+/// Filters of `GET /events`: events after the feed position `after` (from the oldest kept
+/// when `None`), of the given types and accounts (every one when empty), oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub after: Option<i64>,
+    pub types: Vec<String>,
+    pub accounts: Vec<AccountId>,
+    pub limit: u32,
+}
+
+/// The most events one prune deletes: a prune is bounded, the next one takes the rest.
+pub const PRUNE_BATCH: u32 = 1000;
+
+/// The channel on which PostgreSQL announces committed events (any replica's); the payload is
+/// empty.
+pub const EVENTS_CHANNEL: &str = "tally_events";
+
+/// After a commit that stored `events`: counted, and announced to this process's waiters.
+fn announce(signal: &tokio::sync::watch::Sender<u64>, events: &[NewEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    for e in events {
+        metrics::counter!("tally_events_total", "type" => e.kind).increment(1);
+    }
+    signal.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+fn parse_event(seq: i64, kind: String, timestamp: DateTime<Utc>, data: &str) -> Result<Event, StoreError> {
+    Ok(Event {
+        id: crate::domain::event::event_id(seq),
+        kind,
+        timestamp,
+        data: serde_json::from_str(data).map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?,
+    })
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Applies pending migrations.
@@ -165,6 +203,24 @@ pub trait Store: Send + Sync {
         account: &AccountId,
         payout_id: &str,
     ) -> Result<Vec<PayoutTransition>, StoreError>;
+
+    /// Stores one event in a write of its own (facts that are no stored figure: a circuit
+    /// opening or recovering), and returns it with its id.
+    async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError>;
+
+    /// The feed: events after the query's position, oldest first, only ever showing an event
+    /// once every event before it in the feed is visible too.
+    async fn events(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// One event by its feed position.
+    async fn event(&self, seq: i64) -> Result<Option<Event>, StoreError>;
+
+    /// Deletes at most `limit` events observed before `before`, oldest first; returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Moves on each time events are committed (on PostgreSQL, by any replica sharing the
+    /// store): what a long-poll of the feed waits on.
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -20,6 +20,51 @@ use super::*;
 pub struct PostgresStore {
     pool: PgPool,
     cluster: Arc<PostgresCluster>,
+    /// Moves on at each commit of events, this process's (at once) and every replica's
+    /// (`LISTEN tally_events`, started on first subscription).
+    events: tokio::sync::watch::Sender<u64>,
+    events_listener: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+/// The transaction-level advisory lock under which events take their feed position: see
+/// [`insert_events`].
+const EVENTS_LOCK: i64 = 0x7461_6c6c_7965_7674; // "tallyevt"
+
+/// Writes `events` in the transaction `tx`, as its last step before commit.
+///
+/// The feed position is drawn under the advisory lock [`EVENTS_LOCK`], held until the
+/// transaction ends: of two transactions writing events, the second draws its positions only
+/// once the first has committed (or rolled back). So positions are drawn in commit order, and
+/// when a reader sees an event, every event with a lower position is already visible: a reader
+/// following the feed never skips one. Taken last, after every row lock of the transaction, so
+/// that it is never held while waiting for another lock.
+pub async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(EVENTS_LOCK).execute(&mut **tx).await?;
+    let mut seqs = Vec::with_capacity(events.len());
+    for e in events {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (seq, type, account, timestamp, data) VALUES (nextval('events_seq'), $1, $2, $3, $4)
+             RETURNING seq",
+        )
+        .bind(e.kind)
+        .bind(e.account.as_str())
+        .bind(e.timestamp)
+        .bind(e.data.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+        seqs.push(seq);
+    }
+    // Delivered at commit: waiting readers on every replica wake when the events are readable.
+    sqlx::query("SELECT pg_notify($1, '')").bind(EVENTS_CHANNEL).execute(&mut **tx).await?;
+    Ok(seqs)
+}
+
+fn event_row(row: &PgRow) -> Result<Event, StoreError> {
+    let data: String = row.try_get("data")?;
+    parse_event(row.try_get("seq")?, row.try_get("type")?, row.try_get("timestamp")?, &data)
 }
 
 /// The coordination of the replicas sharing this database: its own tables (`fetch_leases`,
@@ -42,7 +87,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
         let cluster = Arc::new(PostgresCluster { pool: pool.clone(), events: OnceLock::new() });
-        Ok(Self { pool, cluster })
+        Ok(Self { pool, cluster, events: tokio::sync::watch::Sender::new(0), events_listener: OnceLock::new() })
     }
 }
 
@@ -97,11 +142,12 @@ fn stored_payout(row: &PgRow) -> Result<StoredPayout, StoreError> {
     })
 }
 
+/// Writes one fetched figure set: a confirmation, or a new change point with its event.
 async fn upsert_point(
     tx: &mut Transaction<'_, Postgres>,
     snapshot: &AccountSnapshot,
     e: &BalanceEntry,
-) -> Result<(), StoreError> {
+) -> Result<Option<NewEvent>, StoreError> {
     let last = sqlx::query(
         "SELECT id, wallet, currency, available::text AS available, pending::text AS pending, reserved::text AS reserved, total::text AS total, blocked FROM balance_points
          WHERE account = $1 AND wallet = $2 AND currency = $3 ORDER BY first_seen_at DESC, id DESC LIMIT 1",
@@ -112,13 +158,14 @@ async fn upsert_point(
     .fetch_optional(&mut **tx)
     .await?;
     let last = last.map(|row| Ok::<_, StoreError>((row.try_get::<i64, _>("id")?, entry(&row)?))).transpose()?;
-    if let decide::Point::Confirms(id) = decide::point(last, e) {
+    let point = decide::point(last, e);
+    if let decide::Point::Confirms(id) = point {
         sqlx::query("UPDATE balance_points SET last_confirmed_at = $1 WHERE id = $2 AND last_confirmed_at < $1")
             .bind(snapshot.fetched_at)
             .bind(id)
             .execute(&mut **tx)
             .await?;
-        return Ok(());
+        return Ok(None);
     }
     sqlx::query(
         "INSERT INTO balance_points (account, provider, wallet, currency, available, pending, reserved, total,
@@ -137,7 +184,7 @@ async fn upsert_point(
     .bind(snapshot.fetched_at)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(point.event(snapshot, e))
 }
 
 impl PostgresStore {
@@ -195,8 +242,9 @@ impl Store for PostgresStore {
 
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        let mut events = Vec::new();
         for e in &snapshot.entries {
-            upsert_point(&mut tx, snapshot, e).await?;
+            events.extend(upsert_point(&mut tx, snapshot, e).await?);
         }
         sqlx::query(
             "INSERT INTO account_snapshots (account, provider, fetched_at, raw) VALUES ($1, $2, $3, $4)
@@ -209,10 +257,25 @@ impl Store for PostgresStore {
         .bind(snapshot.raw.as_ref().map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE fetch_failures SET consecutive_failures = 0, opened_at = NULL WHERE account = $1")
-            .bind(snapshot.account.as_str())
-            .execute(&mut *tx)
-            .await?;
+        // The shared circuit closes; the one write that closes an open one raises
+        // `account.recovered` (the row lock makes it one, however many replicas succeed).
+        let was_open: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+            "UPDATE fetch_failures f SET consecutive_failures = 0, opened_at = NULL
+             FROM (SELECT account, opened_at FROM fetch_failures WHERE account = $1 FOR UPDATE) old
+             WHERE f.account = old.account RETURNING old.opened_at",
+        )
+        .bind(snapshot.account.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(Some(since)) = was_open {
+            events.push(crate::domain::event::account_recovered(
+                &snapshot.account,
+                snapshot.provider,
+                since,
+                snapshot.fetched_at,
+            ));
+        }
+        insert_events(&mut tx, &events).await?;
         // Delivered at commit: waiting replicas wake when the snapshot is readable.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(FETCH_EVENTS)
@@ -220,6 +283,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        announce(&self.events, &events);
         Ok(())
     }
 
@@ -317,7 +381,8 @@ impl Store for PostgresStore {
         .bind(p.fetched_at)
         .execute(&mut *tx)
         .await?;
-        if decide::is_transition(previous, po) {
+        let events = decide::payout_events(previous.as_ref(), p);
+        if decide::is_transition(previous.as_ref(), po) {
             sqlx::query(
                 "INSERT INTO payout_transitions (account, payout_id, observed_at, provider_status, status, source)
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -331,7 +396,9 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
+        insert_events(&mut tx, &events).await?;
         tx.commit().await?;
+        announce(&self.events, &events);
         Ok(())
     }
 
@@ -374,9 +441,71 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seqs = insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await?;
+        announce(&self.events, std::slice::from_ref(event));
+        Ok(Event {
+            id: crate::domain::event::event_id(seqs[0]),
+            kind: event.kind.to_owned(),
+            timestamp: event.timestamp,
+            data: event.data.clone(),
+        })
+    }
+
+    async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        // Positions are drawn in commit order (see `insert_events`): what is visible is a
+        // prefix of the feed, so reading past the last visible position skips nothing.
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new("SELECT seq, type, timestamp, data FROM events WHERE seq > ");
+        sql.push_bind(q.after.unwrap_or(0));
+        if !q.types.is_empty() {
+            sql.push(" AND type = ANY(").push_bind(q.types.clone()).push(")");
+        }
+        if !q.accounts.is_empty() {
+            let accounts: Vec<String> = q.accounts.iter().map(|a| a.to_string()).collect();
+            sql.push(" AND account = ANY(").push_bind(accounts).push(")");
+        }
+        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(q.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn event(&self, seq: i64) -> Result<Option<Event>, StoreError> {
+        let row = sqlx::query("SELECT seq, type, timestamp, data FROM events WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(event_row).transpose()
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < $1 ORDER BY seq LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events_listener.get_or_init(|| {
+            let signal = self.events.clone();
+            tokio::spawn(listen(self.pool.clone(), EVENTS_CHANNEL, move |_| {
+                signal.send_modify(|n| *n = n.wrapping_add(1));
+            }))
+        });
+        self.events.subscribe()
+    }
+
     async fn close(&self) {
-        // The listener holds a pooled connection; the pool closes only once it is returned.
+        // The listeners hold pooled connections; the pool closes only once they are returned.
         if let Some((_, listener)) = self.cluster.events.get() {
+            listener.abort();
+        }
+        if let Some(listener) = self.events_listener.get() {
             listener.abort();
         }
         self.pool.close().await;
@@ -541,32 +670,34 @@ impl Cluster for PostgresCluster {
     fn fetch_events(&self) -> broadcast::Receiver<String> {
         let (sender, _) = self.events.get_or_init(|| {
             let (sender, _) = broadcast::channel(1024);
-            let listener = tokio::spawn(listen(self.pool.clone(), sender.clone()));
+            let forward = sender.clone();
+            let listener = tokio::spawn(listen(self.pool.clone(), FETCH_EVENTS, move |payload| {
+                let _ = forward.send(payload);
+            }));
             (sender, listener)
         });
         sender.subscribe()
     }
 }
 
-/// Forwards `NOTIFY tally_fetches` payloads to subscribers, reconnecting after errors.
-async fn listen(pool: PgPool, events: broadcast::Sender<String>) {
+/// Hands the payloads of `NOTIFY channel` to `forward`, reconnecting after errors (one attempt a
+/// second at most): `tally_fetches` for fetch announcements, `tally_events` for events.
+async fn listen(pool: PgPool, channel: &'static str, forward: impl Fn(String) + Send + 'static) {
     loop {
         match PgListener::connect_with(&pool).await {
-            Ok(mut listener) => match listener.listen(FETCH_EVENTS).await {
+            Ok(mut listener) => match listener.listen(channel).await {
                 Ok(()) => loop {
                     match listener.recv().await {
-                        Ok(n) => {
-                            let _ = events.send(n.payload().to_owned());
-                        }
+                        Ok(n) => forward(n.payload().to_owned()),
                         Err(e) => {
-                            tracing::warn!(error = %e, "lost the fetch-event listener; reconnecting");
+                            tracing::warn!(error = %e, channel, "lost a LISTEN connection; reconnecting");
                             break;
                         }
                     }
                 },
-                Err(e) => tracing::warn!(error = %e, "could not LISTEN for fetch events"),
+                Err(e) => tracing::warn!(error = %e, channel, "could not LISTEN"),
             },
-            Err(e) => tracing::debug!(error = %e, "no connection for the fetch-event listener yet"),
+            Err(e) => tracing::debug!(error = %e, channel, "no connection for a LISTEN yet"),
         }
         if pool.is_closed() {
             return;

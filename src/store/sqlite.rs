@@ -16,6 +16,8 @@ use super::*;
 pub struct SqliteStore {
     pool: SqlitePool,
     file: Arc<FileWatch>,
+    /// Moves on at each commit that stored events: one process writes this file.
+    events: tokio::sync::watch::Sender<u64>,
 }
 
 /// The file the store opened, watched: deleted or replaced while tally runs, it is no longer
@@ -102,7 +104,7 @@ impl SqliteStore {
             })
             .after_release(|conn, _| Box::pin(released_outside_a_transaction(conn)))
             .connect_lazy_with(options);
-        Self { pool, file }
+        Self { pool, file, events: tokio::sync::watch::Sender::new(0) }
     }
 }
 
@@ -170,11 +172,35 @@ fn stored_payout(row: &SqliteRow) -> Result<StoredPayout, StoreError> {
     })
 }
 
+/// Writes `events` in the transaction `tx`, in order.
+async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+    let mut seqs = Vec::with_capacity(events.len());
+    for e in events {
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (type, account, timestamp, data) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+        )
+        .bind(e.kind)
+        .bind(e.account.as_str())
+        .bind(micros(e.timestamp))
+        .bind(e.data.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+        seqs.push(seq);
+    }
+    Ok(seqs)
+}
+
+fn event_row(row: &SqliteRow) -> Result<Event, StoreError> {
+    let data: String = row.try_get("data")?;
+    parse_event(row.try_get("seq")?, row.try_get("type")?, time(row.try_get("timestamp")?)?, &data)
+}
+
+/// Writes one fetched figure set: a confirmation, or a new change point with its event.
 async fn upsert_point(
     tx: &mut Transaction<'_, Sqlite>,
     snapshot: &AccountSnapshot,
     e: &BalanceEntry,
-) -> Result<(), StoreError> {
+) -> Result<Option<NewEvent>, StoreError> {
     let at = micros(snapshot.fetched_at);
     let last = sqlx::query(
         "SELECT id, wallet, currency, available, pending, reserved, total, blocked FROM balance_points
@@ -186,13 +212,14 @@ async fn upsert_point(
     .fetch_optional(&mut **tx)
     .await?;
     let last = last.map(|row| Ok::<_, StoreError>((row.try_get::<i64, _>("id")?, entry(&row)?))).transpose()?;
-    if let decide::Point::Confirms(id) = decide::point(last, e) {
+    let point = decide::point(last, e);
+    if let decide::Point::Confirms(id) = point {
         sqlx::query("UPDATE balance_points SET last_confirmed_at = ?1 WHERE id = ?2 AND last_confirmed_at < ?1")
             .bind(at)
             .bind(id)
             .execute(&mut **tx)
             .await?;
-        return Ok(());
+        return Ok(None);
     }
     sqlx::query(
         "INSERT INTO balance_points (account, provider, wallet, currency, available, pending, reserved, total,
@@ -211,7 +238,7 @@ async fn upsert_point(
     .bind(at)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(point.event(snapshot, e))
 }
 
 impl SqliteStore {
@@ -277,8 +304,9 @@ impl Store for SqliteStore {
 
     async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
+        let mut events = Vec::new();
         for e in &snapshot.entries {
-            upsert_point(&mut tx, snapshot, e).await?;
+            events.extend(upsert_point(&mut tx, snapshot, e).await?);
         }
         sqlx::query(
             "INSERT INTO account_snapshots (account, provider, fetched_at, raw) VALUES (?1, ?2, ?3, ?4)
@@ -291,7 +319,9 @@ impl Store for SqliteStore {
         .bind(snapshot.raw.as_ref().map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?;
+        insert_events(&mut tx, &events).await?;
         tx.commit().await?;
+        announce(&self.events, &events);
         Ok(())
     }
 
@@ -388,7 +418,8 @@ impl Store for SqliteStore {
         .bind(micros(p.fetched_at))
         .execute(&mut *tx)
         .await?;
-        if decide::is_transition(previous, po) {
+        let events = decide::payout_events(previous.as_ref(), p);
+        if decide::is_transition(previous.as_ref(), po) {
             sqlx::query(
                 "INSERT INTO payout_transitions (account, payout_id, observed_at, provider_status, status, source)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -402,7 +433,9 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        insert_events(&mut tx, &events).await?;
         tx.commit().await?;
+        announce(&self.events, &events);
         Ok(())
     }
 
@@ -441,6 +474,67 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
+        let mut tx = self.write().await?;
+        let seqs = insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        tx.commit().await?;
+        announce(&self.events, std::slice::from_ref(event));
+        Ok(Event {
+            id: crate::domain::event::event_id(seqs[0]),
+            kind: event.kind.to_owned(),
+            timestamp: event.timestamp,
+            data: event.data.clone(),
+        })
+    }
+
+    async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        // One writer at a time: a committed seq is never followed by a lower one.
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new("SELECT seq, type, timestamp, data FROM events WHERE seq > ");
+        sql.push_bind(q.after.unwrap_or(0));
+        if !q.types.is_empty() {
+            let mut list = sql.push(" AND type IN (").separated(", ");
+            for t in &q.types {
+                list.push_bind(t.as_str());
+            }
+            sql.push(")");
+        }
+        if !q.accounts.is_empty() {
+            let mut list = sql.push(" AND account IN (").separated(", ");
+            for a in &q.accounts {
+                list.push_bind(a.as_str());
+            }
+            sql.push(")");
+        }
+        sql.push(" ORDER BY seq LIMIT ").push_bind(i64::from(q.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter().map(event_row).collect()
+    }
+
+    async fn event(&self, seq: i64) -> Result<Option<Event>, StoreError> {
+        let row = sqlx::query("SELECT seq, type, timestamp, data FROM events WHERE seq = ?1")
+            .bind(seq)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(event_row).transpose()
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE timestamp < ?1 ORDER BY seq LIMIT ?2)",
+        )
+        .bind(micros(before))
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
+    fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.events.subscribe()
     }
 
     async fn close(&self) {

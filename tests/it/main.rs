@@ -10,6 +10,7 @@ mod cli;
 mod connections;
 mod demo;
 mod deploy;
+mod events;
 mod hostile;
 mod openapi;
 mod ops;

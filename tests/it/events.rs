@@ -1,0 +1,239 @@
+//! Events (SPEC §8.1, §8.4): stored in the transaction of the change they report, the feed
+//! with its cursor, filters and long-poll, the ordering promise on PostgreSQL, retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use serde_json::{Value, json};
+use tally::domain::event::NewEvent;
+use tally::domain::{BalanceEntry, Payout, PayoutStatus, Provider, parse_decimal};
+use tally::store::{AccountSnapshot, EventQuery, HistoryQuery, Store, StoredPayout};
+
+use crate::both_stores;
+use crate::helpers::{TestDb, eventually, t0};
+
+/// An outer bound for what must happen at once: generous, never asserted as an elapsed time.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn entry(wallet: &str, available: &str) -> BalanceEntry {
+    BalanceEntry::single_figure(wallet, "MYR".parse().unwrap(), parse_decimal(available).unwrap())
+}
+
+fn snapshot(account: &str, at: chrono::DateTime<chrono::Utc>, entries: Vec<BalanceEntry>) -> AccountSnapshot {
+    AccountSnapshot { account: account.parse().unwrap(), provider: Provider::Leanx, fetched_at: at, entries, raw: None }
+}
+
+fn payout(id: &str, status: PayoutStatus, provider_status: &str, is_final: bool) -> Payout {
+    Payout {
+        id: id.into(),
+        reference: Some("INV-1".into()),
+        status,
+        provider_status: provider_status.into(),
+        is_final,
+        amount: Some(parse_decimal("13.00").unwrap()),
+        currency: Some("MYR".parse().unwrap()),
+        fee: Some(parse_decimal("0.00").unwrap()),
+        failure: None,
+        created_at: None,
+        updated_at: None,
+    }
+}
+
+async fn migrated(db: &TestDb) -> Arc<dyn Store> {
+    let store = db.store();
+    store.migrate().await.expect("migrations apply");
+    store
+}
+
+async fn all_events(store: &dyn Store) -> Vec<tally::domain::event::Event> {
+    store.events(&EventQuery { limit: 1000, ..Default::default() }).await.unwrap()
+}
+
+fn of_kind<'a>(events: &'a [tally::domain::event::Event], kind: &str) -> Vec<&'a tally::domain::event::Event> {
+    events.iter().filter(|e| e.kind == kind).collect()
+}
+
+async fn one_balance_changed_per_real_change_in_the_same_write(db: &TestDb) {
+    let store = migrated(db).await;
+    store
+        .record_balances(&snapshot("leanx-main", t0(), vec![entry("prefund", "1.00"), entry("transaction", "2.00")]))
+        .await
+        .unwrap();
+    let events = all_events(store.as_ref()).await;
+    let points = store.balance_history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(points.len(), 2);
+    assert_eq!(of_kind(&events, "balance.changed").len(), 2, "the first figure of each series is a change");
+    assert_eq!(events[0].data["previous"], Value::Null);
+    assert_eq!(
+        events[0].data["current"],
+        json!({"available": "1.00", "pending": null, "reserved": null, "total": "1.00", "blocked": false})
+    );
+    assert_eq!(events[0].data["account"], "leanx-main");
+    assert_eq!(events[0].data["provider"], "leanx");
+    assert_eq!(events[0].data["wallet"], "prefund");
+    assert_eq!(events[0].data["currency"], "MYR");
+    assert_eq!(events[0].timestamp, t0());
+
+    // Unchanged figures: no change point, no event.
+    let later = t0() + TimeDelta::seconds(30);
+    store
+        .record_balances(&snapshot("leanx-main", later, vec![entry("prefund", "1.00"), entry("transaction", "2.00")]))
+        .await
+        .unwrap();
+    assert_eq!(all_events(store.as_ref()).await.len(), 2, "an unchanged figure raises nothing");
+    let points = store.balance_history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(points.len(), 2, "and stores no change point");
+
+    // One changed figure (the scale counts): one point, one event, with what it follows.
+    let last = t0() + TimeDelta::seconds(60);
+    store
+        .record_balances(&snapshot("leanx-main", last, vec![entry("prefund", "1.0"), entry("transaction", "2.00")]))
+        .await
+        .unwrap();
+    let events = all_events(store.as_ref()).await;
+    let points = store.balance_history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(points.len(), 3);
+    assert_eq!(events.len(), 3, "every change point has its event, and no event is without one");
+    let changed = &events[2];
+    assert_eq!(changed.data["previous"]["available"], "1.00");
+    assert_eq!(changed.data["current"]["available"], "1.0");
+    assert_eq!(changed.data["observed_at"], json!(last));
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id), "ids are in feed order");
+    for e in &events {
+        assert_eq!(store.event(tally::domain::event::event_seq(&e.id).unwrap()).await.unwrap().as_ref(), Some(e));
+    }
+}
+
+async fn payout_events_on_first_sight_on_status_changes_and_when_final(db: &TestDb) {
+    let store = migrated(db).await;
+    let saved = |p: Payout, secs: i64| StoredPayout {
+        account: "leanx-main".parse().unwrap(),
+        provider: Provider::Leanx,
+        payout: p,
+        fetched_at: t0() + TimeDelta::seconds(secs),
+    };
+    store.save_payout(&saved(payout("P1", PayoutStatus::Pending, "PENDING", false), 0), "lookup").await.unwrap();
+    let events = all_events(store.as_ref()).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, "payout.status_changed");
+    assert_eq!(events[0].data["previous_status"], Value::Null);
+    assert_eq!(events[0].data["payout"]["id"], "P1");
+    assert_eq!(events[0].data["payout"]["status"], "pending");
+    assert_eq!(events[0].data["payout"]["amount"], "13.00");
+    assert_eq!(events[0].data["payout"]["fee"], "0.00");
+    assert_eq!(events[0].data["payout"]["final"], false);
+    assert_eq!(events[0].data["payout"]["stale"], false);
+
+    // Seen again unchanged, or with only the provider's own status moved: no event.
+    store.save_payout(&saved(payout("P1", PayoutStatus::Pending, "PENDING", false), 10), "lookup").await.unwrap();
+    store.save_payout(&saved(payout("P1", PayoutStatus::Pending, "QUEUED", false), 20), "lookup").await.unwrap();
+    assert_eq!(all_events(store.as_ref()).await.len(), 1, "no normalized status change, no event");
+
+    store.save_payout(&saved(payout("P1", PayoutStatus::Succeeded, "SUCCESS", true), 30), "lookup").await.unwrap();
+    let events = all_events(store.as_ref()).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["payout.status_changed", "payout.status_changed", "payout.finalized"]);
+    for e in &events[1..] {
+        assert_eq!(e.data["previous_status"], "pending");
+        assert_eq!(e.data["payout"]["status"], "succeeded");
+        assert_eq!(e.data["payout"]["final"], true);
+        assert_eq!(e.timestamp, t0() + TimeDelta::seconds(30));
+    }
+}
+
+both_stores!(
+    one_balance_changed_per_real_change_in_the_same_write,
+    payout_events_on_first_sight_on_status_changes_and_when_final,
+);
+
+/// The ordering promise with concurrent writers: a transaction holds its event uncommitted
+/// while another writes one; a reader following the feed sees neither until the first commits,
+/// then both, the first first, and never skips one.
+#[tokio::test]
+async fn postgres_a_reader_never_skips_an_event_committed_late() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::postgres().await else { return };
+    let store = migrated(&db).await;
+    let event = |n: u32| NewEvent {
+        kind: "balance.changed",
+        account: "leanx-main".parse().unwrap(),
+        timestamp: t0(),
+        data: json!({"n": n}),
+    };
+    let read_after = |after: Option<i64>| {
+        let store = Arc::clone(&store);
+        async move { store.events(&EventQuery { after, limit: 100, ..Default::default() }).await.unwrap() }
+    };
+
+    // The first writer draws its position and holds its transaction open.
+    let mut first_conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut first = first_conn.begin().await.unwrap();
+    let first_seq = tally::store::postgres::insert_events(&mut first, &[event(1)]).await.unwrap()[0];
+
+    // The second writer, on another connection, starts its transaction and writes its event.
+    let url = db.url().to_owned();
+    let second = tokio::spawn(async move {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let seq = tally::store::postgres::insert_events(&mut tx, &[event(2)]).await.unwrap()[0];
+        tx.commit().await.unwrap();
+        seq
+    });
+    // It waits for the first to end before it may draw a position (visible in pg_locks).
+    let probe = sqlx::PgPool::connect(db.url()).await.unwrap();
+    eventually("the second writer waits for the first", BOUND, || {
+        let probe = probe.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&probe)
+            .await
+            .unwrap();
+            waiting == 1
+        }
+    })
+    .await;
+    assert!(!second.is_finished());
+    assert_eq!(read_after(None).await, vec![], "nothing committed, nothing shown");
+
+    first.commit().await.unwrap();
+    let second_seq = tokio::time::timeout(BOUND, second).await.expect("the second writer goes on").unwrap();
+    assert!(second_seq > first_seq, "positions are drawn in commit order");
+
+    let feed = read_after(None).await;
+    let order: Vec<&Value> = feed.iter().map(|e| &e.data["n"]).collect();
+    assert_eq!(order, [&json!(1), &json!(2)], "every event once, in commit order");
+    let after_first = tally::domain::event::event_seq(&feed[0].id);
+    assert_eq!(read_after(after_first).await.len(), 1, "a reader that saw the first sees the second next");
+}
+
+/// Replicas share the feed: an event committed through one store instance wakes a waiter of
+/// another (`LISTEN tally_events`), not only through its own process's signal.
+#[tokio::test]
+async fn postgres_a_waiter_is_woken_by_another_replica_s_event() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let here = migrated(&db).await;
+    let there = db.store();
+    let mut signal = here.event_signal();
+    let event = NewEvent {
+        kind: "account.recovered",
+        account: "leanx-main".parse().unwrap(),
+        timestamp: t0(),
+        data: json!({}),
+    };
+    // The listener starts with the first subscription: an event committed before its LISTEN
+    // is in place is missed, so events are written until one wakes this replica.
+    let woken = tokio::time::timeout(BOUND, async {
+        loop {
+            there.append_event(&event).await.unwrap();
+            if tokio::time::timeout(Duration::from_millis(500), signal.changed()).await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(woken.is_ok(), "another replica's event wakes this one");
+}
