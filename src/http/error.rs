@@ -57,10 +57,12 @@ error_codes! {
     InvalidTime             => BAD_REQUEST,           "invalid_time";
     InvalidLimit            => BAD_REQUEST,           "invalid_limit";
     InvalidPayoutId         => BAD_REQUEST,           "invalid_payout_id";
+    UnknownEventType        => BAD_REQUEST,           "unknown_event_type";
     PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";
     Unauthorized            => UNAUTHORIZED,          "unauthorized";
     RouteNotFound           => NOT_FOUND,             "route_not_found";
     PayoutNotFound          => NOT_FOUND,             "payout_not_found";
+    EventNotFound           => NOT_FOUND,             "event_not_found";
     MethodNotAllowed        => METHOD_NOT_ALLOWED,    "method_not_allowed";
     RequestTimeout          => REQUEST_TIMEOUT,       "request_timeout";
     PayoutAmbiguous         => CONFLICT,              "payout_ambiguous";

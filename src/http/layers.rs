@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use super::error::{ApiError, ErrorCode, PROBLEM_JSON};
 use crate::config::ServerSettings;
+use crate::service::events::MAX_WAIT;
 use crate::sync::RwLockExt;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -228,7 +229,9 @@ impl Envelope {
                 };
                 Some(permit)
             };
-            within(started + self.backstop, unwinding_to_500(next(request))).await
+            // The feed's long-poll may hold a request open for its `wait` on top.
+            let backstop = if route == "/events" { self.backstop + MAX_WAIT } else { self.backstop };
+            within(started + backstop, unwinding_to_500(next(request))).await
         }
         .instrument(span.clone())
         .await;

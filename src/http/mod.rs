@@ -9,6 +9,7 @@ mod auth;
 pub mod balances;
 mod body_cache;
 pub mod error;
+pub mod events;
 mod layers;
 pub mod ops;
 pub mod payouts;
@@ -98,6 +99,7 @@ impl AppState {
     tags(
         (name = "balances", description = "Balances across providers, with freshness."),
         (name = "payouts", description = "One normalized payout status across providers."),
+        (name = "events", description = "The facts tally observed (balance changes, payout transitions, account health), in a feed."),
         (name = "operations", description = "Health, readiness, accounts and metrics."),
     ),
     modifiers(&SecurityScheme),
@@ -128,6 +130,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(balances::get_balances))
         .routes(routes!(balances::get_history))
         .routes(routes!(payouts::get_payout))
+        .routes(routes!(events::get_events))
+        .routes(routes!(events::get_event))
         .routes(routes!(ops::accounts))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

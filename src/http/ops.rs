@@ -169,4 +169,7 @@ pub(super) fn export_known_series(service: &crate::service::Service) {
         let _ = metrics::histogram!("tally_upstream_latency_seconds", "provider" => provider, "operation" => operation);
     }
     metrics::counter!("tally_http_shed_total").increment(0);
+    for kind in crate::domain::event::EVENT_TYPES {
+        metrics::counter!("tally_events_total", "type" => kind).increment(0);
+    }
 }

@@ -9,9 +9,11 @@ use serde_json::{Value, json};
 use tally::domain::event::NewEvent;
 use tally::domain::{BalanceEntry, Payout, PayoutStatus, Provider, parse_decimal};
 use tally::store::{AccountSnapshot, EventQuery, HistoryQuery, Store, StoredPayout};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::both_stores;
-use crate::helpers::{TestDb, eventually, t0};
+use crate::helpers::{BALANCE_PATH, Script, TestApp, TestDb, eventually, ok, t0};
 
 /// An outer bound for what must happen at once: generous, never asserted as an elapsed time.
 const BOUND: Duration = Duration::from_secs(20);
@@ -145,7 +147,181 @@ async fn payout_events_on_first_sight_on_status_changes_and_when_final(db: &Test
 both_stores!(
     one_balance_changed_per_real_change_in_the_same_write,
     payout_events_on_first_sight_on_status_changes_and_when_final,
+    the_feed_pages_by_cursor_filters_and_bounds_its_limit,
+    the_feed_answers_a_wait_as_soon_as_an_event_lands,
+    a_circuit_opening_raises_unhealthy_once_then_recovered,
+    events_past_retention_are_pruned_by_the_injected_clock,
 );
+
+fn account(id: &str, uri: &str, extra: &str) -> String {
+    format!(
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{uri}\"\nauth_token = \"tok\"\nmax_retries = 0\n{extra}\n"
+    )
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn the_feed_pages_by_cursor_filters_and_bounds_its_limit(db: &TestDb) {
+    let accounts =
+        format!("{}{}", account("feed-a", "http://127.0.0.1:9", ""), account("feed-b", "http://127.0.0.1:9", ""));
+    let app = TestApp::spawn(db.url(), &accounts).await;
+    let store = db.store();
+    store.record_balances(&snapshot("feed-a", t0(), vec![entry("prefund", "1.00")])).await.unwrap();
+    store
+        .record_balances(&snapshot("feed-a", t0() + TimeDelta::seconds(1), vec![entry("prefund", "2.00")]))
+        .await
+        .unwrap();
+    store.record_balances(&snapshot("feed-b", t0(), vec![entry("prefund", "3.00")])).await.unwrap();
+    let p = StoredPayout {
+        account: "feed-a".parse().unwrap(),
+        provider: Provider::Leanx,
+        payout: payout("P9", PayoutStatus::Pending, "PENDING", false),
+        fetched_at: t0(),
+    };
+    store.save_payout(&p, "lookup").await.unwrap();
+
+    let (status, all) = app.get_json("/events").await;
+    assert_eq!(status, 200, "{all}");
+    let every = ids(&all);
+    assert_eq!(every.len(), 4);
+    assert_eq!(all["next"], every[3].as_str());
+    assert_eq!(all["events"][0]["type"], "balance.changed");
+    assert_eq!(all["events"][0]["timestamp"], "2026-11-22T08:00:00Z");
+
+    // Following `next` page by page sees every event once, in order.
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let after = next.as_ref().map(|n| format!("&after={n}")).unwrap_or_default();
+        let (status, page) = app.get_json(&format!("/events?limit=3{after}")).await;
+        assert_eq!(status, 200);
+        let got = ids(&page);
+        if got.is_empty() {
+            assert_eq!(page["next"].as_str(), next.as_deref(), "no event: `next` is the `after` given");
+            break;
+        }
+        seen.extend(got);
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, every);
+
+    let count = |body: &Value| body["events"].as_array().unwrap().len();
+    assert_eq!(count(&app.get_json("/events?type=payout.status_changed").await.1), 1);
+    assert_eq!(count(&app.get_json("/events?account=feed-b").await.1), 1);
+    assert_eq!(count(&app.get_json("/events?account=feed-a,feed-b").await.1), 4);
+    assert_eq!(count(&app.get_json("/events?account=feed-a&account=feed-b").await.1), 4);
+    assert_eq!(count(&app.get_json("/events?type=balance.changed&account=feed-a").await.1), 2);
+    assert_eq!(count(&app.get_json("/events?type=balance.changed,payout.status_changed&account=feed-a").await.1), 3);
+
+    for (query, code) in [
+        ("limit=0", "invalid_limit"),
+        ("limit=1001", "invalid_limit"),
+        ("wait=31", "invalid_query"),
+        ("account=", "invalid_query"),
+        ("type=balance.changed,", "invalid_query"),
+        ("type=balance.exploded", "unknown_event_type"),
+        ("account=nobody", "unknown_account"),
+        ("after=bal_1", "invalid_query"),
+        ("colour=red", "unknown_parameter"),
+    ] {
+        let (status, body) = app.get_json(&format!("/events?{query}")).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{query}: {body}");
+    }
+    assert_eq!(count(&app.get_json("/events?limit=1000").await.1), 4);
+
+    let (status, one) = app.get_json(&format!("/events/{}", every[3])).await;
+    assert_eq!(status, 200);
+    assert_eq!(one["event"], all["events"][3]);
+    assert_eq!(one["deliveries"], json!([]));
+    for unknown in ["evt_9999999999999999999", "nothing"] {
+        let (status, body) = app.get_json(&format!("/events/{unknown}")).await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("event_not_found")));
+    }
+    app.stop().await;
+}
+
+async fn the_feed_answers_a_wait_as_soon_as_an_event_lands(db: &TestDb) {
+    let server = MockServer::start().await;
+    let script = Script::new(vec![ok("1.00", "2.00"), ok("5.00", "2.00")]);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script).mount(&server).await;
+    let id = format!("wait-{}", db.kind());
+    let app = TestApp::spawn(db.url(), &account(&id, &server.uri(), "")).await;
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    let (_, first) = app.get_json("/events").await;
+    let after = first["next"].as_str().unwrap().to_owned();
+
+    // Nothing new: a wait of 0 answers at once with nothing.
+    let (_, none) = app.get_json(&format!("/events?after={after}&wait=0")).await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+
+    // A request waiting (30 s at most), then a change: the answer carries the change.
+    let (http, url) = (app.http.clone(), format!("{}/events?after={after}&wait=30", app.base));
+    let waiting = tokio::spawn(async move {
+        http.get(url).send().await.unwrap().bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()
+    });
+    app.advance(Duration::from_secs(5));
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    let answer = tokio::time::timeout(BOUND, waiting).await.expect("answered when the event landed").unwrap();
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{answer}");
+    assert_eq!(events[0]["data"]["current"]["available"], "5.00");
+    assert_eq!(answer["next"], events[0]["id"]);
+    app.stop().await;
+}
+
+async fn a_circuit_opening_raises_unhealthy_once_then_recovered(db: &TestDb) {
+    let server = MockServer::start().await;
+    let script = Script::new(vec![ResponseTemplate::new(503), ResponseTemplate::new(503), ok("1.00", "2.00")]);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script).mount(&server).await;
+    let id = format!("circuit-{}", db.kind());
+    let extra = "circuit_failure_threshold = 2\ncircuit_cooldown = \"30s\"";
+    let app = TestApp::spawn(db.url(), &account(&id, &server.uri(), extra)).await;
+    for _ in 0..3 {
+        app.get("/balances?max_age=0").await;
+    }
+    let (_, health) = app.get_json("/events?type=account.unhealthy,account.recovered").await;
+    let events = health["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "one opening, one event; a refusal while open raises nothing: {health}");
+    assert_eq!(events[0]["type"], "account.unhealthy");
+    assert_eq!(events[0]["data"]["account"], id.as_str());
+    assert_eq!(events[0]["data"]["provider"], "leanx");
+    assert_eq!(events[0]["data"]["error"]["code"], "upstream_unavailable");
+    assert_eq!(events[0]["data"]["last_success_at"], Value::Null);
+
+    app.advance(Duration::from_secs(31));
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200, "the probe succeeds");
+    app.advance(Duration::from_secs(1));
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    let (_, health) = app.get_json("/events?type=account.unhealthy,account.recovered").await;
+    let events = health["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["account.unhealthy", "account.recovered"], "recovered once, on the first success");
+    assert_eq!(events[1]["data"]["unhealthy_since"], events[0]["timestamp"]);
+    assert_eq!(events[1]["data"]["recovered_at"], json!(t0() + TimeDelta::seconds(31)));
+    app.stop().await;
+}
+
+async fn events_past_retention_are_pruned_by_the_injected_clock(db: &TestDb) {
+    let server = MockServer::start().await;
+    let script = Script::new(vec![ok("1.00", "2.00"), ok("3.00", "2.00")]);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script).mount(&server).await;
+    let id = format!("prune-{}", db.kind());
+    let config = format!("{}\n[events]\nretention = \"1h\"\n", account(&id, &server.uri(), ""));
+    let app = TestApp::spawn(db.url(), &config).await;
+    app.get("/balances?max_age=0").await;
+    assert_eq!(app.service.prune_events().await.unwrap(), 0, "nothing is older than an hour");
+    app.advance(Duration::from_secs(3600 + 1));
+    app.get("/balances?max_age=0").await;
+    assert_eq!(ids(&app.get_json("/events").await.1).len(), 3);
+    assert_eq!(app.service.prune_events().await.unwrap(), 2, "the first fetch's two events are past retention");
+    let (_, kept) = app.get_json("/events").await;
+    let events = kept["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["current"]["available"], "3.00");
+    app.stop().await;
+}
 
 /// The ordering promise with concurrent writers: a transaction holds its event uncommitted
 /// while another writes one; a reader following the feed sees neither until the first commits,
@@ -236,4 +412,46 @@ async fn postgres_a_waiter_is_woken_by_another_replica_s_event() {
     })
     .await;
     assert!(woken.is_ok(), "another replica's event wakes this one");
+}
+
+/// Two replicas on one PostgreSQL: a request waiting on one is answered by a change stored by
+/// the other.
+#[tokio::test]
+async fn postgres_the_feed_wait_is_answered_by_another_replica_s_change() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let server = MockServer::start().await;
+    let script = Script::new(vec![ok("1.00", "2.00"), ok("7.00", "2.00")]);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script).mount(&server).await;
+    let config = account("replica-wait", &server.uri(), "");
+    let (a, b) = (TestApp::spawn(db.url(), &config).await, TestApp::spawn(db.url(), &config).await);
+    a.get("/balances?max_age=0").await;
+    let after = a.get_json("/events").await.1["next"].as_str().unwrap().to_owned();
+    let (http, url) = (a.http.clone(), format!("{}/events?after={after}&wait=30", a.base));
+    let waiting = tokio::spawn(async move {
+        http.get(url).send().await.unwrap().bytes().await.map(|b| serde_json::from_slice::<Value>(&b).unwrap()).unwrap()
+    });
+    b.advance(Duration::from_secs(5));
+    assert_eq!(b.get("/balances?max_age=0").await.status(), 200);
+    let answer = tokio::time::timeout(BOUND, waiting).await.expect("answered when the event landed").unwrap();
+    assert_eq!(answer["events"][0]["data"]["current"]["available"], "7.00", "{answer}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two replicas fail in turn: the shared circuit opens once, and one event says so.
+#[tokio::test]
+async fn postgres_one_opening_across_replicas_raises_one_event() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(ResponseTemplate::new(503)).mount(&server).await;
+    let config = account("replica-circuit", &server.uri(), "circuit_failure_threshold = 2\ncircuit_cooldown = \"30s\"");
+    let (a, b) = (TestApp::spawn(db.url(), &config).await, TestApp::spawn(db.url(), &config).await);
+    a.get("/balances?max_age=0").await;
+    b.get("/balances?max_age=0").await;
+    a.get("/balances?max_age=0").await;
+    b.get("/balances?max_age=0").await;
+    let (_, feed) = a.get_json("/events?type=account.unhealthy").await;
+    assert_eq!(feed["events"].as_array().unwrap().len(), 1, "{feed}");
+    a.stop().await;
+    b.stop().await;
 }
