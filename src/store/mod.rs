@@ -13,6 +13,10 @@
 //! Balance figures are kept as change points: a new row only when an
 //! `(account, wallet, currency)` figure set changes, otherwise the row's `last_confirmed_at`
 //! moves. The latest fetch of an account is the set of rows confirmed at its `fetched_at`.
+//!
+//! Events (`domain::event`) are written in the transaction of the change they report (a new
+//! change point, a payout's new status), as its last step; their position in the feed is
+//! commit order on both backends (see [`postgres::insert_events`]).
 
 pub mod cluster;
 pub mod decide;

@@ -144,7 +144,51 @@ async fn payout_events_on_first_sight_on_status_changes_and_when_final(db: &Test
     }
 }
 
+/// Runs one statement on the test database, beside the store (as an operator's client would).
+async fn execute(db: &TestDb, sql: &'static str) {
+    use sqlx::Connection;
+    match db.kind() {
+        "sqlite" => {
+            let mut conn = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        _ => {
+            let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+    }
+}
+
+/// A change whose event cannot be written is not stored either: the change point, the
+/// payout's new status and their events commit together or not at all.
+async fn a_change_is_never_stored_without_its_event(db: &TestDb) {
+    let store = migrated(db).await;
+    store.record_balances(&snapshot("leanx-main", t0(), vec![entry("prefund", "1.00")])).await.unwrap();
+    let history = || async { store.balance_history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap() };
+    assert_eq!(history().await.len(), 1);
+
+    // The events table refuses every write (gone): the writes that would raise an event fail
+    // whole, and those that raise none still go through.
+    execute(db, "DROP TABLE events").await;
+    let changed = snapshot("leanx-main", t0() + TimeDelta::seconds(10), vec![entry("prefund", "2.00")]);
+    assert!(store.record_balances(&changed).await.is_err(), "the event could not be written");
+    assert_eq!(history().await.len(), 1, "so the change point was not stored either");
+    let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(latest.fetched_at, t0(), "nor the snapshot");
+    let unchanged = snapshot("leanx-main", t0() + TimeDelta::seconds(20), vec![entry("prefund", "1.00")]);
+    store.record_balances(&unchanged).await.expect("an unchanged figure writes no event");
+    let p = StoredPayout {
+        account: "leanx-main".parse().unwrap(),
+        provider: Provider::Leanx,
+        payout: payout("P7", PayoutStatus::Pending, "PENDING", false),
+        fetched_at: t0(),
+    };
+    assert!(store.save_payout(&p, "lookup").await.is_err());
+    assert_eq!(store.find_payout(&"leanx-main".parse().unwrap(), "P7").await.unwrap(), None, "nor the payout");
+}
+
 both_stores!(
+    a_change_is_never_stored_without_its_event,
     one_balance_changed_per_real_change_in_the_same_write,
     payout_events_on_first_sight_on_status_changes_and_when_final,
     the_feed_pages_by_cursor_filters_and_bounds_its_limit,
