@@ -14,3 +14,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_account ON events (account, seq);
 CREATE INDEX events_timestamp ON events (timestamp);
+
+-- When each account's circuit first opened in its current run of failures (opened_at moves
+-- at each failed probe; this stays): account.recovered's unhealthy_since. NULL while closed.
+ALTER TABLE fetch_failures ADD COLUMN unhealthy_since TIMESTAMPTZ;

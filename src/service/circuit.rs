@@ -33,11 +33,14 @@ pub struct Circuit {
     policy: CircuitPolicy,
     consecutive_failures: u32,
     opened_at: Option<DateTime<Utc>>,
+    /// When the circuit first opened in this run of failures (`opened_at` moves at each failed
+    /// probe; this stays until a success).
+    unhealthy_since: Option<DateTime<Utc>>,
 }
 
 impl Circuit {
     pub fn new(policy: CircuitPolicy) -> Self {
-        Self { policy, consecutive_failures: 0, opened_at: None }
+        Self { policy, consecutive_failures: 0, opened_at: None, unhealthy_since: None }
     }
 
     fn reopens_at(&self) -> Option<DateTime<Utc>> {
@@ -66,15 +69,22 @@ impl Circuit {
         self.opened_at
     }
 
+    /// When the circuit first opened in this run of failures; `None` while it is closed.
+    pub fn unhealthy_since(&self) -> Option<DateTime<Utc>> {
+        self.unhealthy_since
+    }
+
     pub fn on_success(&mut self) {
         self.consecutive_failures = 0;
         self.opened_at = None;
+        self.unhealthy_since = None;
     }
 
     /// Takes the circuit as the cluster recorded it (replicas sharing a store).
     pub fn adopt(&mut self, consecutive_failures: u32, opened_at: Option<DateTime<Utc>>) {
         self.consecutive_failures = consecutive_failures;
         self.opened_at = opened_at;
+        self.unhealthy_since = opened_at.and(self.unhealthy_since.or(opened_at));
     }
 
     pub fn on_failure(&mut self, now: DateTime<Utc>) {
@@ -82,6 +92,7 @@ impl Circuit {
         // A failed probe re-opens at once; a closed circuit opens at the threshold.
         if self.opened_at.is_some() || self.consecutive_failures >= self.policy.failure_threshold {
             self.opened_at = Some(now);
+            self.unhealthy_since.get_or_insert(now);
         }
     }
 }
@@ -111,7 +122,9 @@ mod tests {
         assert!(c.allow(later).is_ok());
         c.on_failure(later);
         assert_eq!(c.state(later), CircuitState::Open, "a failed probe re-opens the circuit");
+        assert_eq!(c.unhealthy_since(), Some(t0), "unhealthy since the first opening");
         c.on_success();
+        assert_eq!(c.unhealthy_since(), None);
         assert_eq!(c.state(later), CircuitState::Closed);
     }
 

@@ -122,7 +122,7 @@ impl Service {
                 });
                 self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
-                let was_open = account.circuit.locked().opened_at();
+                let was_open = account.circuit.locked().unhealthy_since();
                 account.circuit.locked().on_success();
                 account.health.locked().last_success_at = Some(now);
                 // Alone, the recovery is this process's to raise; with replicas the store

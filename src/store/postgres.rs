@@ -260,9 +260,10 @@ impl Store for PostgresStore {
         // The shared circuit closes; the one write that closes an open one raises
         // `account.recovered` (the row lock makes it one, however many replicas succeed).
         let was_open: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
-            "UPDATE fetch_failures f SET consecutive_failures = 0, opened_at = NULL
-             FROM (SELECT account, opened_at FROM fetch_failures WHERE account = $1 FOR UPDATE) old
-             WHERE f.account = old.account RETURNING old.opened_at",
+            "UPDATE fetch_failures f SET consecutive_failures = 0, opened_at = NULL, unhealthy_since = NULL
+             FROM (SELECT account, opened_at, unhealthy_since FROM fetch_failures WHERE account = $1 FOR UPDATE) old
+             WHERE f.account = old.account
+             RETURNING CASE WHEN old.opened_at IS NOT NULL THEN COALESCE(old.unhealthy_since, old.opened_at) END",
         )
         .bind(snapshot.account.as_str())
         .fetch_optional(&mut *tx)
@@ -564,13 +565,19 @@ impl Cluster for PostgresCluster {
         // One statement, so concurrent failures (replicas fetching alone while the store was
         // unreachable) each count once.
         let row = sqlx::query(
-            "INSERT INTO fetch_failures (account, code, message, upstream_status, failed_at, consecutive_failures, opened_at)
-             VALUES ($1, $2, $3, $4, $5, 1, CASE WHEN $6::integer <= 1 THEN $5::timestamptz END)
+            "INSERT INTO fetch_failures (account, code, message, upstream_status, failed_at, consecutive_failures, opened_at,
+                                         unhealthy_since)
+             VALUES ($1, $2, $3, $4, $5, 1, CASE WHEN $6::integer <= 1 THEN $5::timestamptz END,
+                     CASE WHEN $6::integer <= 1 THEN $5::timestamptz END)
              ON CONFLICT (account) DO UPDATE SET code = $2, message = $3, upstream_status = $4, failed_at = $5,
                  consecutive_failures = fetch_failures.consecutive_failures + 1,
                  opened_at = CASE WHEN fetch_failures.opened_at IS NOT NULL
                                     OR fetch_failures.consecutive_failures + 1 >= $6::integer
-                                  THEN $5::timestamptz END
+                                  THEN $5::timestamptz END,
+                 unhealthy_since = CASE WHEN fetch_failures.opened_at IS NOT NULL
+                                          OR fetch_failures.consecutive_failures + 1 >= $6::integer
+                                        THEN COALESCE(fetch_failures.unhealthy_since, fetch_failures.opened_at,
+                                                      $5::timestamptz) END
              RETURNING code, message, upstream_status, failed_at, consecutive_failures, opened_at",
         )
         .bind(account.as_str())
