@@ -216,10 +216,16 @@ fn errors_never_echo_secret_values() {
             "accounts[0].base_url",
         ),
         ("[store]\nurl = \"postgres://u@db/x?passwrd=hunter2\"", "store.url"),
+        // A credential typed without quotes, or into a key of another type.
+        ("[[accounts]]\nid = \"a\"\nprovider = \"luxtak\"\napp_id = 4711000123\napp_key = \"k\"", "accounts[0].app_id"),
+        (
+            "[[accounts]]\nid = \"a\"\nprovider = \"ibanera\"\nusername = \"u\"\npassword = \"p\"\ntotp_secret = \"JBSWY3DPEHPK3PXP\"\npage_size = \"hunter2\"",
+            "accounts[0].page_size",
+        ),
     ] {
         let e = error_of(toml);
         assert_eq!(e.key, key);
-        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("4711000123"), "{e}");
     }
 }
 

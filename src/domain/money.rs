@@ -48,10 +48,17 @@ impl fmt::Display for Currency {
 
 /// Parses a decimal written as text, keeping its scale (`"13.00"` stays `13.00`).
 /// Accepts exponent notation too, because a JSON number may legally be written `1.5E+3`.
+/// An amount of 10^20 or more is refused: no balance or payout is that large, and below it any
+/// sum of amounts tally makes (a currency's total over every entry) stays within what a
+/// decimal holds, so the arithmetic on amounts from outside cannot overflow.
 pub fn parse_decimal(s: &str) -> Result<Decimal, rust_decimal::Error> {
     let s = s.trim();
-    if s.contains(['e', 'E']) { Decimal::from_scientific(s) } else { Decimal::from_str_exact(s) }
+    let d = if s.contains(['e', 'E']) { Decimal::from_scientific(s) } else { Decimal::from_str_exact(s) }?;
+    if d.abs() >= MAX_AMOUNT { Err(rust_decimal::Error::ExceedsMaximumPossibleValue) } else { Ok(d) }
 }
+
+/// The bound of [`parse_decimal`]: 10^20.
+const MAX_AMOUNT: Decimal = Decimal::from_parts(1_661_992_960, 1_808_227_885, 5, false, 0);
 
 /// Deserializes a JSON *number* (or a numeric string) into a [`Decimal`] from its literal
 /// text, so the value never passes through `f64`: `90071992547409.93` stays exact.
@@ -120,5 +127,14 @@ mod tests {
         assert_eq!("usdc".parse::<Currency>().unwrap().as_str(), "USDC");
         assert!("M".parse::<Currency>().is_err());
         assert!("US D".parse::<Currency>().is_err());
+    }
+
+    #[test]
+    fn amounts_of_a_hundred_quintillion_or_more_are_refused() {
+        assert_eq!(MAX_AMOUNT.to_string(), "100000000000000000000");
+        assert!(parse_decimal("99999999999999999999.99").is_ok());
+        for huge in ["100000000000000000000", "-1e20", "79228162514264337593543950335", "1E+25"] {
+            assert!(parse_decimal(huge).is_err(), "{huge}");
+        }
     }
 }

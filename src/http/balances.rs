@@ -127,7 +127,7 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     tag = "balances",
     params(
         ("account" = Option<String>, Query, description = "Only this account."),
-        ("wallet" = Option<String>, Query, description = "Only this wallet. Like every query value, it may not hold a control character (U+0000-U+001F, U+007F-U+009F): `invalid_query`."),
+        ("wallet" = Option<String>, Query, description = "Only this wallet. Like every query value, it may not hold a control character (U+0000-U+001F, U+007F-U+009F): `invalid_query`.", pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"),
         ("currency" = Option<String>, Query, description = "Only this currency."),
         ("from" = Option<String>, Query, description = "RFC 3339 start: points still confirmed at or after this time.", format = DateTime),
         ("to" = Option<String>, Query, description = "RFC 3339 end: points first seen at or before this time.", format = DateTime),

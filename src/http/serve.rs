@@ -3,14 +3,15 @@
 //! `server.header_read_timeout` (its own timer, which axum::serve leaves unset); a connection
 //! with no request in flight and no bytes moving for `server.idle_timeout` is closed here
 //! (hyper has no idle timeout: this covers HTTP/2, and a connection that never gets past
-//! hyper's protocol detection). At shutdown, connections with no request in flight are closed
-//! at once (a half-sent request head does not hold the exit); the others finish their
-//! requests and close.
+//! hyper's protocol detection). At shutdown, a connection receiving a request head is closed
+//! at once (a half-sent head does not hold the exit); the others are shut down gracefully by
+//! hyper: idle ones close at once, the rest finish their requests and the answers still being
+//! written, then close.
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -97,8 +98,11 @@ impl Connection {
                     return;
                 }
                 changed = stop.wait_for(|stop| *stop), if !stopping => {
-                    // Nothing in flight: no answer to finish, so nothing to wait for.
-                    if changed.is_err() || activity.in_flight() == 0 {
+                    // A request head arriving (perhaps half sent, perhaps never finished) is
+                    // owed nothing: close now. Otherwise hyper finishes what it owes (a
+                    // request in flight, or an answer still being written after its handler
+                    // returned) and closes, at once when the connection is idle.
+                    if changed.is_err() || (activity.in_flight() == 0 && activity.reading.load(Ordering::Relaxed)) {
                         return;
                     }
                     conn.as_mut().graceful_shutdown();
@@ -122,11 +126,19 @@ struct Activity {
     /// Milliseconds after `born`.
     last: AtomicU64,
     in_flight: AtomicUsize,
+    /// Bytes arrived since the last request was answered: the head of the next one, perhaps
+    /// only half sent. Nothing is owed to it at shutdown.
+    reading: AtomicBool,
 }
 
 impl Activity {
     fn new() -> Self {
-        Self { born: Instant::now(), last: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Self {
+            born: Instant::now(),
+            last: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            reading: AtomicBool::new(false),
+        }
     }
 
     fn touch(&self) {
@@ -171,6 +183,9 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = buf.filled().len() > before;
+        if read {
+            self.activity.reading.store(true, Ordering::Relaxed);
+        }
         self.moved(poll, read)
     }
 }
@@ -223,6 +238,7 @@ impl tower::Service<hyper::Request<hyper::body::Incoming>> for Counted {
 
     fn call(&mut self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.activity.reading.store(false, Ordering::Relaxed);
         let answer = tower::Service::call(&mut self.inner, request.map(axum::body::Body::new));
         InFlight { answer, activity: Arc::clone(&self.activity) }
     }
@@ -245,6 +261,7 @@ impl<F: Future + Unpin> Future for InFlight<F> {
 impl<F> Drop for InFlight<F> {
     fn drop(&mut self) {
         self.activity.touch();
+        self.activity.reading.store(false, Ordering::Relaxed);
         self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -80,10 +80,8 @@ impl UpstreamResponse {
     /// Parses the body as the documented JSON; anything else (an HTML error page, a truncated
     /// body) is classified by [`UpstreamError::from_undocumented_body`].
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, UpstreamError> {
-        crate::domain::check_depth(&self.body).map_err(|e| {
-            UpstreamError::invalid_response(format!("the provider's answer is not usable JSON: {e}"))
-                .with_status(self.status)
-        })?;
+        // Too deep is undocumented too: a gateway's 401 stays an auth failure, whatever its body.
+        crate::domain::check_depth(&self.body).map_err(|e| UpstreamError::from_undocumented_body(self.status, &e))?;
         serde_json::from_slice(&self.body).map_err(|e| UpstreamError::from_undocumented_body(self.status, &e))
     }
 

@@ -155,7 +155,7 @@ impl<S: ProviderSettings> Registered for S {
 fn read<'de, S: ProviderSettings, D: Deserializer<'de>>(settings: D) -> Result<S, SettingError> {
     let settings: S = serde_path_to_error::deserialize(settings).map_err(|e| {
         let path = e.path().to_string();
-        let problem = e.into_inner().to_string();
+        let problem = without_value(e.into_inner().to_string());
         // serde reports a missing field at its struct; name the field itself.
         match problem.strip_prefix("missing field `").and_then(|f| f.strip_suffix('`')) {
             Some(field) => SettingError::new(field, format!("is required for provider {}", S::PROVIDER)),
@@ -165,6 +165,23 @@ fn read<'de, S: ProviderSettings, D: Deserializer<'de>>(settings: D) -> Result<S
     })?;
     settings.check()?;
     Ok(settings)
+}
+
+/// serde's type errors quote the value (``invalid type: integer `1234567`, expected a
+/// string``), and the value may be a credential typed without quotes or into the wrong key:
+/// keep only what was expected.
+fn without_value(problem: String) -> String {
+    let kind = if problem.starts_with("invalid type: ") {
+        "has the wrong type"
+    } else if problem.starts_with("invalid value: ") || problem.starts_with("invalid length ") {
+        "is not a valid value"
+    } else {
+        return problem;
+    };
+    match problem.split_once(", expected ") {
+        Some((_, expected)) => format!("{kind}: expected {expected}"),
+        None => kind.to_owned(),
+    }
 }
 
 impl ProviderConfig {

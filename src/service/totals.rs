@@ -50,9 +50,17 @@ pub fn totals<'a>(entries: impl IntoIterator<Item = (&'a BalanceEntry, bool)>) -
     by_currency.into_values().collect()
 }
 
+/// Adds a figure to its sum. Amounts from outside are below 10^20 (`domain::parse_decimal`),
+/// so no real number of entries reaches what a decimal holds (about 7.9e28); were it reached,
+/// the sum saturates rather than panic the answer.
 fn add(sum: &mut Option<Decimal>, figure: Option<Decimal>) {
     if let Some(figure) = figure {
-        *sum = Some(sum.unwrap_or(Decimal::ZERO) + figure);
+        let base = sum.unwrap_or(Decimal::ZERO);
+        *sum = Some(base.checked_add(figure).unwrap_or(if figure.is_sign_negative() {
+            Decimal::MIN
+        } else {
+            Decimal::MAX
+        }));
     }
 }
 

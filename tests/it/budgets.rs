@@ -262,6 +262,9 @@ async fn background_refresh_draws_from_the_budget() {
     let app = TestApp::spawn(db.url(), &account(id, &upstream.uri(), extra)).await;
     let mut checks = app.service.account(&id.parse().unwrap()).unwrap().background_checks();
     eventually("the first refresh, at start", Duration::from_secs(10), || async { calls(&upstream).await == 1 }).await;
+    // The call reached the fake; its figure is stamped when the answer is read. Moving the
+    // clock before that would stamp it a second later, and no refresh would come due.
+    more_checks(&mut checks, 1).await;
     app.advance(Duration::from_secs(1));
     let denied = format!("tally_upstream_budget_denied_total{{account=\"{id}\"}}");
     eventually("a due refresh is refused by the budget", Duration::from_secs(10), || async {

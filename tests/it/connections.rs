@@ -96,3 +96,57 @@ async fn http2_is_still_served() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
 }
+
+/// A response still being written when shutdown comes is written to its end: its request
+/// counts as in flight until its body is sent, not only until the handler returns.
+#[tokio::test]
+async fn shutdown_finishes_writing_a_response_to_a_slow_reader() {
+    let db = TestDb::sqlite();
+    // Eight accounts whose raw payloads (2 MB less a little each) make a 15 MB answer: more
+    // than the kernel buffers on both ends hold, so the server is still writing at shutdown.
+    let body = crate::helpers::leanx_body("1.00", "2.00");
+    let padded = body.replacen('{', &format!(r#"{{"padding":"{}","#, "x".repeat(1_900_000)), 1);
+    let upstream =
+        crate::helpers::leanx(wiremock::ResponseTemplate::new(200).set_body_raw(padded, "application/json")).await;
+    let accounts: String = (0..8)
+        .map(|i| {
+            format!(
+                "[[accounts]]\nid = \"a{i}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n",
+                upstream.uri()
+            )
+        })
+        .collect();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nshutdown_timeout = \"1h\"\n[store]\nurl = \"{}\"\n{accounts}",
+        db.url()
+    );
+    let app = tally::app::Application::build(tally::config::from_toml(&toml).unwrap()).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    // A slow reader: a small receive window, and nothing read until the answer has begun.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    slow.write_all(b"GET /balances?include=raw HTTP/1.1\r\nHost: tally\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 1024];
+    let n = tokio::time::timeout(NEVER, slow.read(&mut first)).await.expect("the answer begins").unwrap();
+    let head = String::from_utf8_lossy(&first[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    stop.send(()).unwrap();
+    let mut answer = first[..n].to_vec();
+    answer.extend(until_closed(&mut slow, "the answer being written at shutdown").await);
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
+        .expect("a content length");
+    assert!(length > 15_000_000, "a large answer: {length} bytes");
+    assert_eq!(body.len(), length, "the whole answer was written before the connection closed");
+    tokio::time::timeout(NEVER, running).await.expect("tally stops once the answer is written").unwrap().unwrap();
+}

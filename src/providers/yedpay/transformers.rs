@@ -79,7 +79,13 @@ pub fn balance_entry(company_id: &str, asked: &Currency, b: &YedpayBalance) -> R
         currency,
         available: Some(amount("available_balance", &b.available_balance)?),
         pending: Some(amount("ledger_balance", &b.ledger_balance)?),
-        reserved: Some(amount("locked_balance", &b.locked_balance)? + amount("holding_balance", &b.holding_balance)?),
+        reserved: Some(
+            amount("locked_balance", &b.locked_balance)?
+                .checked_add(amount("holding_balance", &b.holding_balance)?)
+                .ok_or_else(|| {
+                    UpstreamError::invalid_response("Yedpay's locked and holding balances overflow a decimal")
+                })?,
+        ),
         total: Some(amount("total_balance", &b.total_balance)?),
         blocked: false,
     })
