@@ -52,11 +52,14 @@ pub struct Settings {
     pub accounts: Vec<AccountConfig>,
 }
 
-/// `[events]`: how long events are kept.
+/// `[events]`: how long events are kept, and how long a feed request may wait.
 #[derive(Debug, Clone)]
 pub struct EventsSettings {
     /// Events observed longer ago than this are pruned (default 30 days).
     pub retention: Duration,
+    /// The longest a feed request's `wait` holds it open (default and at most 30 s): lower
+    /// behind a proxy that cuts idle requests sooner. A longer `wait` is answered at this bound.
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone)]

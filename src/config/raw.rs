@@ -26,6 +26,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawEvents {
     pub retention: Option<String>,
+    pub max_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -176,6 +176,8 @@ fn each_bad_config_names_its_key() {
         ("[events]\nretention = \"0s\"", "events.retention", "longer than zero"),
         ("[events]\nretention = \"366d\"", "events.retention", "at most 365 days"),
         ("[events]\nretention = \"a month\"", "events.retention", "not a duration"),
+        ("[events]\nmax_wait = \"31s\"", "events.max_wait", "at most 30s"),
+        ("[events]\nmax_wait = \"0s\"", "events.max_wait", "longer than zero"),
         ("[events]\nretension = \"30d\"", "events.retension", "unknown field `retension`"),
         ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
         ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),

@@ -33,8 +33,15 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             Ok(account)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let events =
-        EventsSettings { retention: duration("events.retention", raw.events.retention.as_deref(), "30d", true)? };
+    let events = EventsSettings {
+        retention: duration("events.retention", raw.events.retention.as_deref(), "30d", true)?,
+        max_wait: match duration("events.max_wait", raw.events.max_wait.as_deref(), "30s", true)? {
+            w if w > Duration::from_secs(30) => {
+                return Err(ConfigError::new("events.max_wait", "must be at most 30s (the feed's longest wait)"));
+            }
+            w => w,
+        },
+    };
     Ok(Settings {
         server,
         store,

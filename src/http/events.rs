@@ -87,7 +87,7 @@ pub struct EventResponse {
         ("type" = Option<Vec<String>>, Query, description = "Only these types (repeatable or comma-separated).", explode = true),
         ("account" = Option<Vec<String>>, Query, description = "Only events of these accounts (repeatable or comma-separated).", explode = true),
         ("limit" = Option<u32>, Query, description = "At most this many events (1-1000, default 100).", minimum = 1, maximum = 1000),
-        ("wait" = Option<u32>, Query, description = "Seconds (0-30) to hold the request open when there is no event yet: it answers as soon as one lands.", minimum = 0, maximum = 30),
+        ("wait" = Option<u32>, Query, description = "Seconds (0-30) to hold the request open when there is no event yet: it answers as soon as one lands, or with no event when the wait (or the instance's `[events] max_wait`, if lower) has passed.", minimum = 0, maximum = 30),
     ),
     responses(
         (status = 200, description = "The events after the cursor, and the cursor of the next page.", body = FeedResponse),

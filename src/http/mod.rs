@@ -244,8 +244,11 @@ fn constrain_parameters(value: &mut serde_json::Value, instance: &Instance) {
         }
     };
     let payout_account = account(&instance.payout_account_ids);
-    let constraints: [(&str, Value); 5] = [
+    let constraints: [(&str, Value); 7] = [
         ("account", account(&instance.account_ids)),
+        ("type", json!({"type": "string", "enum": crate::domain::event::EVENT_TYPES})),
+        // Event ids as tally writes them, at most 18 significant digits (within i64).
+        ("after", json!({"type": "string", "pattern": "^evt_0*[0-9]{1,18}$"})),
         ("currency", json!({"type": "string", "pattern": "^[A-Za-z0-9]{2,12}$"})),
         ("include", json!({"type": "string", "enum": ["raw"]})),
         ("max_age", json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})),

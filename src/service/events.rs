@@ -27,9 +27,9 @@ const MAX_PRUNE_BATCHES: u32 = 100;
 impl Service {
     /// The feed: the events the query selects, oldest first. With `wait`, an empty answer is
     /// held until an event lands (in this process, or with PostgreSQL in any replica) or
-    /// `wait` (at most [`MAX_WAIT`]) passes.
+    /// `wait` (at most [`MAX_WAIT`], and `[events] max_wait`) passes.
     pub async fn events(&self, query: &EventQuery, wait: Duration) -> Result<Vec<Event>, StoreError> {
-        let until = Instant::now() + wait.min(MAX_WAIT);
+        let until = Instant::now() + wait.min(MAX_WAIT).min(self.events_max_wait);
         // Subscribed before the first read: an event committed after that read wakes the wait.
         let mut signal = self.store.event_signal();
         loop {

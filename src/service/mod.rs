@@ -189,6 +189,8 @@ pub struct Service {
     request_timeout: Duration,
     /// `[events] retention`: how long events are kept.
     events_retention: Duration,
+    /// `[events] max_wait`: the longest a feed request waits.
+    events_max_wait: Duration,
     /// Present when replicas share the store (PostgreSQL): whether another replica may hold
     /// newer figures or an account's lease.
     cluster: Option<cluster::GuardedCluster>,
@@ -239,6 +241,7 @@ impl Service {
             fetch_permits: Arc::new(Semaphore::new(settings.server.max_concurrent_fetches)),
             request_timeout: settings.server.request_timeout,
             events_retention: settings.events.retention,
+            events_max_wait: settings.events.max_wait,
             fetches: Default::default(),
             payout_lookups: Default::default(),
         })

@@ -315,6 +315,17 @@ async fn the_feed_answers_a_wait_as_soon_as_an_event_lands(db: &TestDb) {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn events_max_wait_answers_a_longer_wait_empty_at_its_bound() {
+    let db = TestDb::sqlite();
+    // With the default (30 s) this request would outlast the outer bound below.
+    let app = TestApp::spawn(db.url(), "[events]\nmax_wait = \"1s\"\n").await;
+    let answered = tokio::time::timeout(BOUND, app.get_json("/events?wait=30")).await;
+    let (status, body) = answered.expect("answered at max_wait, not after the 30 s asked");
+    assert_eq!(status, 200);
+    assert_eq!(ids(&body), Vec::<String>::new());
+}
+
 async fn a_circuit_opening_raises_unhealthy_once_then_recovered(db: &TestDb) {
     let server = MockServer::start().await;
     let failure = ResponseTemplate::new(503);
