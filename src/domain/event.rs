@@ -39,6 +39,13 @@ pub fn event_id(seq: i64) -> String {
     format!("evt_{seq:019}")
 }
 
+impl NewEvent {
+    /// The event as stored at feed position `seq`.
+    pub fn stored(&self, seq: i64) -> Event {
+        Event { id: event_id(seq), kind: self.kind.to_owned(), timestamp: self.timestamp, data: self.data.clone() }
+    }
+}
+
 /// The feed position of an event id; `None` for anything [`event_id`] does not make.
 pub fn event_seq(id: &str) -> Option<i64> {
     let digits = id.strip_prefix("evt_")?;

@@ -447,12 +447,7 @@ impl Store for PostgresStore {
         let seqs = insert_events(&mut tx, std::slice::from_ref(event)).await?;
         tx.commit().await?;
         announce(&self.events, std::slice::from_ref(event));
-        Ok(Event {
-            id: crate::domain::event::event_id(seqs[0]),
-            kind: event.kind.to_owned(),
-            timestamp: event.timestamp,
-            data: event.data.clone(),
-        })
+        Ok(event.stored(seqs[0]))
     }
 
     async fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
