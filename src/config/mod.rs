@@ -100,6 +100,25 @@ pub struct AuthSettings {
 pub struct ApiKey {
     pub name: String,
     pub sha256: [u8; 32],
+    pub role: Role,
+}
+
+/// What a key may do (SPEC §5): `read` every `GET` (and the reads made by a `POST`, such as
+/// watching a payout); `operate` also the actions of §8 (redeliver, recover, test a webhook).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    #[default]
+    Read,
+    Operate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

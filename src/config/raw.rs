@@ -77,6 +77,7 @@ pub struct RawAuth {
 pub struct RawApiKey {
     pub name: String,
     pub sha256: String,
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

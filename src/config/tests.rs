@@ -19,7 +19,10 @@ timeout = "2500ms"
 refresh_interval = "1m"
 
 [auth]
-api_keys = [{ name = "grafana", sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" }]
+api_keys = [
+  { name = "grafana", sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" },
+  { name = "oncall", sha256 = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752", role = "operate" },
+]
 
 [metrics]
 require_auth = true
@@ -61,6 +64,8 @@ fn a_full_valid_file_loads_with_defaults_and_overrides() {
     assert_eq!(s.server.max_concurrent_fetches, 16);
     assert_eq!(s.store.max_connections, 20);
     assert_eq!(s.auth.api_keys[0].name, "grafana");
+    assert_eq!(s.auth.api_keys[0].role, crate::config::Role::Read, "read is the default role");
+    assert_eq!(s.auth.api_keys[1].role, crate::config::Role::Operate);
     assert!(s.metrics.require_auth);
     assert_eq!(s.accounts.len(), 4);
     let leanx = &s.accounts[0];
@@ -154,6 +159,11 @@ fn each_bad_config_names_its_key() {
             "base32",
         ),
         ("[auth]\napi_keys = [{ name = \"x\", sha256 = \"abc\" }]", "auth.api_keys[0].sha256", "hex SHA-256"),
+        (
+            "[auth]\napi_keys = [{ name = \"x\", sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\", role = \"admin\" }]",
+            "auth.api_keys[0].role",
+            "`read` or `operate`",
+        ),
         ("[store]\nurl = \"mysql://x\"", "store.url", "must start with"),
         ("[store]\nurl = \"postgres://u@db/x?sslmod=require\"", "store.url", "unknown connection parameter `sslmod`"),
         ("[server]\nmax_concurrent_fetches = 0", "server.max_concurrent_fetches", "at least 1"),

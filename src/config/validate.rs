@@ -143,7 +143,14 @@ fn auth(raw: &RawConfig) -> Result<AuthSettings, ConfigError> {
                     "must be the 64-character hex SHA-256 digest of the key (see `tally hash-key`)",
                 )
             })?;
-            Ok(ApiKey { name: k.name.clone(), sha256 })
+            let role = match k.role.as_deref().map(str::trim) {
+                None | Some("read") => Role::Read,
+                Some("operate") => Role::Operate,
+                Some(_) => {
+                    return Err(ConfigError::new(format!("auth.api_keys[{i}].role"), "must be `read` or `operate`"));
+                }
+            };
+            Ok(ApiKey { name: k.name.clone(), sha256, role })
         })
         .collect::<Result<_, _>>()?;
     Ok(AuthSettings { api_keys, allow_anonymous: raw.auth.allow_anonymous })

@@ -60,6 +60,7 @@ error_codes! {
     UnknownEventType        => BAD_REQUEST,           "unknown_event_type";
     PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";
     Unauthorized            => UNAUTHORIZED,          "unauthorized";
+    Forbidden               => FORBIDDEN,             "forbidden";
     RouteNotFound           => NOT_FOUND,             "route_not_found";
     PayoutNotFound          => NOT_FOUND,             "payout_not_found";
     EventNotFound           => NOT_FOUND,             "event_not_found";
