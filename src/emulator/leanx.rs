@@ -6,12 +6,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::data::{LEANX_PAYOUTS, LeanxPayout, leanx_pools};
 use super::{Emulated, Shared, credentials, json};
 use crate::domain::Provider;
+use crate::sync::MutexExt;
 
 /// This emulator's registration (see [`super::EMULATORS`]).
 pub(super) const EMULATED: Emulated =
@@ -54,7 +55,10 @@ fn too_many_requests() -> Response {
 
 async fn balance(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let Some(token) = token(&headers) else { return invalid_token() };
-    let (transaction, prefund) = leanx_pools(token, shared.minute()).expect("known tokens have pools");
+    let (transaction, mut prefund) = leanx_pools(token, shared.minute()).expect("known tokens have pools");
+    if let Some(held) = shared.leanx_prefund.locked().get(token) {
+        prefund = *held;
+    }
     json(
         StatusCode::OK,
         format!(
@@ -94,4 +98,45 @@ fn payout_body(p: &LeanxPayout) -> String {
         value = p.value,
         created = p.created_at,
     )
+}
+
+/// `PUT /_control/leanx/prefund`: `{"value": "120.00", "account": "main"}` holds the prefund
+/// pool of the demo's `leanx-main` (or `"ops"`: `leanx-ops`) at `value` until reset.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HeldPrefund {
+    value: String,
+    #[serde(default)]
+    account: Option<String>,
+}
+
+fn demo_token(account: Option<&str>) -> Option<&'static str> {
+    match account.unwrap_or("main") {
+        "main" | "leanx-main" => Some(credentials::LEANX_MAIN_TOKEN),
+        "ops" | "leanx-ops" => Some(credentials::LEANX_OPS_TOKEN),
+        _ => None,
+    }
+}
+
+pub(super) async fn put_prefund(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let bad = |message: String| json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }).to_string());
+    let held: HeldPrefund = match serde_json::from_slice(&body) {
+        Ok(held) => held,
+        Err(e) => return bad(format!("expected {{\"value\": \"120.00\", \"account\": \"main\"}}: {e}")),
+    };
+    let Some(token) = demo_token(held.account.as_deref()) else {
+        return bad("account must be `main` or `ops`".into());
+    };
+    let value = match crate::domain::parse_decimal(&held.value) {
+        Ok(v) if v >= rust_decimal::Decimal::ZERO => v,
+        _ => return bad(format!("value must be a non-negative decimal string, not `{}`", held.value)),
+    };
+    shared.leanx_prefund.locked().insert(token, value);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /_control/leanx/prefund`: every prefund pool drifts again.
+pub(super) async fn reset_prefund(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.leanx_prefund.locked().clear();
+    StatusCode::NO_CONTENT
 }

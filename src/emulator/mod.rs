@@ -5,7 +5,9 @@
 //! One server serves all four under path prefixes, so each provider's base URL is
 //! `http://ADDR/leanx`, `/luxtak`, `/ibanera` or `/yedpay`, followed by the documented paths.
 //! Control routes: `PUT /_control/faults/{provider}` (JSON [`Faults`]), `GET /_control/calls`,
-//! `POST /_control/ibanera/expire-tokens`.
+//! `POST /_control/ibanera/expire-tokens`, and `PUT`/`DELETE /_control/leanx/prefund` (a LeanX
+//! prefund pool held at a figure, `{"value": "120.00", "account": "main"}`, or back to the demo's
+//! drift), so a monitor can be seen to fire and clear.
 
 pub mod data;
 mod faults;
@@ -63,6 +65,8 @@ pub struct Shared {
     faults: Mutex<HashMap<Provider, Faults>>,
     calls: HashMap<Provider, AtomicU64>,
     ibanera: Mutex<IbaneraAuth>,
+    /// LeanX prefund pools held at a figure, by token (the rest drift as the demo data says).
+    leanx_prefund: Mutex<HashMap<&'static str, rust_decimal::Decimal>>,
 }
 
 #[derive(Default)]
@@ -100,6 +104,7 @@ impl Emulator {
             faults: Mutex::new(options.faults.clone()),
             calls: EMULATORS.iter().map(|e| (e.provider, AtomicU64::new(0))).collect(),
             ibanera: Mutex::new(IbaneraAuth::default()),
+            leanx_prefund: Mutex::new(HashMap::new()),
             started: std::time::Instant::now(),
             options,
         });
@@ -204,6 +209,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/faults/{provider}", put(put_faults))
         .route("/_control/calls", get(get_calls))
         .route("/_control/ibanera/expire-tokens", post(expire_tokens))
+        .route("/_control/leanx/prefund", put(leanx::put_prefund).delete(leanx::reset_prefund))
         .with_state(shared)
 }
 

@@ -484,3 +484,28 @@ fn every_provider_has_one_emulator_and_demo_accounts() {
         assert!(!settings.accounts.is_empty(), "{provider} has demo accounts");
     }
 }
+
+#[tokio::test]
+async fn a_held_leanx_prefund_figure_is_served_until_reset() {
+    let emu = emulator().await;
+    let http = reqwest::Client::new();
+    let control = format!("http://{}/_control/leanx/prefund", emu.addr());
+    let accounts = demo_accounts(&emu);
+    let (main, ops) = (client(&accounts[0]), client(&accounts[1]));
+    let prefund = |fetch: &crate::domain::BalanceFetch| {
+        figures(fetch).into_iter().find(|f| f.starts_with("prefund/")).expect("a prefund pool")
+    };
+    let drifting = prefund(&main.fetch_balances().await.unwrap());
+
+    let r = http.put(&control).body(r#"{"value":"120.00"}"#).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(prefund(&main.fetch_balances().await.unwrap()), "prefund/MYR 120.00 null null 120.00");
+    assert_ne!(prefund(&ops.fetch_balances().await.unwrap()), "prefund/MYR 120.00 null null 120.00", "main only");
+
+    for bad in [r#"{"value":"-1"}"#, r#"{"value":"lots"}"#, r#"{"value":"1","account":"x"}"#, "120"] {
+        let r = http.put(&control).body(bad).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    assert_eq!(http.delete(&control).send().await.unwrap().status(), 204);
+    assert_eq!(prefund(&main.fetch_balances().await.unwrap()), drifting, "back to the demo's figure");
+}
