@@ -144,10 +144,16 @@ pub struct MonitorEntry {
 impl Monitor {
     /// Whether the monitor watches `entry` of `account` (of `provider`).
     pub fn matches(&self, account: &AccountId, provider: Provider, entry: &BalanceEntry) -> bool {
-        entry.currency == self.currency
+        self.watches(account, provider, &entry.wallet, &entry.currency)
+    }
+
+    /// Whether the monitor watches the `(account, wallet, currency)` entry of an account of
+    /// `provider` (a stored state of a monitor whose filters have changed since is not its).
+    pub fn watches(&self, account: &AccountId, provider: Provider, wallet: &str, currency: &Currency) -> bool {
+        *currency == self.currency
             && self.account.as_ref().is_none_or(|a| a == account)
             && self.provider.is_none_or(|p| p == provider)
-            && self.wallet.as_ref().is_none_or(|w| *w == entry.wallet)
+            && self.wallet.as_deref().is_none_or(|w| w == wallet)
     }
 
     fn past_threshold(&self, value: Decimal) -> bool {
