@@ -306,6 +306,28 @@ async fn postgres_two_replicas_recording_the_same_low_figure_fire_once() {
     b.stop().await;
 }
 
+/// One replica's crossing reaches another that made no fetch: following the fetch's
+/// announcement, it takes the account's states from the store (what its `/balances` serves).
+#[tokio::test]
+async fn postgres_a_replica_takes_another_replica_s_crossing_from_the_store() {
+    let Some(db) = TestDb::postgres().await else { return };
+    let id = "mon-follow";
+    let server = MockServer::start().await;
+    let script = Script::new(vec![ok("30.00", "10.00")]);
+    Mock::given(method("POST")).and(path(BALANCE_PATH)).respond_with(script.clone()).mount(&server).await;
+    let config = format!("{}{}", account(id, &server.uri()), prefund_low(id));
+    let (a, b) = (TestApp::spawn(db.url(), &config).await, TestApp::spawn(db.url(), &config).await);
+    assert_eq!(b.service.monitor_book().firing().map(|f| f.len()), Some(0), "known, and nothing fires");
+    fetch(&a).await;
+    crate::helpers::eventually("the other replica takes the firing state", Duration::from_secs(20), || async {
+        b.service.monitor_book().firing().is_some_and(|f| f.len() == 1)
+    })
+    .await;
+    assert_eq!(script.calls().len(), 1, "only the first replica called the provider");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A store that cannot be read: `/balances` still answers, with `alerts: null` (unknown), and
 /// `/monitors` is 503.
 #[tokio::test]
