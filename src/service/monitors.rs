@@ -74,32 +74,49 @@ impl Book {
         self.inner.read_locked().known
     }
 
-    /// Takes the states a write moved.
+    /// Takes the states a write moved (a state already held from a later observation stays:
+    /// writes may finish out of order).
     pub fn apply(&self, moved: Vec<MonitorEntry>) {
         if moved.is_empty() {
             return;
         }
         self.update(|entries| {
             for entry in moved {
-                entries.insert(entry.key(), entry);
+                keep_newer(entries, entry);
             }
         });
     }
 
     /// Takes every stored state (read whole): the book is known from now on.
     pub fn load(&self, all: Vec<MonitorEntry>) {
-        self.update(|entries| {
-            entries.clear();
-            entries.extend(all.into_iter().map(|e| (e.key(), e)));
-        });
+        self.replace(|_| true, all);
         self.inner.write_locked().known = true;
     }
 
     /// Takes the stored states of one account (after another replica's fetch of it).
     pub fn load_account(&self, account: &AccountId, states: Vec<MonitorEntry>) {
+        self.replace(|e| e.account == *account, states);
+    }
+
+    /// Replaces the entries `scope` selects by `read` (from the store), but for those this
+    /// process holds from a later observation (a write of its own that finished after the read).
+    fn replace(&self, scope: impl Fn(&MonitorEntry) -> bool, read: Vec<MonitorEntry>) {
         self.update(|entries| {
-            entries.retain(|(_, a, _, _), _| a != account);
-            entries.extend(states.into_iter().map(|e| (e.key(), e)));
+            let mut held = BTreeMap::new();
+            entries.retain(|key, e| {
+                if scope(e) {
+                    held.insert(key.clone(), e.clone());
+                }
+                !scope(e)
+            });
+            for entry in read {
+                keep_newer(entries, entry);
+            }
+            for (key, entry) in held {
+                if entries.get(&key).is_some_and(|e| e.state.observed_at < entry.state.observed_at) {
+                    entries.insert(key, entry);
+                }
+            }
         });
     }
 
@@ -128,6 +145,14 @@ impl Book {
             inner.entries.remove(&key);
         }
         inner.firing = firing.into();
+    }
+}
+
+/// Puts `entry` in, unless the entry held was observed later.
+fn keep_newer(entries: &mut BTreeMap<EntryKey, MonitorEntry>, entry: MonitorEntry) {
+    let key = entry.key();
+    if entries.get(&key).is_none_or(|held| held.state.observed_at <= entry.state.observed_at) {
+        entries.insert(key, entry);
     }
 }
 

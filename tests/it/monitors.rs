@@ -3,7 +3,6 @@
 //! already low; a restart and another replica never fire again; a monitor added while tally
 //! was down fires once at start; `GET /monitors`, `/balances` `alerts` and the gauge.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
@@ -365,7 +364,19 @@ fn the_book_keeps_only_configured_monitors_entries() {
     let firing = book.firing().unwrap();
     assert_eq!(firing.len(), 1);
     assert_eq!(firing[0].entry.monitor, "low");
-    book.apply(vec![entry("low", State::Ok)]);
+    let mut cleared = entry("low", State::Ok);
+    cleared.state.observed_at = t0() + TimeDelta::seconds(10);
+    book.apply(vec![cleared.clone()]);
     assert!(book.firing().unwrap().is_empty());
-    let _ = Arc::clone(&firing);
+    assert_eq!(firing.len(), 1, "a request holding the earlier list keeps it");
+
+    // Writes and reads finishing out of order never take an entry back to an earlier figure.
+    book.apply(vec![entry("low", State::Firing)]);
+    book.load(vec![entry("low", State::Firing)]);
+    book.load_account(&"leanx-main".parse().unwrap(), vec![entry("low", State::Firing)]);
+    assert!(book.firing().unwrap().is_empty(), "the later observation stays");
+    let mut again = cleared;
+    again.state = EntryState { state: State::Firing, observed_at: t0() + TimeDelta::seconds(20), ..again.state };
+    book.load_account(&"leanx-main".parse().unwrap(), vec![again]);
+    assert_eq!(book.firing().unwrap().len(), 1, "a later stored state is taken");
 }
