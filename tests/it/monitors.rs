@@ -274,11 +274,40 @@ async fn the_store_keeps_one_state_per_entry_and_moves_it_once_under_concurrent_
     assert!(store.monitor_states(Some(&"other".parse().unwrap())).await.unwrap().is_empty());
 }
 
+/// A crossing is stored with its event or not at all: with the events table gone, the writes
+/// that would fire fail whole and the state stays; one that moves no state goes through.
+async fn a_crossing_is_never_stored_without_its_event(db: &TestDb) {
+    use sqlx::Connection;
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let monitors = [low_monitor()];
+    store.record_balances(&snapshot(t0(), Some("900")), &monitors).await.unwrap();
+    match db.kind() {
+        "sqlite" => {
+            let mut conn = sqlx::SqliteConnection::connect(db.url()).await.unwrap();
+            sqlx::query("DROP TABLE events").execute(&mut conn).await.unwrap();
+        }
+        _ => {
+            let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+            sqlx::query("DROP TABLE events").execute(&mut conn).await.unwrap();
+        }
+    }
+    let low = snapshot(t0() + TimeDelta::seconds(10), Some("100"));
+    assert!(store.evaluate_monitors(&low, &monitors).await.is_err(), "the crossing's event could not be written");
+    assert!(store.record_balances(&low, &monitors).await.is_err());
+    let states = store.monitor_states(None).await.unwrap();
+    assert_eq!((states[0].state.state, states[0].state.observed_at), (State::Ok, t0()), "so the state did not move");
+    let same = snapshot(t0() + TimeDelta::seconds(20), Some("900"));
+    let moved = store.record_balances(&same, &monitors).await.expect("no event, no failure");
+    assert_eq!(moved[0].state.observed_at, t0() + TimeDelta::seconds(20));
+}
+
 both_stores!(
     a_monitor_crosses_stays_low_clears_and_crosses_again,
     the_first_figure_already_low_fires_and_a_restart_does_not_fire_again,
     a_monitor_added_while_tally_was_down_fires_once_at_start,
     the_store_keeps_one_state_per_entry_and_moves_it_once_under_concurrent_writes,
+    a_crossing_is_never_stored_without_its_event,
 );
 
 /// Two replicas on one PostgreSQL, each fetching the same low figure: one crossing; the other
