@@ -50,6 +50,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub events: EventsSettings,
     pub accounts: Vec<AccountConfig>,
+    /// `[[monitors]]` (SPEC §8.2), in config order.
+    pub monitors: Vec<crate::domain::monitor::Monitor>,
 }
 
 /// `[events]`: how long events are kept, and how long a feed request may wait.

@@ -20,6 +20,42 @@ pub struct RawConfig {
     pub events: RawEvents,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
+    #[serde(default)]
+    pub monitors: Vec<RawMonitor>,
+}
+
+/// One `[[monitors]]` entry (SPEC §8.2). Amounts are taken only as strings: a TOML number
+/// would already have passed through a float.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    pub id: Option<String>,
+    pub account: Option<String>,
+    pub provider: Option<String>,
+    pub wallet: Option<String>,
+    pub currency: Option<String>,
+    pub field: Option<String>,
+    #[serde(default, deserialize_with = "exact_amount")]
+    pub below: Option<String>,
+    #[serde(default, deserialize_with = "exact_amount")]
+    pub above: Option<String>,
+    #[serde(default, deserialize_with = "exact_amount")]
+    pub clear: Option<String>,
+}
+
+/// An amount written as a string (`"500.00"`); a number is refused, never rounded.
+fn exact_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an exact decimal amount written as a string, like \"500.00\"")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+    }
+    d.deserialize_any(Text)
 }
 
 #[derive(Debug, Default, Deserialize)]

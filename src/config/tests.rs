@@ -325,3 +325,87 @@ fn max_calls_per_minute_comes_from_the_account_then_defaults_and_is_unlimited_ot
     let budgets: Vec<_> = s.accounts.iter().map(|a| a.max_calls_per_minute.map(|n| n.get())).collect();
     assert_eq!(budgets, [Some(7), Some(30)], "the account's own key wins over [defaults]");
 }
+
+#[test]
+fn monitors_load_with_their_defaults() {
+    use crate::domain::monitor::{Condition, Field};
+    let s = from_toml(
+        r#"
+[[accounts]]
+id = "leanx-main"
+provider = "leanx"
+auth_token = "t"
+
+[[monitors]]
+id = "leanx-prefund-low"
+account = "leanx-main"
+provider = "leanx"
+wallet = "prefund"
+currency = "myr"
+below = "500.00"
+clear = "750.00"
+
+[[monitors]]
+id = "usd_high"
+currency = "USD"
+field = "total"
+above = "1000000"
+"#,
+    )
+    .unwrap();
+    let [low, high] = &s.monitors[..] else { panic!("two monitors: {:?}", s.monitors) };
+    assert_eq!(low.id, "leanx-prefund-low");
+    assert_eq!(low.account.as_ref().map(|a| a.as_str()), Some("leanx-main"));
+    assert_eq!(low.provider, Some(crate::domain::Provider::Leanx));
+    assert_eq!(low.wallet.as_deref(), Some("prefund"));
+    assert_eq!(low.currency.as_str(), "MYR");
+    assert_eq!((low.field, low.condition), (Field::Available, Condition::Below), "available by default");
+    assert_eq!((low.threshold.to_string(), low.clear.to_string()), ("500.00".into(), "750.00".into()));
+    assert_eq!((high.field, high.condition), (Field::Total, Condition::Above));
+    assert_eq!(high.clear, high.threshold, "clear defaults to the threshold");
+    assert!(high.account.is_none() && high.provider.is_none() && high.wallet.is_none());
+    assert!(from_toml("").unwrap().monitors.is_empty());
+}
+
+#[test]
+fn each_bad_monitor_names_its_key() {
+    let leanx = "[[accounts]]\nid = \"leanx-main\"\nprovider = \"leanx\"\nauth_token = \"t\"\n";
+    let m = |body: &str| format!("{leanx}[[monitors]]\n{body}\n");
+    let ok = "id = \"m\"\ncurrency = \"MYR\"\nbelow = \"5\"";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (m("currency = \"MYR\"\nbelow = \"5\""), "monitors[0].id", "is required"),
+        (m("id = \"Low Prefund\"\ncurrency = \"MYR\"\nbelow = \"5\""), "monitors[0].id", "a-z, 0-9"),
+        (format!("{}[[monitors]]\n{ok}\n", m(ok)), "monitors[1].id", "used twice"),
+        (m(&format!("{ok}\naccount = \"nobody\"")), "monitors[0].account", "`nobody` is not a configured account"),
+        (m(&format!("{ok}\nprovider = \"stripe\"")), "monitors[0].provider", "unknown provider `stripe`"),
+        (
+            m(&format!("{ok}\naccount = \"leanx-main\"\nprovider = \"luxtak\"")),
+            "monitors[0].provider",
+            "would match nothing",
+        ),
+        (m(&format!("{ok}\nwallet = \"\"")), "monitors[0].wallet", "non-empty"),
+        (m("id = \"m\"\nbelow = \"5\""), "monitors[0].currency", "is required"),
+        (m("id = \"m\"\ncurrency = \"M Y R\"\nbelow = \"5\""), "monitors[0].currency", "not a currency code"),
+        (
+            m(&format!("{ok}\nfield = \"balance\"")),
+            "monitors[0].field",
+            "`available`, `pending`, `reserved` or `total`",
+        ),
+        (m("id = \"m\"\ncurrency = \"MYR\""), "monitors[0].below", "one of `below` and `above` is required"),
+        (m(&format!("{ok}\nabove = \"9\"")), "monitors[0].above", "not both"),
+        (m("id = \"m\"\ncurrency = \"MYR\"\nbelow = \"five\""), "monitors[0].below", "not an exact decimal"),
+        (m("id = \"m\"\ncurrency = \"MYR\"\nbelow = 500.1"), "monitors[0].below", "written as a string"),
+        (m("id = \"m\"\ncurrency = \"MYR\"\nabove = 500"), "monitors[0].above", "written as a string"),
+        (m("id = \"m\"\ncurrency = \"MYR\"\nabove = \"1e30\""), "monitors[0].above", "not an exact decimal"),
+        (m(&format!("{ok}\nclear = \"4.99\"")), "monitors[0].clear", "at least `below`"),
+        (m("id = \"m\"\ncurrency = \"MYR\"\nabove = \"5\"\nclear = \"5.01\""), "monitors[0].clear", "at most `above`"),
+        (m(&format!("{ok}\nclear = \"x\"")), "monitors[0].clear", "not an exact decimal"),
+        (m(&format!("{ok}\nthreshold = \"5\"")), "monitors[0].threshold", "unknown field `threshold`"),
+    ];
+    for (toml, key, problem) in &cases {
+        let e = error_of(toml);
+        let text = e.to_string();
+        assert_eq!(e.key, *key, "for {toml:?}: {text}");
+        assert!(text.contains(problem), "for {toml:?}: {text:?} should mention {problem:?}");
+    }
+}

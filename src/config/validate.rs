@@ -9,6 +9,7 @@ use url::Url;
 
 use super::raw::{RawAccount, RawConfig, RawDefaults};
 use super::*;
+use crate::domain::monitor::{Condition, Field, Monitor};
 use crate::providers::{ProviderConfig, SettingError, registration};
 use crate::secret;
 
@@ -42,6 +43,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             w => w,
         },
     };
+    let monitors = monitors(&raw, &accounts)?;
     Ok(Settings {
         server,
         store,
@@ -49,7 +51,112 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         metrics: MetricsSettings { require_auth: raw.metrics.require_auth },
         events,
         accounts,
+        monitors,
     })
+}
+
+/// `[[monitors]]`: ids unique; filters naming a configured account and a known provider;
+/// exactly one of `below`/`above`; `clear` not on the firing side.
+fn monitors(raw: &RawConfig, accounts: &[AccountConfig]) -> Result<Vec<Monitor>, ConfigError> {
+    let mut ids = HashSet::new();
+    raw.monitors
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let key = |field: &str| format!("monitors[{i}].{field}");
+            let id = m.id.as_deref().ok_or_else(|| ConfigError::new(key("id"), "is required"))?;
+            let valid = (1..=64).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(ConfigError::new(key("id"), "must be 1 to 64 of a-z, 0-9, `_` and `-`"));
+            }
+            if !ids.insert(id) {
+                return Err(ConfigError::new(key("id"), format!("`{id}` is used twice")));
+            }
+            let account =
+                match m.account.as_deref() {
+                    None => None,
+                    Some(a) => Some(accounts.iter().find(|c| c.id.as_str() == a).ok_or_else(|| {
+                        ConfigError::new(key("account"), format!("`{a}` is not a configured account"))
+                    })?),
+                };
+            let provider =
+                match m.provider.as_deref() {
+                    None => None,
+                    Some(p) => Some(p.parse::<Provider>().map_err(|e: crate::domain::UnknownProvider| {
+                        ConfigError::new(key("provider"), e.to_string())
+                    })?),
+                };
+            if let (Some(a), Some(p)) = (account, provider)
+                && a.provider_kind() != p
+            {
+                return Err(ConfigError::new(
+                    key("provider"),
+                    format!(
+                        "account `{}` is of provider {}, so the monitor would match nothing",
+                        a.id,
+                        a.provider_kind()
+                    ),
+                ));
+            }
+            if m.wallet.as_deref().is_some_and(|w| w.is_empty() || w.chars().any(char::is_control)) {
+                return Err(ConfigError::new(key("wallet"), "must be a non-empty wallet name"));
+            }
+            let currency = m.currency.as_deref().ok_or_else(|| ConfigError::new(key("currency"), "is required"))?;
+            let currency: crate::domain::Currency = currency
+                .parse()
+                .map_err(|e: crate::domain::InvalidCurrency| ConfigError::new(key("currency"), e.to_string()))?;
+            let field = match m.field.as_deref() {
+                None => Field::Available,
+                Some(f) => Field::parse(f).ok_or_else(|| {
+                    ConfigError::new(key("field"), "must be `available`, `pending`, `reserved` or `total`")
+                })?,
+            };
+            let amount = |field: &str, text: &str| {
+                crate::domain::parse_decimal(text).map_err(|_| {
+                    ConfigError::new(key(field), format!("`{text}` is not an exact decimal amount like \"500.00\""))
+                })
+            };
+            let (condition, threshold) = match (m.below.as_deref(), m.above.as_deref()) {
+                (Some(b), None) => (Condition::Below, amount("below", b)?),
+                (None, Some(a)) => (Condition::Above, amount("above", a)?),
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(key("above"), "give one of `below` and `above`, not both"));
+                }
+                (None, None) => return Err(ConfigError::new(key("below"), "one of `below` and `above` is required")),
+            };
+            let clear = match m.clear.as_deref() {
+                None => threshold,
+                Some(c) => amount("clear", c)?,
+            };
+            match condition {
+                Condition::Below if clear < threshold => {
+                    return Err(ConfigError::new(
+                        key("clear"),
+                        "must be at least `below` (a figure under `below` fires)",
+                    ));
+                }
+                Condition::Above if clear > threshold => {
+                    return Err(ConfigError::new(
+                        key("clear"),
+                        "must be at most `above` (a figure over `above` fires)",
+                    ));
+                }
+                _ => {}
+            }
+            Ok(Monitor {
+                id: id.to_owned(),
+                account: account.map(|a| a.id.clone()),
+                provider,
+                wallet: m.wallet.clone(),
+                currency,
+                field,
+                condition,
+                threshold,
+                clear,
+            })
+        })
+        .collect()
 }
 
 fn server(raw: &RawConfig) -> Result<ServerSettings, ConfigError> {

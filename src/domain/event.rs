@@ -9,8 +9,15 @@ use serde_json::{Value, json};
 use super::{AccountId, BalanceEntry, Payout, PayoutFailure, PayoutStatus, Provider};
 
 /// Every event type this build raises, in the order `tally_events_total` lists them.
-pub const EVENT_TYPES: [&str; 5] =
-    ["balance.changed", "payout.status_changed", "payout.finalized", "account.unhealthy", "account.recovered"];
+pub const EVENT_TYPES: [&str; 7] = [
+    "balance.changed",
+    "balance.threshold_crossed",
+    "balance.threshold_cleared",
+    "payout.status_changed",
+    "payout.finalized",
+    "account.unhealthy",
+    "account.recovered",
+];
 
 /// An event to store: its id is given by the store, in feed order.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,6 +7,7 @@ mod account;
 mod balance;
 pub mod event;
 mod money;
+pub mod monitor;
 mod payout;
 mod provider;
 mod raw_json;

@@ -33,6 +33,9 @@ pub struct EventLine {
     /// The fact. `balance.changed`: `account, provider, wallet, currency, previous` (a figures
     /// object or null), `current` (a figures object: `available, pending, reserved, total`
     /// as exact decimal strings or null, and `blocked`), `observed_at`.
+    /// `balance.threshold_crossed` and `balance.threshold_cleared`: `monitor, account, provider,
+    /// wallet, currency, field, condition` (`below` or `above`), `threshold, clear, value`
+    /// (exact decimal strings), `observed_at`.
     /// `payout.status_changed` and `payout.finalized` (sent with it when the status is final):
     /// `account, provider, previous_status` (null on first sight), `payout` (the
     /// `/payouts/{id}` object). `account.unhealthy`: `account, provider, error` (as in

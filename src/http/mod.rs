@@ -11,6 +11,7 @@ mod body_cache;
 pub mod error;
 pub mod events;
 mod layers;
+pub mod monitors;
 pub mod ops;
 pub mod payouts;
 mod query;
@@ -99,7 +100,7 @@ impl AppState {
     tags(
         (name = "balances", description = "Balances across providers, with freshness."),
         (name = "payouts", description = "One normalized payout status across providers."),
-        (name = "events", description = "The facts tally observed (balance changes, payout transitions, account health), in a feed."),
+        (name = "events", description = "The facts tally observed (balance changes, monitors crossing thresholds, payout transitions, account health), in a feed; the balance monitors and their states."),
         (name = "operations", description = "Health, readiness, accounts and metrics."),
     ),
     modifiers(&SecurityScheme),
@@ -132,6 +133,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(payouts::get_payout))
         .routes(routes!(events::get_events))
         .routes(routes!(events::get_event))
+        .routes(routes!(monitors::get_monitors))
         .routes(routes!(ops::accounts))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

@@ -172,4 +172,13 @@ pub(super) fn export_known_series(service: &crate::service::Service) {
     for kind in crate::domain::event::EVENT_TYPES {
         metrics::counter!("tally_events_total", "type" => kind).increment(0);
     }
+    // A monitor naming its account and wallet watches one known entry: its series is there
+    // from start (added to, not set: a firing state read at start stays 1).
+    for m in service.monitor_book().monitors().iter() {
+        if let (Some(account), Some(wallet)) = (&m.account, &m.wallet) {
+            metrics::gauge!("tally_monitor_firing", "monitor" => m.id.clone(), "account" => account.to_string(),
+                "wallet" => wallet.clone(), "currency" => m.currency.to_string())
+            .increment(0.0);
+        }
+    }
 }

@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::monitor::{Condition, Field, Monitor, MonitorEntry};
 use crate::domain::{AccountId, Currency, Provider, RawJson};
 use crate::providers::UpstreamError;
 use crate::service::FetchFailure;
@@ -29,6 +30,48 @@ pub struct BalancesReport {
     pub balances: Vec<BalanceLine>,
     pub totals: Vec<CurrencyTotal>,
     pub accounts: Vec<AccountLine>,
+    /// The firing monitor entries (SPEC §8.2) of the selected accounts and currencies; `null`
+    /// when tally could not read the monitor states from the store (since it started), so it
+    /// cannot say which fire.
+    pub alerts: Option<Vec<AlertLine>>,
+}
+
+/// A firing monitor entry.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AlertLine {
+    #[schema(example = "leanx-prefund-low")]
+    pub monitor: String,
+    #[schema(value_type = String, example = "leanx-main")]
+    pub account: AccountId,
+    #[schema(example = "prefund")]
+    pub wallet: String,
+    #[schema(value_type = String, example = "MYR")]
+    pub currency: Currency,
+    pub field: Field,
+    pub condition: Condition,
+    #[schema(value_type = String, example = "500.00", pattern = r"^-?\d+(\.\d+)?$")]
+    pub threshold: Decimal,
+    /// The latest observed figure.
+    #[schema(value_type = Option<String>, example = "412.50", pattern = r"^-?\d+(\.\d+)?$")]
+    pub value: Amount,
+    /// When the entry started firing.
+    pub since: DateTime<Utc>,
+}
+
+impl AlertLine {
+    pub fn new(monitor: &Monitor, entry: &MonitorEntry) -> Self {
+        Self {
+            monitor: monitor.id.clone(),
+            account: entry.account.clone(),
+            wallet: entry.wallet.clone(),
+            currency: entry.currency.clone(),
+            field: monitor.field,
+            condition: monitor.condition,
+            threshold: monitor.threshold,
+            value: entry.state.value,
+            since: entry.state.since,
+        }
+    }
 }
 
 /// One `(account, wallet, currency)` figure set.
@@ -236,6 +279,7 @@ impl From<&BalancesOutcome> for BalancesReport {
             balances,
             totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
             accounts,
+            alerts: outcome.alerts().map(|alerts| alerts.map(|(m, e)| AlertLine::new(m, e)).collect()),
         }
     }
 }

@@ -33,6 +33,9 @@ impl Service {
             tasks.push(tokio::spawn(Arc::clone(self).follow_cluster(cluster.events())));
         }
         tasks.push(tokio::spawn(Arc::clone(self).prune_periodically()));
+        if !self.monitors.known() {
+            tasks.push(tokio::spawn(Arc::clone(self).load_monitors_until_known()));
+        }
         tasks
     }
 
@@ -66,6 +69,7 @@ impl Service {
             drop(health);
             account.offer(Arc::new(snapshot));
         }
+        self.sync_monitors(account.id()).await;
         if let Some(cluster) = &self.cluster
             && let Ok(Some(shared)) = cluster.last_failure(account.id(), Within::Health).await
         {

@@ -10,9 +10,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
+use super::monitors::Alert;
 use super::totals::{CurrencySums, totals};
 use super::{AccountState, FetchFailure, Service};
 use crate::clock::{age, age_seconds};
+use crate::domain::monitor::{Monitor, MonitorEntry};
 use crate::domain::{AccountId, BalanceEntry, Currency, Provider};
 use crate::store::AccountSnapshot;
 use crate::sync::MutexExt;
@@ -54,6 +56,9 @@ pub struct BalancesOutcome {
     pub tag: [u8; 16],
     /// Equal keys give reports identical but for `generated_at`.
     pub body_key: BodyKey,
+    /// The firing monitor entries, all of them (filtered by [`alerts`](Self::alerts)); `None`
+    /// while the stored states could not be read.
+    firing: Option<Arc<[Alert]>>,
 }
 
 /// What a report's body is a function of, but for `generated_at`: what was selected (the
@@ -286,7 +291,8 @@ impl Service {
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_secs(1))
         };
-        let tag = content_tag(&self.accounts, &views, selection);
+        let firing = self.monitors.firing();
+        let tag = content_tag(&self.accounts, &views, selection, firing.as_deref());
         let (selected, shown) = {
             use std::hash::{Hash, Hasher};
             let (mut selected, mut shown) = (std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
@@ -312,6 +318,7 @@ impl Service {
             retry_after,
             tag,
             body_key,
+            firing,
         }
     }
 }
@@ -363,6 +370,19 @@ impl BalancesOutcome {
         self.views.iter().all(|v| v.status == Status::Fresh)
     }
 
+    /// The firing monitor entries within the selection (its accounts and currencies), with
+    /// their monitors; `None` while the stored states could not be read.
+    pub fn alerts(&self) -> Option<impl Iterator<Item = (&Monitor, &MonitorEntry)>> {
+        let firing = self.firing.as_deref()?;
+        let monitors = self.service.monitors.monitors();
+        Some(
+            firing
+                .iter()
+                .filter(|a| selected(&self.service.accounts, &self.views, &self.selection, &a.entry))
+                .map(move |a| (&monitors[a.monitor], &a.entry)),
+        )
+    }
+
     /// Whether the request asked for each account's raw provider payload (`include=raw`).
     pub fn include_raw(&self) -> bool {
         self.selection.include_raw
@@ -381,9 +401,31 @@ fn freshness_bound(account: &AccountState, max_age: Option<Duration>) -> Duratio
 /// snapshot is identified by its fetch time), status and error, and the selection's currency
 /// and raw filters. Hashing these is far cheaper than re-serializing the report, and replicas
 /// holding the same snapshots give the same tag.
-fn content_tag(accounts: &[Arc<AccountState>], views: &[View], selection: &Selection) -> [u8; 16] {
+fn content_tag(
+    accounts: &[Arc<AccountState>],
+    views: &[View],
+    selection: &Selection,
+    firing: Option<&[Alert]>,
+) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
+    // The alerts shown: which entries fire (and since when, at what figure), or unknown.
+    match firing {
+        None => h.update([0xfd]),
+        Some(firing) => {
+            for a in firing.iter().filter(|a| selected(accounts, views, selection, &a.entry)) {
+                let e = &a.entry;
+                h.update(a.monitor.to_le_bytes());
+                for part in [e.account.as_str(), &e.wallet, e.currency.as_str()] {
+                    h.update(part);
+                    h.update([0]);
+                }
+                h.update(e.state.value.map(|v| v.to_string()).unwrap_or_default());
+                h.update(e.state.since.timestamp_micros().to_le_bytes());
+            }
+            h.update([0xfc]);
+        }
+    }
     for v in views {
         h.update(accounts[v.account].id().as_str());
         h.update([v.status as u8]);
@@ -402,4 +444,11 @@ fn content_tag(accounts: &[Arc<AccountState>], views: &[View], selection: &Selec
     }
     h.update([u8::from(selection.include_raw)]);
     <[u8; 16]>::try_from(&h.finalize()[..16]).expect("a SHA-256 digest has 32 bytes")
+}
+
+/// Whether a monitored entry is within a request's selection: one of its accounts (those the
+/// request resolved, in `views`) and, when the request names currencies, one of them.
+fn selected(accounts: &[Arc<AccountState>], views: &[View], selection: &Selection, entry: &MonitorEntry) -> bool {
+    views.iter().any(|v| *accounts[v.account].id() == entry.account)
+        && (selection.currencies.is_empty() || selection.currencies.contains(&entry.currency))
 }

@@ -320,7 +320,9 @@ impl Service {
     /// by `/readyz`, but never keeps a live figure from being served: past the deadline the
     /// figure is served while its write goes on.
     async fn persist(&self, snapshot: &Arc<AccountSnapshot>, deadline: Instant) {
-        match self.store.record_balances(snapshot, deadline).await {
+        let book = Arc::clone(&self.monitors);
+        let moved = move |entries| book.apply(entries);
+        match self.store.record_balances(snapshot, self.monitors.monitors(), moved, deadline).await {
             Some(Ok(())) => {}
             Some(Err(e)) => {
                 tracing::error!(account = %snapshot.account, error = %e, "could not store a balance snapshot")

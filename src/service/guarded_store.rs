@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use crate::domain::AccountId;
+use crate::domain::monitor::{Monitor, MonitorEntry};
 use crate::store::{AccountSnapshot, Cluster, HistoryPoint, HistoryQuery, Store, StoreError, StoredPayout};
 use crate::sync::MutexExt;
 
@@ -214,14 +215,42 @@ impl GuardedStore {
     /// Persists a fetch's figures, waited for until the fetch's `deadline` and at least the
     /// failing-store bound (`write_until`); `None` if the write was still running then (it goes
     /// on).
+    ///
+    /// `monitors` are evaluated in the write's transaction; `moved` is given the monitored
+    /// entries it moved, once it commits, even when the caller stopped waiting.
     pub async fn record_balances(
         &self,
         snapshot: &Arc<AccountSnapshot>,
+        monitors: &Arc<[Monitor]>,
+        moved: impl FnOnce(Vec<MonitorEntry>) + Send + 'static,
         deadline: Instant,
     ) -> Option<Result<(), StoreError>> {
-        let (store, stored) = (Arc::clone(&self.store), Arc::clone(snapshot));
-        let write = async move { store.record_balances(&stored).await };
+        let (store, stored, monitors) = (Arc::clone(&self.store), Arc::clone(snapshot), Arc::clone(monitors));
+        let write = async move {
+            moved(store.record_balances(&stored, &monitors).await?);
+            Ok(())
+        };
         self.health.behind(write, write_until(deadline)).await
+    }
+
+    /// Evaluates `monitors` against a stored snapshot, in a write of its own.
+    pub async fn evaluate_monitors(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+        within: Within,
+    ) -> Result<Vec<MonitorEntry>, StoreError> {
+        let written = self.health.run(within, self.store.evaluate_monitors(snapshot, monitors)).await;
+        self.health.record_write(&written);
+        written
+    }
+
+    pub async fn monitor_states(
+        &self,
+        account: Option<&AccountId>,
+        within: Within,
+    ) -> Result<Vec<MonitorEntry>, StoreError> {
+        self.health.run(within, self.store.monitor_states(account)).await
     }
 
     /// Stores one event in its own write (a circuit opening or recovering).

@@ -30,6 +30,7 @@ pub mod events;
 mod fetch;
 pub mod guarded_store;
 pub mod lease;
+pub mod monitors;
 pub mod payouts;
 pub mod totals;
 
@@ -198,6 +199,8 @@ pub struct Service {
     fetches: coalesce::Coalescer<AccountId, FetchOutcome>,
     /// One payout lookup in flight per account and id.
     payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
+    /// `[[monitors]]` and their entries' states in memory.
+    monitors: Arc<monitors::Book>,
 }
 
 impl Service {
@@ -244,6 +247,7 @@ impl Service {
             events_max_wait: settings.events.max_wait,
             fetches: Default::default(),
             payout_lookups: Default::default(),
+            monitors: Arc::new(monitors::Book::new(settings.monitors.clone())),
         })
     }
 
@@ -304,6 +308,11 @@ impl Service {
         }
         match self.store.all_latest_balances(Within::Until(by)).await {
             Ok(snapshots) => {
+                // Monitors first: a monitor added while tally was down fires on the stored figure.
+                if let Err(e) = self.evaluate_stored(&snapshots, Within::Until(by)).await {
+                    tracing::warn!(error = %e, "could not evaluate the monitors against the stored figures; \
+                        /balances shows `alerts: null` until the states are read");
+                }
                 let mut loaded = 0;
                 for snapshot in snapshots {
                     if let Some(account) = self.account(&snapshot.account) {

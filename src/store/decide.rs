@@ -5,6 +5,7 @@
 
 use super::StoreError;
 use crate::domain::event::{self, NewEvent};
+use crate::domain::monitor::{EntryState, Monitor, MonitorEntry};
 use crate::domain::{BalanceEntry, Payout, PayoutStatus};
 
 /// Whether a schema whose newest applied migration is `applied` (`None`: none applied) is
@@ -53,6 +54,40 @@ impl<Id> Point<Id> {
             )),
         }
     }
+}
+
+/// A monitor's entry after observing `fetched` of `snapshot`, over its stored state (`None`:
+/// never seen), with the event of its transition, if any; `None` when the observation is older
+/// than the stored one (nothing to write).
+pub fn monitor_entry(
+    monitor: &Monitor,
+    stored: Option<&EntryState>,
+    snapshot: &super::AccountSnapshot,
+    fetched: &BalanceEntry,
+) -> Option<(MonitorEntry, Option<NewEvent>)> {
+    let (state, transition) = monitor.decide(stored, monitor.field.of(fetched), snapshot.fetched_at)?;
+    let entry = MonitorEntry {
+        monitor: monitor.id.clone(),
+        account: snapshot.account.clone(),
+        provider: snapshot.provider,
+        wallet: fetched.wallet.clone(),
+        currency: fetched.currency.clone(),
+        state,
+    };
+    let event = monitor.event(&entry, transition);
+    Some((entry, event))
+}
+
+/// The `(monitor, entry)` pairs a snapshot's monitors are evaluated on, in a fixed order (the
+/// snapshot's entries, then the monitors' config order): every writer locks the state rows of
+/// one account in this order.
+pub fn monitored<'a>(
+    snapshot: &'a super::AccountSnapshot,
+    monitors: &'a [Monitor],
+) -> impl Iterator<Item = (&'a Monitor, &'a BalanceEntry)> + 'a {
+    snapshot.entries.iter().flat_map(move |e| {
+        monitors.iter().filter(move |m| m.matches(&snapshot.account, snapshot.provider, e)).map(move |m| (m, e))
+    })
 }
 
 /// The events of saving `saved` over the stored normalized status (`None`: first sight), in

@@ -36,6 +36,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::StoreSettings;
 use crate::domain::event::{Event, NewEvent};
+use crate::domain::monitor::{EntryState, Monitor, MonitorEntry, State};
 use crate::domain::{AccountId, BalanceEntry, Currency, Payout, PayoutStatus, Provider, RawJson};
 
 /// A store failure. Messages come from the database driver and never hold the store URL.
@@ -182,8 +183,26 @@ pub trait Store: Send + Sync {
     /// traffic.
     async fn check_writable(&self) -> Result<(), StoreError>;
 
-    /// Records one successful fetch as change points, atomically.
-    async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError>;
+    /// Records one successful fetch as change points, atomically, and evaluates `monitors`
+    /// against every fetched figure in the same transaction (their new states, and the events
+    /// of their crossings). Returns the monitored entries this write moved, with their states.
+    async fn record_balances(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+    ) -> Result<Vec<MonitorEntry>, StoreError>;
+
+    /// Evaluates `monitors` against a stored snapshot (at start: a monitor added while tally
+    /// was down), writing their new states and events atomically, and nothing else; returns
+    /// the entries it moved. Evaluating a figure already evaluated changes nothing.
+    async fn evaluate_monitors(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+    ) -> Result<Vec<MonitorEntry>, StoreError>;
+
+    /// The stored monitor states, of one account or of all.
+    async fn monitor_states(&self, account: Option<&AccountId>) -> Result<Vec<MonitorEntry>, StoreError>;
 
     /// The latest snapshot of one account, if any was ever stored.
     async fn latest_balances(&self, account: &AccountId) -> Result<Option<AccountSnapshot>, StoreError>;
@@ -255,6 +274,10 @@ fn parse_account(text: &str) -> Result<AccountId, StoreError> {
 
 fn parse_currency(text: &str) -> Result<Currency, StoreError> {
     text.parse().map_err(|e: crate::domain::InvalidCurrency| StoreError::Corrupt(e.to_string()))
+}
+
+fn parse_monitor_state(text: &str) -> Result<State, StoreError> {
+    State::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown monitor state `{text}`")))
 }
 
 fn parse_status(text: &str) -> Result<PayoutStatus, StoreError> {

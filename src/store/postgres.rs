@@ -187,6 +187,81 @@ async fn upsert_point(
     Ok(point.event(snapshot, e))
 }
 
+/// Evaluates `monitors` against every figure of `snapshot` in `tx`: each state row is made to
+/// exist (a placeholder `new` row, replaced before commit) and locked before it is read, so
+/// that replicas recording at once decide one after the other, each on the state the other
+/// committed, and a crossing fires once. Rows are locked in [`decide::monitored`]'s order.
+/// Writes each moved state; returns the events and the entries.
+async fn apply_monitors(
+    tx: &mut Transaction<'_, Postgres>,
+    snapshot: &AccountSnapshot,
+    monitors: &[Monitor],
+) -> Result<(Vec<NewEvent>, Vec<MonitorEntry>), StoreError> {
+    let (mut events, mut entries) = (Vec::new(), Vec::new());
+    for (monitor, e) in decide::monitored(snapshot, monitors) {
+        sqlx::query(
+            "INSERT INTO monitor_states (monitor, account, wallet, currency, provider, state)
+             VALUES ($1, $2, $3, $4, $5, 'new') ON CONFLICT DO NOTHING",
+        )
+        .bind(&monitor.id)
+        .bind(snapshot.account.as_str())
+        .bind(&e.wallet)
+        .bind(e.currency.as_str())
+        .bind(snapshot.provider.as_str())
+        .execute(&mut **tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT state, value::text AS value, since, observed_at FROM monitor_states
+             WHERE monitor = $1 AND account = $2 AND wallet = $3 AND currency = $4 FOR UPDATE",
+        )
+        .bind(&monitor.id)
+        .bind(snapshot.account.as_str())
+        .bind(&e.wallet)
+        .bind(e.currency.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        let stored = entry_state(&row)?;
+        let Some((entry, event)) = decide::monitor_entry(monitor, stored.as_ref(), snapshot, e) else { continue };
+        sqlx::query(
+            "UPDATE monitor_states SET provider = $5, state = $6, value = $7::numeric, since = $8, observed_at = $9
+             WHERE monitor = $1 AND account = $2 AND wallet = $3 AND currency = $4",
+        )
+        .bind(&entry.monitor)
+        .bind(entry.account.as_str())
+        .bind(&entry.wallet)
+        .bind(entry.currency.as_str())
+        .bind(entry.provider.as_str())
+        .bind(entry.state.state.as_str())
+        .bind(decimal_text(&entry.state.value))
+        .bind(entry.state.since)
+        .bind(entry.state.observed_at)
+        .execute(&mut **tx)
+        .await?;
+        events.extend(event);
+        entries.push(entry);
+    }
+    Ok((events, entries))
+}
+
+/// A state row's state; `None` for a placeholder (`new`: never decided).
+fn entry_state(row: &PgRow) -> Result<Option<EntryState>, StoreError> {
+    let state: String = row.try_get("state")?;
+    if state == "new" {
+        return Ok(None);
+    }
+    let (since, observed_at): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        (row.try_get("since")?, row.try_get("observed_at")?);
+    let (Some(since), Some(observed_at)) = (since, observed_at) else {
+        return Err(StoreError::Corrupt(format!("monitor state `{state}` without its times")));
+    };
+    Ok(Some(EntryState {
+        state: parse_monitor_state(&state)?,
+        value: parse_decimal_text(row.try_get("value")?)?,
+        since,
+        observed_at,
+    }))
+}
+
 impl PostgresStore {
     async fn snapshot_from(&self, row: PgRow) -> Result<AccountSnapshot, StoreError> {
         let account = parse_account(row.try_get("account")?)?;
@@ -240,7 +315,11 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
+    async fn record_balances(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+    ) -> Result<Vec<MonitorEntry>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let mut events = Vec::new();
         for e in &snapshot.entries {
@@ -276,6 +355,8 @@ impl Store for PostgresStore {
                 snapshot.fetched_at,
             ));
         }
+        let (monitor_events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
+        events.extend(monitor_events);
         insert_events(&mut tx, &events).await?;
         // Delivered at commit: waiting replicas wake when the snapshot is readable.
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -285,7 +366,56 @@ impl Store for PostgresStore {
             .await?;
         tx.commit().await?;
         announce(&self.events, &events);
-        Ok(())
+        Ok(moved)
+    }
+
+    async fn evaluate_monitors(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+    ) -> Result<Vec<MonitorEntry>, StoreError> {
+        if decide::monitored(snapshot, monitors).next().is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let (events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
+        insert_events(&mut tx, &events).await?;
+        if !events.is_empty() {
+            // Other replicas follow the account again, monitor states included.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(FETCH_EVENTS)
+                .bind(snapshot.account.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        announce(&self.events, &events);
+        Ok(moved)
+    }
+
+    async fn monitor_states(&self, account: Option<&AccountId>) -> Result<Vec<MonitorEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT monitor, account, provider, wallet, currency, state, value::text AS value, since, observed_at
+             FROM monitor_states WHERE state <> 'new' AND ($1::text IS NULL OR account = $1)
+             ORDER BY monitor, account, wallet, currency",
+        )
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state = entry_state(row)?
+                    .ok_or_else(|| StoreError::Corrupt("an undecided monitor state was committed".into()))?;
+                Ok(MonitorEntry {
+                    monitor: row.try_get("monitor")?,
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    wallet: row.try_get("wallet")?,
+                    currency: parse_currency(row.try_get("currency")?)?,
+                    state,
+                })
+            })
+            .collect()
     }
 
     async fn latest_balances(&self, account: &AccountId) -> Result<Option<AccountSnapshot>, StoreError> {

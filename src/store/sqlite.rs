@@ -241,6 +241,71 @@ async fn upsert_point(
     Ok(point.event(snapshot, e))
 }
 
+/// Evaluates `monitors` against every figure of `snapshot` in `tx` (writes are serialized,
+/// so the read state is the one this write moves): writes each moved state, returns the
+/// events and the entries.
+async fn apply_monitors(
+    tx: &mut Transaction<'_, Sqlite>,
+    snapshot: &AccountSnapshot,
+    monitors: &[Monitor],
+) -> Result<(Vec<NewEvent>, Vec<MonitorEntry>), StoreError> {
+    let (mut events, mut entries) = (Vec::new(), Vec::new());
+    for (monitor, e) in decide::monitored(snapshot, monitors) {
+        let row = sqlx::query(
+            "SELECT state, value, since, observed_at FROM monitor_states
+             WHERE monitor = ?1 AND account = ?2 AND wallet = ?3 AND currency = ?4",
+        )
+        .bind(&monitor.id)
+        .bind(snapshot.account.as_str())
+        .bind(&e.wallet)
+        .bind(e.currency.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        let stored = row.as_ref().map(entry_state).transpose()?;
+        let Some((entry, event)) = decide::monitor_entry(monitor, stored.as_ref(), snapshot, e) else { continue };
+        sqlx::query(
+            "INSERT INTO monitor_states (monitor, account, wallet, currency, provider, state, value, since, observed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (monitor, account, wallet, currency) DO UPDATE SET
+                provider = ?5, state = ?6, value = ?7, since = ?8, observed_at = ?9",
+        )
+        .bind(&entry.monitor)
+        .bind(entry.account.as_str())
+        .bind(&entry.wallet)
+        .bind(entry.currency.as_str())
+        .bind(entry.provider.as_str())
+        .bind(entry.state.state.as_str())
+        .bind(decimal_text(&entry.state.value))
+        .bind(micros(entry.state.since))
+        .bind(micros(entry.state.observed_at))
+        .execute(&mut **tx)
+        .await?;
+        events.extend(event);
+        entries.push(entry);
+    }
+    Ok((events, entries))
+}
+
+fn entry_state(row: &SqliteRow) -> Result<EntryState, StoreError> {
+    Ok(EntryState {
+        state: parse_monitor_state(row.try_get("state")?)?,
+        value: parse_decimal_text(row.try_get("value")?)?,
+        since: time(row.try_get("since")?)?,
+        observed_at: time(row.try_get("observed_at")?)?,
+    })
+}
+
+fn monitor_entry(row: &SqliteRow) -> Result<MonitorEntry, StoreError> {
+    Ok(MonitorEntry {
+        monitor: row.try_get("monitor")?,
+        account: parse_account(row.try_get("account")?)?,
+        provider: parse_provider(row.try_get("provider")?)?,
+        wallet: row.try_get("wallet")?,
+        currency: parse_currency(row.try_get("currency")?)?,
+        state: entry_state(row)?,
+    })
+}
+
 impl SqliteStore {
     /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front (waiting up to the
     /// busy timeout); a deferred transaction that reads first cannot be upgraded while another
@@ -302,7 +367,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_balances(&self, snapshot: &AccountSnapshot) -> Result<(), StoreError> {
+    async fn record_balances(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+    ) -> Result<Vec<MonitorEntry>, StoreError> {
         let mut tx = self.write().await?;
         let mut events = Vec::new();
         for e in &snapshot.entries {
@@ -319,10 +388,39 @@ impl Store for SqliteStore {
         .bind(snapshot.raw.as_ref().map(|r| r.to_string()))
         .execute(&mut *tx)
         .await?;
+        let (monitor_events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
+        events.extend(monitor_events);
         insert_events(&mut tx, &events).await?;
         tx.commit().await?;
         announce(&self.events, &events);
-        Ok(())
+        Ok(moved)
+    }
+
+    async fn evaluate_monitors(
+        &self,
+        snapshot: &AccountSnapshot,
+        monitors: &[Monitor],
+    ) -> Result<Vec<MonitorEntry>, StoreError> {
+        if decide::monitored(snapshot, monitors).next().is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write().await?;
+        let (events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
+        insert_events(&mut tx, &events).await?;
+        tx.commit().await?;
+        announce(&self.events, &events);
+        Ok(moved)
+    }
+
+    async fn monitor_states(&self, account: Option<&AccountId>) -> Result<Vec<MonitorEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT monitor, account, provider, wallet, currency, state, value, since, observed_at FROM monitor_states
+             WHERE ?1 IS NULL OR account = ?1 ORDER BY monitor, account, wallet, currency",
+        )
+        .bind(account.map(AccountId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(monitor_entry).collect()
     }
 
     async fn latest_balances(&self, account: &AccountId) -> Result<Option<AccountSnapshot>, StoreError> {

@@ -606,7 +606,7 @@ async fn the_warm_up_serves_stored_figures_with_their_real_ages(db: &TestDb) {
         entries: vec![entry("prefund", "393.63"), entry("transaction", "26.05")],
         raw: None,
     };
-    store.record_balances(&snapshot).await.unwrap();
+    store.record_balances(&snapshot, &[]).await.unwrap();
     store.close().await;
 
     let server = leanx(ok("1.00", "2.00")).await;

@@ -59,7 +59,10 @@ fn of_kind<'a>(events: &'a [tally::domain::event::Event], kind: &str) -> Vec<&'a
 async fn one_balance_changed_per_real_change_in_the_same_write(db: &TestDb) {
     let store = migrated(db).await;
     store
-        .record_balances(&snapshot("leanx-main", t0(), vec![entry("prefund", "1.00"), entry("transaction", "2.00")]))
+        .record_balances(
+            &snapshot("leanx-main", t0(), vec![entry("prefund", "1.00"), entry("transaction", "2.00")]),
+            &[],
+        )
         .await
         .unwrap();
     let events = all_events(store.as_ref()).await;
@@ -80,7 +83,10 @@ async fn one_balance_changed_per_real_change_in_the_same_write(db: &TestDb) {
     // Unchanged figures: no change point, no event.
     let later = t0() + TimeDelta::seconds(30);
     store
-        .record_balances(&snapshot("leanx-main", later, vec![entry("prefund", "1.00"), entry("transaction", "2.00")]))
+        .record_balances(
+            &snapshot("leanx-main", later, vec![entry("prefund", "1.00"), entry("transaction", "2.00")]),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(all_events(store.as_ref()).await.len(), 2, "an unchanged figure raises nothing");
@@ -90,7 +96,10 @@ async fn one_balance_changed_per_real_change_in_the_same_write(db: &TestDb) {
     // One changed figure (the scale counts): one point, one event, with what it follows.
     let last = t0() + TimeDelta::seconds(60);
     store
-        .record_balances(&snapshot("leanx-main", last, vec![entry("prefund", "1.0"), entry("transaction", "2.00")]))
+        .record_balances(
+            &snapshot("leanx-main", last, vec![entry("prefund", "1.0"), entry("transaction", "2.00")]),
+            &[],
+        )
         .await
         .unwrap();
     let events = all_events(store.as_ref()).await;
@@ -163,7 +172,7 @@ async fn execute(db: &TestDb, sql: &'static str) {
 /// payout's new status and their events commit together or not at all.
 async fn a_change_is_never_stored_without_its_event(db: &TestDb) {
     let store = migrated(db).await;
-    store.record_balances(&snapshot("leanx-main", t0(), vec![entry("prefund", "1.00")])).await.unwrap();
+    store.record_balances(&snapshot("leanx-main", t0(), vec![entry("prefund", "1.00")]), &[]).await.unwrap();
     let history = || async { store.balance_history(&HistoryQuery { limit: 100, ..Default::default() }).await.unwrap() };
     assert_eq!(history().await.len(), 1);
 
@@ -171,12 +180,12 @@ async fn a_change_is_never_stored_without_its_event(db: &TestDb) {
     // whole, and those that raise none still go through.
     execute(db, "DROP TABLE events").await;
     let changed = snapshot("leanx-main", t0() + TimeDelta::seconds(10), vec![entry("prefund", "2.00")]);
-    assert!(store.record_balances(&changed).await.is_err(), "the event could not be written");
+    assert!(store.record_balances(&changed, &[]).await.is_err(), "the event could not be written");
     assert_eq!(history().await.len(), 1, "so the change point was not stored either");
     let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(latest.fetched_at, t0(), "nor the snapshot");
     let unchanged = snapshot("leanx-main", t0() + TimeDelta::seconds(20), vec![entry("prefund", "1.00")]);
-    store.record_balances(&unchanged).await.expect("an unchanged figure writes no event");
+    store.record_balances(&unchanged, &[]).await.expect("an unchanged figure writes no event");
     let p = StoredPayout {
         account: "leanx-main".parse().unwrap(),
         provider: Provider::Leanx,
@@ -212,12 +221,12 @@ async fn the_feed_pages_by_cursor_filters_and_bounds_its_limit(db: &TestDb) {
         format!("{}{}", account("feed-a", "http://127.0.0.1:9", ""), account("feed-b", "http://127.0.0.1:9", ""));
     let app = TestApp::spawn(db.url(), &accounts).await;
     let store = db.store();
-    store.record_balances(&snapshot("feed-a", t0(), vec![entry("prefund", "1.00")])).await.unwrap();
+    store.record_balances(&snapshot("feed-a", t0(), vec![entry("prefund", "1.00")]), &[]).await.unwrap();
     store
-        .record_balances(&snapshot("feed-a", t0() + TimeDelta::seconds(1), vec![entry("prefund", "2.00")]))
+        .record_balances(&snapshot("feed-a", t0() + TimeDelta::seconds(1), vec![entry("prefund", "2.00")]), &[])
         .await
         .unwrap();
-    store.record_balances(&snapshot("feed-b", t0(), vec![entry("prefund", "3.00")])).await.unwrap();
+    store.record_balances(&snapshot("feed-b", t0(), vec![entry("prefund", "3.00")]), &[]).await.unwrap();
     let p = StoredPayout {
         account: "feed-a".parse().unwrap(),
         provider: Provider::Leanx,

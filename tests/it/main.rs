@@ -12,6 +12,7 @@ mod demo;
 mod deploy;
 mod events;
 mod hostile;
+mod monitors;
 mod openapi;
 mod ops;
 mod payouts;

@@ -49,7 +49,7 @@ async fn full_disk(db: &TestDb) -> (Arc<dyn Store>, SqliteConnection) {
     let unlimited = db.store();
     unlimited.migrate().await.unwrap();
     // Room that can be given back later: about 64 KiB of another account's payload.
-    unlimited.record_balances(&bulky("filler", 64)).await.unwrap();
+    unlimited.record_balances(&bulky("filler", 64), &[]).await.unwrap();
     let mut operator = SqliteConnection::connect(db.url()).await.unwrap();
     let pages: u64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut operator).await.unwrap();
     (store_with_page_budget(db, pages), operator)
@@ -67,13 +67,13 @@ async fn sqlite_writes_recover_by_themselves_once_a_full_disk_has_space_again() 
     store.check_ready().await.expect("a full disk still answers reads");
     // Every pooled connection meets the full disk, more than once.
     for _ in 0..4 {
-        let full = store.record_balances(&bulky("leanx-main", 32)).await.expect_err("no room for new pages");
+        let full = store.record_balances(&bulky("leanx-main", 32), &[]).await.expect_err("no room for new pages");
         assert!(full.to_string().contains("database or disk is full"), "{full}");
     }
 
     free_space(&mut operator).await;
     for _ in 0..4 {
-        store.record_balances(&bulky("leanx-main", 32)).await.expect("writes go through again, without a restart");
+        store.record_balances(&bulky("leanx-main", 32), &[]).await.expect("writes go through again, without a restart");
     }
     let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap();
     assert!(latest.is_some());

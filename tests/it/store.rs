@@ -46,9 +46,9 @@ async fn history(store: &dyn tally::store::Store) -> Vec<tally::store::HistoryPo
 async fn an_unchanged_figure_only_moves_its_confirmation_time(db: &TestDb) {
     let store = migrated(db).await;
     let first = snapshot(t0(), vec![entry("prefund", "MYR", "393.63"), entry("transaction", "MYR", "26.05")]);
-    store.record_balances(&first).await.unwrap();
+    store.record_balances(&first, &[]).await.unwrap();
     let later = t0() + TimeDelta::seconds(30);
-    store.record_balances(&snapshot(later, first.entries.clone())).await.unwrap();
+    store.record_balances(&snapshot(later, first.entries.clone()), &[]).await.unwrap();
 
     let points = history(store.as_ref()).await;
     assert_eq!(points.len(), 2, "no new row for unchanged figures");
@@ -61,12 +61,12 @@ async fn an_unchanged_figure_only_moves_its_confirmation_time(db: &TestDb) {
 
 async fn a_changed_figure_adds_a_change_point(db: &TestDb) {
     let store = migrated(db).await;
-    store.record_balances(&snapshot(t0(), vec![entry("prefund", "MYR", "393.63")])).await.unwrap();
+    store.record_balances(&snapshot(t0(), vec![entry("prefund", "MYR", "393.63")]), &[]).await.unwrap();
     let later = t0() + TimeDelta::seconds(10);
-    store.record_balances(&snapshot(later, vec![entry("prefund", "MYR", "380.00")])).await.unwrap();
+    store.record_balances(&snapshot(later, vec![entry("prefund", "MYR", "380.00")]), &[]).await.unwrap();
     // Scale is part of the figure: 380.0 differs from 380.00.
     let last = t0() + TimeDelta::seconds(20);
-    store.record_balances(&snapshot(last, vec![entry("prefund", "MYR", "380.0")])).await.unwrap();
+    store.record_balances(&snapshot(last, vec![entry("prefund", "MYR", "380.0")]), &[]).await.unwrap();
 
     let points = history(store.as_ref()).await;
     let figures: Vec<String> = points.iter().map(|p| p.entry.available.unwrap().to_string()).collect();
@@ -77,10 +77,13 @@ async fn a_changed_figure_adds_a_change_point(db: &TestDb) {
 
 async fn latest_per_account_holds_only_the_last_fetch(db: &TestDb) {
     let store = migrated(db).await;
-    store.record_balances(&snapshot(t0(), vec![entry("a", "MYR", "1.00"), entry("b", "USD", "2.00")])).await.unwrap();
+    store
+        .record_balances(&snapshot(t0(), vec![entry("a", "MYR", "1.00"), entry("b", "USD", "2.00")]), &[])
+        .await
+        .unwrap();
     // Wallet b disappeared from the provider's answer.
     let later = t0() + TimeDelta::seconds(5);
-    store.record_balances(&snapshot(later, vec![entry("a", "MYR", "1.00")])).await.unwrap();
+    store.record_balances(&snapshot(later, vec![entry("a", "MYR", "1.00")]), &[]).await.unwrap();
     let all = store.all_latest_balances().await.unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].entries.iter().map(|e| e.wallet.as_str()).collect::<Vec<_>>(), ["a"]);
@@ -92,7 +95,7 @@ async fn history_filters_by_range_wallet_and_currency(db: &TestDb) {
         let at = t0() + TimeDelta::minutes(minute);
         let amount = format!("{}.00", 100 + minute);
         store
-            .record_balances(&snapshot(at, vec![entry("prefund", "MYR", &amount), entry("usd", "USD", "1")]))
+            .record_balances(&snapshot(at, vec![entry("prefund", "MYR", &amount), entry("usd", "USD", "1")]), &[])
             .await
             .unwrap();
     }
@@ -118,7 +121,7 @@ async fn exact_decimals_round_trip(db: &TestDb) {
     e.pending = Some(parse_decimal("0.12345678").unwrap());
     e.reserved = Some(parse_decimal("0.00").unwrap());
     e.blocked = true;
-    store.record_balances(&snapshot(t0(), vec![e.clone()])).await.unwrap();
+    store.record_balances(&snapshot(t0(), vec![e.clone()]), &[]).await.unwrap();
     let latest = store.latest_balances(&"leanx-main".parse().unwrap()).await.unwrap().unwrap();
     let got = &latest.entries[0];
     assert_eq!(got.available.unwrap().to_string(), "90071992547409.93");
@@ -198,7 +201,7 @@ async fn concurrent_writes_of_many_accounts_all_land(db: &TestDb) {
         tokio::spawn(async move {
             let mut snap = snapshot(t0(), vec![entry("prefund", "MYR", "1.00"), entry("transaction", "MYR", "2.00")]);
             snap.account = format!("acct-{i}").parse().unwrap();
-            store.record_balances(&snap).await
+            store.record_balances(&snap, &[]).await
         })
     });
     let writes: Vec<_> = writes.collect();
