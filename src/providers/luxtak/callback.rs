@@ -21,14 +21,23 @@ pub fn verify(settings: &LuxtakSettings, request: &CallbackRequest<'_>) -> Resul
         .headers
         .get(AUTHORIZATION)
         .ok_or_else(|| CallbackRefusal::unverified("the notification has no Authorization header"))?;
-    let joined = signature::join(params.iter().filter_map(|(k, v)| Some((k.as_str(), v.clone()?))));
-    let expected = signature::digest(&joined, settings.app_key.expose_secret());
+    let expected = signature_of(&params, settings.app_key.expose_secret());
     // The docs ask for lowercase hex; a sender's uppercase is read as the same digest.
     let claimed = claimed.as_bytes().to_ascii_lowercase();
     if !bool::from(expected.as_bytes().ct_eq(&claimed)) {
         return Err(CallbackRefusal::unverified("the Authorization signature does not match the app_key"));
     }
     Ok(Callback::Payout(Box::new(payout(&params)?)))
+}
+
+/// The `Authorization` a notification with this body carries when signed with `app_key`.
+pub fn expected_signature(body: &[u8], app_key: &str) -> Result<String, CallbackRefusal> {
+    Ok(signature_of(&params(body)?, app_key))
+}
+
+fn signature_of(params: &[(String, Option<String>)], app_key: &str) -> String {
+    let joined = signature::join(params.iter().filter_map(|(k, v)| Some((k.as_str(), v.clone()?))));
+    signature::digest(&joined, app_key)
 }
 
 /// The body's top-level params in order, each as the text that is signed (`None` for null).

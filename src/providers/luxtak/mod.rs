@@ -1,7 +1,7 @@
 //! Luxtak (the Pagsmile/Transfersmile payout platform): every call is a signed POST with a
 //! JSON body carrying a unix `timestamp`, headers `AppId` and `Authorization` (the signature).
 
-mod callback;
+pub(crate) mod callback;
 mod config;
 pub(crate) mod signature;
 #[cfg(test)]
