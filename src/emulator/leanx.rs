@@ -30,7 +30,12 @@ fn demo_accounts(base_url: &url::Url) -> String {
 }
 
 fn how_to_call() -> String {
-    format!("auth-token: {} (or {})", credentials::LEANX_MAIN_TOKEN, credentials::LEANX_OPS_TOKEN)
+    format!(
+        "auth-token: {} (or {})  callback Hash Key: {}",
+        credentials::LEANX_MAIN_TOKEN,
+        credentials::LEANX_OPS_TOKEN,
+        credentials::LEANX_HASH_KEY
+    )
 }
 
 fn routes() -> Router<Arc<Shared>> {
