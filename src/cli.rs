@@ -191,7 +191,9 @@ async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), 
     println!(
         "provider emulators on http://{addr}\n\n{}\n\
          control: PUT http://{addr}/_control/faults/PROVIDER (JSON), GET http://{addr}/_control/calls,\n\
-         \x20        POST http://{addr}/_control/ibanera/expire-tokens\n\n\
+         \x20        POST http://{addr}/_control/ibanera/expire-tokens,\n\
+         \x20        POST http://{addr}/_control/leanx/callback or /_control/luxtak/callback \
+         ({{\"url\", \"payout\", \"status\"}}: send a signed callback)\n\n\
          tally accounts for these emulators:\n\n{}",
         emulator.directory(),
         emulator.demo_accounts_toml(),

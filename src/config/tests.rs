@@ -146,7 +146,7 @@ fn each_bad_config_names_its_key() {
         (
             "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_token = \"t\"\napp_key = \"k\"",
             "accounts[0].app_key",
-            "unknown field `app_key`, expected `auth_token` or `currency`",
+            "unknown field `app_key`, expected one of `auth_token`, `currency`, `hash_key`",
         ),
         (
             "[[accounts]]\nid = \"a\"\nprovider = \"leanx\"\nauth_tokn = \"t\"",

@@ -7,6 +7,8 @@ use rust_decimal::Decimal;
 pub mod credentials {
     pub const LEANX_MAIN_TOKEN: &str = "LP-DEMO0001-MM|6f1d2c3b-0001-4d5e-8f90-a1b2c3d4e5f6|demo0001";
     pub const LEANX_OPS_TOKEN: &str = "LP-DEMO0002-MM|6f1d2c3b-0002-4d5e-8f90-a1b2c3d4e5f6|demo0002";
+    /// The Hash Key LeanX callbacks are signed with (HS256).
+    pub const LEANX_HASH_KEY: &str = "demo-leanx-hash-key-0001";
     pub const LUXTAK_APP_ID: &str = "DEMO-LUXTAK-APP-0001";
     pub const LUXTAK_APP_KEY: &str = "demo-luxtak-app-key";
     pub const IBANERA_USERNAME: &str = "demo-treasury";

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::data::{LEANX_PAYOUTS, LeanxPayout, leanx_pools};
-use super::{Emulated, Shared, credentials, json};
+use super::{Emulated, SendCallback, Shared, credentials, deliver, json, unknown_payout};
 use crate::domain::Provider;
 use crate::sync::MutexExt;
 
@@ -21,7 +21,8 @@ pub(super) const EMULATED: Emulated =
 fn demo_accounts(base_url: &url::Url) -> String {
     let account = |id: &str, token: &str| {
         format!(
-            "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{base_url}\"\nauth_token = \"{token}\"\n"
+            "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{base_url}\"\nauth_token = \"{token}\"\nhash_key = \"{}\"\n",
+            credentials::LEANX_HASH_KEY
         )
     };
     [account("leanx-main", credentials::LEANX_MAIN_TOKEN), account("leanx-ops", credentials::LEANX_OPS_TOKEN)]
@@ -29,7 +30,12 @@ fn demo_accounts(base_url: &url::Url) -> String {
 }
 
 fn how_to_call() -> String {
-    format!("auth-token: {} (or {})", credentials::LEANX_MAIN_TOKEN, credentials::LEANX_OPS_TOKEN)
+    format!(
+        "auth-token: {} (or {})  callback Hash Key: {}",
+        credentials::LEANX_MAIN_TOKEN,
+        credentials::LEANX_OPS_TOKEN,
+        credentials::LEANX_HASH_KEY
+    )
 }
 
 fn routes() -> Router<Arc<Shared>> {
@@ -139,4 +145,51 @@ pub(super) async fn put_prefund(State(shared): State<Arc<Shared>>, body: axum::b
 pub(super) async fn reset_prefund(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.leanx_prefund.locked().clear();
     StatusCode::NO_CONTENT
+}
+
+/// `POST /_control/leanx/callback`: `{"url", "payout", "status"}` posts the payout callback
+/// LeanX would send (PROVIDERS.md §1.5) for a demo payout, `{"data": "<JWT>"}` signed HS256
+/// with [`credentials::LEANX_HASH_KEY`], to `url`.
+pub(super) async fn send_callback(State(shared): State<Arc<Shared>>, body: axum::body::Bytes) -> Response {
+    let asked = match SendCallback::read(&body) {
+        Ok(asked) => asked,
+        Err(refused) => return *refused,
+    };
+    let Some(p) = LEANX_PAYOUTS.iter().find(|p| p.id == asked.payout || p.external_ref == asked.payout) else {
+        return unknown_payout(&asked.payout);
+    };
+    let token = crate::providers::leanx::jwt::sign_hs256(
+        &callback_claims(p, asked.status.as_deref().unwrap_or(p.status), asked.url.as_str()),
+        credentials::LEANX_HASH_KEY.as_bytes(),
+    );
+    deliver(&shared, asked.url, serde_json::json!({ "data": token }).to_string(), None).await
+}
+
+/// The claims of LeanX's payout callback, shaped as the doc's sample decodes. Its nested
+/// times carry `Z` (UTC), where the status API's are naive Malaysia time.
+fn callback_claims(p: &LeanxPayout, status: &str, url: &str) -> serde_json::Value {
+    let utc = |local: &str| {
+        chrono::NaiveDateTime::parse_from_str(local, "%Y-%m-%dT%H:%M:%S")
+            .map(|t| (t - chrono::TimeDelta::hours(8)).format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(|_| local.to_owned())
+    };
+    let status_id = match status {
+        "SUCCESS" => 2,
+        "FAILED" => 3,
+        _ => 1,
+    };
+    serde_json::json!({
+        "output": {
+            "invoice_no": p.id,
+            "error_description": p.error.map(|(_, message)| vec![message]).unwrap_or_default(),
+            "bank_response": {"Success": status == "SUCCESS", "Result": {"OrgnCurrency": "MYR", "OrgnTransactionAmount": p.value, "PaymentStatus": "ACSP"}},
+        },
+        "client_data": {"virtual_pool_reference": "VA-F04EC4-164712020277-PAYOUT", "external_invoice_ref": p.external_ref, "recipient_reference": "demo"},
+        "invoice_status_id": status_id,
+        "invoice_status": status,
+        "amount": p.value,
+        "payout_service_id": 1,
+        "client_callback_url": url,
+        "payout_payment": {"item": {"balance": "7.00", "virtual_pool_reference": "VA-F04EC4-164712020277-PAYOUT", "created_at": utc(p.created_at), "updated_at": utc(p.updated_at)}},
+    })
 }

@@ -12,7 +12,7 @@ use axum::routing::post;
 use serde_json::{Map, Value, json};
 
 use super::data::{LUXTAK_PAYOUTS, luxtak_balances};
-use super::{Emulated, Shared, credentials, json as respond};
+use super::{Emulated, SendCallback, Shared, credentials, deliver, json as respond, unknown_payout};
 use crate::domain::Provider;
 
 /// This emulator's registration (see [`super::EMULATORS`]).
@@ -150,4 +150,29 @@ async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         ),
         None => envelope(StatusCode::BAD_REQUEST, 4_001_021, "order not existed", json!({})),
     }
+}
+
+/// `POST /_control/luxtak/callback`: `{"url", "payout", "status"}` posts the payout
+/// notification Luxtak would send (PROVIDERS.md §2.5) for a demo payout to `url`, with
+/// `Authorization` the SHA-256 signature of its params and the app key.
+pub(super) async fn send_callback(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let asked = match SendCallback::read(&body) {
+        Ok(asked) => asked,
+        Err(refused) => return *refused,
+    };
+    let Some(p) = LUXTAK_PAYOUTS.iter().find(|p| p.payout_id == asked.payout || p.custom_code == asked.payout) else {
+        return unknown_payout(&asked.payout);
+    };
+    let notification = json!({
+        "payoutId": p.payout_id,
+        "custom_code": p.custom_code,
+        "status": asked.status.as_deref().unwrap_or(p.status),
+        "msg": p.remark,
+        "timestamp": chrono::Utc::now().timestamp(),
+    })
+    .to_string();
+    let signature =
+        crate::providers::luxtak::callback::expected_signature(notification.as_bytes(), credentials::LUXTAK_APP_KEY)
+            .expect("the emulator's own notification is flat JSON");
+    deliver(&shared, asked.url, notification, Some(signature)).await
 }

@@ -7,7 +7,10 @@
 //! Control routes: `PUT /_control/faults/{provider}` (JSON [`Faults`]), `GET /_control/calls`,
 //! `POST /_control/ibanera/expire-tokens`, and `PUT`/`DELETE /_control/leanx/prefund` (a LeanX
 //! prefund pool held at a figure, `{"value": "120.00", "account": "main"}`, or back to the demo's
-//! drift), so a monitor can be seen to fire and clear.
+//! drift), so a monitor can be seen to fire and clear. `POST /_control/leanx/callback` and
+//! `POST /_control/luxtak/callback` (`{"url": "…", "payout": "<id>", "status": "…"}`) send a
+//! demo payout's callback to `url`, signed as the provider signs it, and answer what the
+//! receiver said.
 
 pub mod data;
 mod faults;
@@ -67,6 +70,8 @@ pub struct Shared {
     ibanera: Mutex<IbaneraAuth>,
     /// LeanX prefund pools held at a figure, by token (the rest drift as the demo data says).
     leanx_prefund: Mutex<HashMap<&'static str, rust_decimal::Decimal>>,
+    /// Sends the callbacks the control routes ask for.
+    callback_http: reqwest::Client,
 }
 
 #[derive(Default)]
@@ -105,6 +110,7 @@ impl Emulator {
             calls: EMULATORS.iter().map(|e| (e.provider, AtomicU64::new(0))).collect(),
             ibanera: Mutex::new(IbaneraAuth::default()),
             leanx_prefund: Mutex::new(HashMap::new()),
+            callback_http: callback_client(),
             started: std::time::Instant::now(),
             options,
         });
@@ -210,6 +216,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/calls", get(get_calls))
         .route("/_control/ibanera/expire-tokens", post(expire_tokens))
         .route("/_control/leanx/prefund", put(leanx::put_prefund).delete(leanx::reset_prefund))
+        .route("/_control/leanx/callback", post(leanx::send_callback))
+        .route("/_control/luxtak/callback", post(luxtak::send_callback))
         .with_state(shared)
 }
 
@@ -290,4 +298,81 @@ async fn get_calls(State(shared): State<Arc<Shared>>) -> Response {
 async fn expire_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.ibanera.locked().tokens.clear();
     StatusCode::NO_CONTENT
+}
+
+/// How long a receiver may take to answer an emulated callback.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn callback_client() -> reqwest::Client {
+    crate::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(CALLBACK_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client with a timeout and no redirects builds")
+}
+
+/// `{"url": "…", "payout": "<id or reference>", "status": "…"}`: the body of the callback
+/// control routes; `status` defaults to the demo payout's own.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendCallbackBody {
+    url: String,
+    payout: String,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+struct SendCallback {
+    url: url::Url,
+    payout: String,
+    status: Option<String>,
+}
+
+impl SendCallback {
+    fn read(body: &[u8]) -> Result<Self, Box<Response>> {
+        let bad = |problem: String| {
+            let example = r#"{"url": "http://127.0.0.1:8080/callbacks/ACCOUNT", "payout": "ID", "status": "STATUS"}"#;
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("expected {example}: {problem}") }).to_string(),
+            )
+        };
+        let asked: SendCallbackBody = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        let url = url::Url::parse(&asked.url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| bad("`url` is not an http(s) URL".to_owned()))?;
+        Ok(Self { url, payout: asked.payout, status: asked.status })
+    }
+}
+
+fn unknown_payout(id: &str) -> Response {
+    json(StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("no demo payout `{id}`") }).to_string())
+}
+
+/// POSTs a callback and reports the receiver's answer (`{"status": 200, "body": "success"}`),
+/// or `502` when it could not be delivered.
+async fn deliver(shared: &Shared, url: url::Url, body: String, authorization: Option<String>) -> Response {
+    let mut request = shared.callback_http.post(url).header(header::CONTENT_TYPE, "application/json").body(body);
+    if let Some(value) = authorization {
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let answer = match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            response.text().await.map(|text| (status, text))
+        }
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok((status, text)) => {
+            let text: String = text.chars().take(2048).collect();
+            json(StatusCode::OK, serde_json::json!({ "status": status, "body": text }).to_string())
+        }
+        Err(e) => json(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({ "error": format!("the callback was not delivered: {e}") }).to_string(),
+        ),
+    }
 }

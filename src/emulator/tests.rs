@@ -509,3 +509,5 @@ async fn a_held_leanx_prefund_figure_is_served_until_reset() {
     assert_eq!(http.delete(&control).send().await.unwrap().status(), 204);
     assert_eq!(prefund(&main.fetch_balances().await.unwrap()), drifting, "back to the demo's figure");
 }
+
+mod callbacks;

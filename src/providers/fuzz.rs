@@ -152,3 +152,62 @@ fn no_answer_makes_a_client_panic() {
         }
     }
 }
+
+/// A compact HS256 token over any payload text (not necessarily JSON), signed with `key`.
+fn hs256_token(payload: &str, key: &str) -> String {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{KeyInit, Mac};
+    let input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#), URL_SAFE_NO_PAD.encode(payload));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
+    mac.update(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+}
+
+/// Whatever a callback's body (arbitrary, or correctly signed so that the reading behind the
+/// check is reached), every provider answers a callback, a trigger or a refusal: never a panic.
+#[test]
+fn no_callback_makes_a_provider_panic() {
+    use super::{CallbackRequest, ProviderConfig};
+    use crate::domain::Provider;
+    let read = |provider, keys| ProviderConfig::read(provider, keys).expect("valid settings");
+    let accounts = [
+        read(Provider::Leanx, serde_json::json!({"auth_token": "t", "hash_key": "k"})),
+        read(Provider::Leanx, serde_json::json!({"auth_token": "t"})),
+        read(Provider::Luxtak, serde_json::json!({"app_id": "a", "app_key": "k"})),
+        read(
+            Provider::Ibanera,
+            serde_json::json!({"username": "u", "password": "p", "totp_secret": "JBSWY3DPEHPK3PXP"}),
+        ),
+        read(Provider::Yedpay, serde_json::json!({"access_token": "t", "company_id": "c"})),
+    ];
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(200);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let outcome = runner.run(&answer(), |text| {
+        let token = hs256_token(&text, "k");
+        let luxtak_signature = super::luxtak::callback::expected_signature(text.as_bytes(), "k").unwrap_or_default();
+        let bodies = [text.clone(), serde_json::json!({ "data": token }).to_string(), format!(r#"{{"data":{text}}}"#)];
+        for body in &bodies {
+            for signature in ["0", luxtak_signature.as_str()] {
+                let mut headers = reqwest::header::HeaderMap::new();
+                if let Ok(value) = reqwest::header::HeaderValue::from_str(signature) {
+                    headers.insert(reqwest::header::AUTHORIZATION, value);
+                }
+                let request = CallbackRequest {
+                    body: body.as_bytes(),
+                    headers: &headers,
+                    now: chrono::Utc::now(),
+                    utc_offset: chrono::FixedOffset::east_opt(8 * 3600).expect("a valid offset"),
+                };
+                for account in &accounts {
+                    let _ = account.verify_callback(&request);
+                }
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+}

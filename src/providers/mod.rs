@@ -9,6 +9,7 @@
 //! The service layer sees only [`ProviderClient`], built by [`ProviderConfig::client`]; the
 //! registry's one match is the only place that tells the providers apart.
 
+pub mod callback;
 #[cfg(test)]
 mod conformance;
 mod error;
@@ -27,6 +28,9 @@ use async_trait::async_trait;
 
 use crate::domain::{BalanceFetch, PayoutLookup};
 
+pub use callback::{
+    Callback, CallbackAck, CallbackRefusal, CallbackRefusalKind, CallbackRequest, MAX_CALLBACK_BYTES, Trigger,
+};
 pub use error::{UpstreamError, UpstreamErrorKind};
 pub use http::{DEFAULT_MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, UpstreamHttp, UpstreamResponse};
 pub use registry::{ClientContext, ProviderConfig, ProviderSettings, Registration, SettingError, registration};

@@ -16,6 +16,7 @@ use serde::Deserializer;
 use serde::de::DeserializeOwned;
 use url::Url;
 
+use super::callback::{Callback, CallbackAck, CallbackRefusal, CallbackRequest, MAX_CALLBACK_BYTES};
 use super::{Capabilities, ProviderClient, UpstreamError, UpstreamHttp, ibanera, leanx, luxtak, yedpay};
 use crate::domain::{BalanceFetch, PayoutLookup, Provider};
 
@@ -86,6 +87,16 @@ pub trait ProviderSettings: DeserializeOwned + Clone + fmt::Debug + Send + Sync 
 
     /// The client for one account with these settings.
     fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient>;
+
+    /// Verifies and reads a callback to this account, exactly as the provider documents its
+    /// callbacks (the room's `callback.rs`). By default a provider sends none tally can use.
+    fn verify_callback(&self, request: &CallbackRequest<'_>) -> Result<Callback, CallbackRefusal> {
+        let _ = request;
+        Err(CallbackRefusal::unsupported(format!("{} sends no callbacks tally can verify", Self::PROVIDER)))
+    }
+
+    /// What the provider expects back from an accepted callback.
+    const CALLBACK_ACK: CallbackAck = CallbackAck::Json;
 }
 
 /// What a client needs of its account beyond its provider's own settings.
@@ -139,6 +150,8 @@ impl Registration {
 trait Registered: Send + Sync {
     fn registration(&self) -> Registration;
     fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient>;
+    fn verify_callback(&self, request: &CallbackRequest<'_>) -> Result<Callback, CallbackRefusal>;
+    fn callback_ack(&self) -> CallbackAck;
 }
 
 impl<S: ProviderSettings> Registered for S {
@@ -148,6 +161,14 @@ impl<S: ProviderSettings> Registered for S {
 
     fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
         ProviderSettings::client(self, account)
+    }
+
+    fn verify_callback(&self, request: &CallbackRequest<'_>) -> Result<Callback, CallbackRefusal> {
+        ProviderSettings::verify_callback(self, request)
+    }
+
+    fn callback_ack(&self) -> CallbackAck {
+        S::CALLBACK_ACK
     }
 }
 
@@ -197,6 +218,22 @@ impl ProviderConfig {
     pub fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
         Arc::new(Checked(self.registered().client(account)))
     }
+
+    /// Verifies and reads a callback to an account with these settings (SPEC §9.2): what the
+    /// route `POST /callbacks/{account}` calls with the raw body and headers. Pure: no I/O, and
+    /// a refusal's message never holds a secret. A body over [`MAX_CALLBACK_BYTES`] is refused
+    /// unread (the route answers `413` before calling this).
+    pub fn verify_callback(&self, request: &CallbackRequest<'_>) -> Result<Callback, CallbackRefusal> {
+        if request.body.len() > MAX_CALLBACK_BYTES {
+            return Err(CallbackRefusal::malformed(format!("the body is over {} KiB", MAX_CALLBACK_BYTES / 1024)));
+        }
+        self.registered().verify_callback(request)
+    }
+
+    /// How the route answers an accepted callback for this provider.
+    pub fn callback_ack(&self) -> CallbackAck {
+        self.registered().callback_ack()
+    }
 }
 
 /// What every provider's answer must be beyond its own format, checked once for all of them:
@@ -224,6 +261,27 @@ impl ProviderClient for Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callback_body_over_64_kib_is_refused_unread() {
+        let config = ProviderConfig::read(
+            Provider::Ibanera,
+            serde_json::json!({"username": "u", "password": "p", "totp_secret": "JBSWY3DPEHPK3PXP"}),
+        )
+        .unwrap();
+        let headers = reqwest::header::HeaderMap::new();
+        let body = vec![b' '; MAX_CALLBACK_BYTES + 1];
+        let request = CallbackRequest {
+            body: &body,
+            headers: &headers,
+            now: chrono::Utc::now(),
+            utc_offset: FixedOffset::east_opt(0).unwrap(),
+        };
+        let refusal = config.verify_callback(&request).unwrap_err();
+        assert_eq!(refusal.kind, crate::providers::CallbackRefusalKind::Malformed);
+        let request = CallbackRequest { body: &body[..MAX_CALLBACK_BYTES], ..request };
+        assert!(config.verify_callback(&request).is_ok(), "64 KiB exactly is read");
+    }
 
     #[test]
     fn every_provider_is_registered_under_its_own_name() {

@@ -129,6 +129,7 @@ async fn no_secret_reaches_logs_or_responses_at_trace_level() {
     let secrets = [
         c::LEANX_MAIN_TOKEN,
         c::LEANX_OPS_TOKEN,
+        c::LEANX_HASH_KEY,
         token_uuid,
         c::LUXTAK_APP_KEY,
         c::LUXTAK_APP_ID,

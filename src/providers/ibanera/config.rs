@@ -8,7 +8,10 @@ use serde::Deserialize;
 
 use super::{IbaneraClient, totp};
 use crate::domain::Provider;
-use crate::providers::{Capabilities, ClientContext, ProviderClient, ProviderSettings, SettingError};
+use crate::providers::{
+    Callback, CallbackRefusal, CallbackRequest, Capabilities, ClientContext, ProviderClient, ProviderSettings,
+    SettingError,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,5 +48,9 @@ impl ProviderSettings for IbaneraSettings {
 
     fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
         Arc::new(IbaneraClient::new(self, account))
+    }
+
+    fn verify_callback(&self, request: &CallbackRequest<'_>) -> Result<Callback, CallbackRefusal> {
+        Ok(super::callback::verify(request))
     }
 }

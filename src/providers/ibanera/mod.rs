@@ -2,6 +2,7 @@
 //! sends `Authorization: Bearer <token>` and a fresh TOTP in `otp`. Repeated failed logins lock
 //! the account for 10 minutes, so a failed login is never retried before a cool-down.
 
+mod callback;
 mod config;
 #[cfg(test)]
 pub(crate) mod tests;

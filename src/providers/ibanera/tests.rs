@@ -383,3 +383,27 @@ pub(crate) fn conformance() -> crate::providers::conformance::Case {
         payout: None,
     }
 }
+
+/// An unsigned callback (PROVIDERS.md §3.5) is only a trigger, whatever it says.
+#[test]
+fn a_callback_only_triggers_a_balance_refresh() {
+    use crate::providers::{Callback, CallbackAck, CallbackRequest, ProviderConfig, Trigger};
+    let config = ProviderConfig::read(
+        crate::domain::Provider::Ibanera,
+        serde_json::json!({"username": "u", "password": "p", "totp_secret": SECRET}),
+    )
+    .unwrap();
+    let headers = reqwest::header::HeaderMap::new();
+    for body in
+        [&br#"{"Id":"9b2c","Type":"TRANSACTION_STATUS_UPDATED","Data":{"Id":1,"bCompleted":true}}"#[..], b"", b"\xff"]
+    {
+        let request = CallbackRequest {
+            body,
+            headers: &headers,
+            now: chrono::Utc::now(),
+            utc_offset: chrono::FixedOffset::east_opt(0).unwrap(),
+        };
+        assert_eq!(config.verify_callback(&request), Ok(Callback::Trigger(Trigger::Balances)));
+    }
+    assert_eq!(config.callback_ack(), CallbackAck::Json);
+}

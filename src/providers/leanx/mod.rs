@@ -1,7 +1,9 @@
 //! LeanX (Malaysia): a static `auth-token` header; every call is a POST answered in a
 //! `response_code` envelope (2000 = success), whatever the HTTP status.
 
+mod callback;
 mod config;
+pub mod jwt;
 #[cfg(test)]
 pub(crate) mod tests;
 mod transformers;

@@ -317,3 +317,5 @@ pub(crate) fn conformance() -> crate::providers::conformance::Case {
         }),
     }
 }
+
+mod callback;

@@ -7,7 +7,10 @@ use serde::Deserialize;
 
 use super::LuxtakClient;
 use crate::domain::Provider;
-use crate::providers::{Capabilities, ClientContext, ProviderClient, ProviderSettings};
+use crate::providers::{
+    Callback, CallbackAck, CallbackRefusal, CallbackRequest, Capabilities, ClientContext, ProviderClient,
+    ProviderSettings,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,8 +26,14 @@ impl ProviderSettings for LuxtakSettings {
     const CAPABILITIES: Capabilities = Capabilities { balances: true, payouts: true };
     const DEFAULT_BASE_URL: &'static str = "https://api.luxtak.com";
     const DEFAULT_UTC_OFFSET_HOURS: i32 = 0;
+    /// Luxtak retries a notification until its answer is `success` (PROVIDERS.md §2.5).
+    const CALLBACK_ACK: CallbackAck = CallbackAck::Text("success");
 
     fn client(&self, account: ClientContext) -> Arc<dyn ProviderClient> {
         Arc::new(LuxtakClient::new(self, account))
+    }
+
+    fn verify_callback(&self, request: &CallbackRequest<'_>) -> Result<Callback, CallbackRefusal> {
+        super::callback::verify(self, request)
     }
 }

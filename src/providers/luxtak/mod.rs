@@ -1,8 +1,9 @@
 //! Luxtak (the Pagsmile/Transfersmile payout platform): every call is a signed POST with a
 //! JSON body carrying a unix `timestamp`, headers `AppId` and `Authorization` (the signature).
 
+pub(crate) mod callback;
 mod config;
-mod signature;
+pub(crate) mod signature;
 #[cfg(test)]
 pub(crate) mod tests;
 mod transformers;

@@ -7,28 +7,37 @@ use sha2::{Digest, Sha256};
 
 /// The string that is hashed, without the key.
 pub fn sorted_params(body: &serde_json::Map<String, serde_json::Value>) -> String {
-    let mut pairs: Vec<(&String, String)> = body
-        .iter()
-        .filter_map(|(k, v)| {
-            let text = match v {
-                serde_json::Value::Null => return None,
-                serde_json::Value::String(s) => s.clone(),
-                // Numbers as their JSON text, as the documented samples stringify them.
-                other => other.to_string(),
-            };
-            (!text.is_empty()).then_some((k, text))
-        })
-        .collect();
+    join(body.iter().filter_map(|(k, v)| {
+        let text = match v {
+            serde_json::Value::Null => return None,
+            serde_json::Value::String(s) => s.clone(),
+            // Numbers as their JSON text, as the documented samples stringify them.
+            other => other.to_string(),
+        };
+        Some((k.as_str(), text))
+    }))
+}
+
+/// Params already stringified: the empty ones dropped, the rest sorted by key (bytes) and
+/// joined as `k=v&…`. Requests and notifications both come through here.
+pub fn join<'a>(params: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let mut pairs: Vec<(&str, String)> = params.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     pairs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
 }
 
-/// The `Authorization` header value for a body.
-pub fn sign(body: &serde_json::Map<String, serde_json::Value>, app_key: &str) -> String {
+/// The signature of an already [`join`]ed params string: lowercase hex SHA-256 of it followed
+/// by the app key.
+pub fn digest(joined: &str, app_key: &str) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(sorted_params(body).as_bytes());
+    hasher.update(joined.as_bytes());
     hasher.update(app_key.as_bytes());
     hex::encode(hasher.finalize())
+}
+
+/// The `Authorization` header value for a body.
+pub fn sign(body: &serde_json::Map<String, serde_json::Value>, app_key: &str) -> String {
+    digest(&sorted_params(body), app_key)
 }
 
 #[cfg(test)]

@@ -337,3 +337,5 @@ async fn a_currency_listed_twice_is_an_invalid_answer_not_twice_the_money() {
         assert!(e.message.contains("USD in wallet `main` more than once"), "{e}");
     }
 }
+
+mod callback;

@@ -228,3 +228,23 @@ pub(crate) fn conformance() -> crate::providers::conformance::Case {
         }),
     }
 }
+
+/// Yedpay documents no payout notification (PROVIDERS.md §4.5).
+#[test]
+fn callbacks_are_unsupported() {
+    use crate::providers::{CallbackRefusalKind, CallbackRequest, ProviderConfig};
+    let config = ProviderConfig::read(
+        crate::domain::Provider::Yedpay,
+        serde_json::json!({"access_token": "t", "company_id": "JwoMPpKy"}),
+    )
+    .unwrap();
+    let headers = reqwest::header::HeaderMap::new();
+    let request = CallbackRequest {
+        body: b"{}",
+        headers: &headers,
+        now: chrono::Utc::now(),
+        utc_offset: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+    };
+    let refusal = config.verify_callback(&request).unwrap_err();
+    assert_eq!(refusal.kind, CallbackRefusalKind::Unsupported);
+}
