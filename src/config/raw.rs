@@ -20,6 +20,22 @@ pub struct RawConfig {
     pub events: RawEvents,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+/// One `[[webhooks]]` entry (SPEC §8.3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub id: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub previous_secret: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub accounts: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub retry_schedule: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,8 +9,14 @@ use serde_json::{Value, json};
 use super::{AccountId, BalanceEntry, Payout, PayoutFailure, PayoutStatus, Provider};
 
 /// Every event type this build raises, in the order `tally_events_total` lists them.
-pub const EVENT_TYPES: [&str; 5] =
-    ["balance.changed", "payout.status_changed", "payout.finalized", "account.unhealthy", "account.recovered"];
+pub const EVENT_TYPES: [&str; 6] = [
+    "balance.changed",
+    "payout.status_changed",
+    "payout.finalized",
+    "account.unhealthy",
+    "account.recovered",
+    super::webhook::TEST_EVENT,
+];
 
 /// An event to store: its id is given by the store, in feed order.
 #[derive(Clone, Debug, PartialEq)]
@@ -210,6 +216,17 @@ pub fn account_recovered(
             "unhealthy_since": unhealthy_since,
             "recovered_at": recovered_at,
         }),
+    }
+}
+
+/// `webhook.test`: raised by `POST /webhooks/{id}/test`, for that webhook only. It is about no
+/// account ([`AccountId::none`]).
+pub fn webhook_test(webhook: &str, at: DateTime<Utc>) -> NewEvent {
+    NewEvent {
+        kind: super::webhook::TEST_EVENT,
+        account: AccountId::none(),
+        timestamp: at,
+        data: json!({ "webhook": webhook }),
     }
 }
 

@@ -10,6 +10,7 @@ mod money;
 mod payout;
 mod provider;
 mod raw_json;
+pub mod webhook;
 
 pub use account::{AccountId, InvalidAccountId};
 pub use balance::{BalanceEntry, BalanceFetch};

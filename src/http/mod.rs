@@ -16,6 +16,7 @@ pub mod payouts;
 mod query;
 pub mod report;
 mod serve;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -100,6 +101,7 @@ impl AppState {
         (name = "balances", description = "Balances across providers, with freshness."),
         (name = "payouts", description = "One normalized payout status across providers."),
         (name = "events", description = "The facts tally observed (balance changes, payout transitions, account health), in a feed."),
+        (name = "webhooks", description = "Signed deliveries of events to configured receivers (Standard Webhooks), and their operation."),
         (name = "operations", description = "Health, readiness, accounts and metrics."),
     ),
     modifiers(&SecurityScheme),
@@ -132,6 +134,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(payouts::get_payout))
         .routes(routes!(events::get_events))
         .routes(routes!(events::get_event))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(webhooks::recover))
+        .routes(routes!(webhooks::test))
         .routes(routes!(ops::accounts))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

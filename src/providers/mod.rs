@@ -28,6 +28,7 @@ use async_trait::async_trait;
 use crate::domain::{BalanceFetch, PayoutLookup};
 
 pub use error::{UpstreamError, UpstreamErrorKind};
+pub(crate) use http::parse_retry_after;
 pub use http::{DEFAULT_MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, UpstreamHttp, UpstreamResponse};
 pub use registry::{ClientContext, ProviderConfig, ProviderSettings, Registration, SettingError, registration};
 

@@ -16,6 +16,8 @@
 //! - `background`: periodic refresh, and following other replicas' fetches;
 //! - [`circuit`]: the breaker (shared through the store by replicas);
 //! - [`events`]: the event feed and its long-poll, the circuit's events, retention;
+//! - [`webhooks`]: the webhook dispatcher (claims due deliveries through the store, sends
+//!   them signed, retries) and the webhook operations;
 //! - [`budget`]: each account's upstream calls per minute, and a provider's pause (shared
 //!   through the store by replicas).
 //!
@@ -32,6 +34,7 @@ pub mod guarded_store;
 pub mod lease;
 pub mod payouts;
 pub mod totals;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,6 +201,8 @@ pub struct Service {
     fetches: coalesce::Coalescer<AccountId, FetchOutcome>,
     /// One payout lookup in flight per account and id.
     payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
+    /// The configured webhooks and their dispatcher's state.
+    webhooks: webhooks::Webhooks,
 }
 
 impl Service {
@@ -244,6 +249,7 @@ impl Service {
             events_max_wait: settings.events.max_wait,
             fetches: Default::default(),
             payout_lookups: Default::default(),
+            webhooks: webhooks::Webhooks::new(settings.webhooks.clone()),
         })
     }
 

@@ -25,6 +25,7 @@ pub fn sqlite() -> Migrator {
         (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
         (2, "store_probe", include_str!("../../migrations/sqlite/0002_store_probe.sql")),
         (3, "events", include_str!("../../migrations/sqlite/0003_events.sql")),
+        (5, "webhooks", include_str!("../../migrations/sqlite/0005_webhooks.sql")),
     ])
 }
 
@@ -35,6 +36,7 @@ pub fn postgres() -> Migrator {
         (3, "shared_circuit", include_str!("../../migrations/postgres/0003_shared_circuit.sql")),
         (4, "upstream_budgets", include_str!("../../migrations/postgres/0004_upstream_budgets.sql")),
         (5, "events", include_str!("../../migrations/postgres/0005_events.sql")),
+        (7, "webhooks", include_str!("../../migrations/postgres/0007_webhooks.sql")),
     ])
 }
 

@@ -404,14 +404,14 @@ async fn postgres_a_reader_never_skips_an_event_committed_late() {
     // The first writer draws its position and holds its transaction open.
     let mut first_conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let mut first = first_conn.begin().await.unwrap();
-    let first_seq = tally::store::postgres::insert_events(&mut first, &[event(1)]).await.unwrap()[0];
+    let first_seq = tally::store::postgres::insert_events(&mut first, &[event(1)], &[]).await.unwrap()[0];
 
     // The second writer, on another connection, starts its transaction and writes its event.
     let url = db.url().to_owned();
     let second = tokio::spawn(async move {
         let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
         let mut tx = conn.begin().await.unwrap();
-        let seq = tally::store::postgres::insert_events(&mut tx, &[event(2)]).await.unwrap()[0];
+        let seq = tally::store::postgres::insert_events(&mut tx, &[event(2)], &[]).await.unwrap()[0];
         tx.commit().await.unwrap();
         seq
     });
