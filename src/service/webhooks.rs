@@ -48,6 +48,9 @@ pub struct Webhooks {
     wake: Notify,
     /// Each webhook's pending count and oldest pending delivery, as last read: the gauges.
     backlog: Mutex<HashMap<String, Backlog>>,
+    /// Attempts finished (recorded or not) by this process: what a test waits on, instead of
+    /// guessing how long an attempt takes.
+    attempts_done: watch::Sender<u64>,
 }
 
 /// A webhook's pending deliveries: how many, and when the oldest was created.
@@ -83,7 +86,19 @@ impl Webhooks {
             metrics::gauge!("tally_webhook_oldest_pending_seconds", "webhook" => c.id.clone()).set(0.0);
         }
         let holder = format!("tally-{:016x}", rand::random::<u64>());
-        Self { configs, http, holder, wake: Notify::new(), backlog: Mutex::default() }
+        Self {
+            configs,
+            http,
+            holder,
+            wake: Notify::new(),
+            backlog: Mutex::default(),
+            attempts_done: watch::Sender::new(0),
+        }
+    }
+
+    /// Counts the attempts this process has finished.
+    pub fn attempts_done(&self) -> watch::Receiver<u64> {
+        self.attempts_done.subscribe()
     }
 
     pub fn configs(&self) -> &[WebhookConfig] {
@@ -275,6 +290,7 @@ impl Service {
             tracing::warn!(webhook = %claim.webhook, event = %claim.event.id, error = %e,
                 "could not record a webhook attempt; the delivery is attempted again once its claim expires");
         }
+        self.webhooks.attempts_done.send_modify(|n| *n += 1);
     }
 
     /// The deliveries of one event (by its feed position).

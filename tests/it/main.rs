@@ -20,3 +20,4 @@ mod replicas;
 mod secrets;
 mod serve;
 mod store;
+mod webhooks;
