@@ -32,6 +32,9 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 const BUSY_RECHECK: Duration = Duration::from_secs(1);
 /// After the store failed, the dispatcher waits this long before asking again.
 const STORE_BACKOFF: Duration = Duration::from_secs(5);
+/// The backlog gauges are read from the store at most this often (by the dispatcher, when it
+/// wakes); their ages are counted at each scrape.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the dispatcher to release its claims.
 const STOP_BOUND: Duration = Duration::from_secs(5);
 /// The delivery outcomes counted by `tally_webhook_deliveries_total`: `succeeded` and `failed`
@@ -48,6 +51,8 @@ pub struct Webhooks {
     wake: Notify,
     /// Each webhook's pending count and oldest pending delivery, as last read: the gauges.
     backlog: Mutex<HashMap<String, Backlog>>,
+    /// When the backlog was last read.
+    backlog_read_at: Mutex<Option<tokio::time::Instant>>,
     /// Attempts finished (recorded or not) by this process: what a test waits on, instead of
     /// guessing how long an attempt takes.
     attempts_done: watch::Sender<u64>,
@@ -92,6 +97,7 @@ impl Webhooks {
             holder,
             wake: Notify::new(),
             backlog: Mutex::default(),
+            backlog_read_at: Mutex::default(),
             attempts_done: watch::Sender::new(0),
         }
     }
@@ -204,6 +210,13 @@ impl Service {
     }
 
     async fn refresh_backlog(&self) {
+        {
+            let mut read_at = self.webhooks.backlog_read_at.locked();
+            if read_at.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
+                return;
+            }
+            *read_at = Some(tokio::time::Instant::now());
+        }
         match self.store.webhook_stats(Within::Health).await {
             Ok(stats) => {
                 let mut backlog = self.webhooks.backlog.locked();
