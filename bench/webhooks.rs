@@ -86,8 +86,12 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_for(&arrivals, PACED).await;
-    let mut latencies: Vec<i64> =
-        arrivals.lock().unwrap().iter().map(|(_, at, received)| (*received - *at).num_microseconds().unwrap()).collect();
+    let mut latencies: Vec<i64> = arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, at, received)| (*received - *at).num_microseconds().unwrap())
+        .collect();
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
     println!(

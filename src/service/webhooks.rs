@@ -195,7 +195,9 @@ impl Service {
     async fn claim_and_send(self: &Arc<Self>, in_flight: &mut JoinSet<()>) -> Result<Duration, StoreError> {
         let now = self.clock.now();
         let longest = self.webhooks.configs.iter().map(|c| c.timeout).max().unwrap_or_default();
-        let until = now + TimeDelta::from_std(longest + CLAIM_MARGIN).unwrap_or(TimeDelta::MAX);
+        // Bounded: a webhook's timeout is at most 5 minutes (config).
+        let claim_for = TimeDelta::from_std(longest + CLAIM_MARGIN).unwrap_or(TimeDelta::MAX);
+        let until = now.checked_add_signed(claim_for).unwrap_or(DateTime::<Utc>::MAX_UTC);
         let claims = self.store.claim_deliveries(&self.webhooks.holder, now, until, MAX_IN_FLIGHT).await?;
         for claim in claims {
             in_flight.spawn(Arc::clone(self).attempt(claim));
@@ -280,7 +282,11 @@ impl Service {
                 let jitter = rand::random_range(0.9..=1.1);
                 match webhook::retry_delay(&config.retry_schedule, claim.attempts + 1, retry_after, jitter) {
                     Some(delay) => {
-                        AttemptResult::RetryAt(self.clock.now() + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX))
+                        // Bounded: a schedule's delay by the config, a `Retry-After` by MAX_RETRY_AFTER.
+                        let now = self.clock.now();
+                        let at = TimeDelta::from_std(delay).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(now);
+                        // To the millisecond, as every time tally keeps and shows.
+                        AttemptResult::RetryAt(DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at))
                     }
                     None => AttemptResult::Failed,
                 }

@@ -246,7 +246,9 @@ fn documented_series() -> Vec<(String, bool)> {
 async fn a_fresh_scrape_lists_every_series_the_readme_documents() {
     let db = TestDb::sqlite();
     // A name no other test uses: metrics are process-wide. The upstream is never called.
-    let extra = "[[accounts]]\nid = \"fresh-scrape\"\nprovider = \"leanx\"\nbase_url = \"http://127.0.0.1:9\"\nauth_token = \"t\"\n";
+    // With a webhook too, whose series are labelled by it (never sent to: no event is raised).
+    let extra = "[[accounts]]\nid = \"fresh-scrape\"\nprovider = \"leanx\"\nbase_url = \"http://127.0.0.1:9\"\nauth_token = \"t\"\n\
+                 [[webhooks]]\nid = \"fresh-scrape\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
     let app = TestApp::spawn(db.url(), extra).await;
     let text = app.get("/metrics").await.text().await.unwrap();
     let series = documented_series();
