@@ -169,7 +169,9 @@ async fn a_change_is_never_stored_without_its_event(db: &TestDb) {
 
     // The events table refuses every write (gone): the writes that would raise an event fail
     // whole, and those that raise none still go through.
-    execute(db, "DROP TABLE events").await;
+    // On PostgreSQL the webhook deliveries' foreign key must go with it (CASCADE drops that
+    // constraint, not the deliveries).
+    execute(db, if db.kind() == "postgres" { "DROP TABLE events CASCADE" } else { "DROP TABLE events" }).await;
     let changed = snapshot("leanx-main", t0() + TimeDelta::seconds(10), vec![entry("prefund", "2.00")]);
     assert!(store.record_balances(&changed).await.is_err(), "the event could not be written");
     assert_eq!(history().await.len(), 1, "so the change point was not stored either");
