@@ -603,6 +603,19 @@ async fn three_replicas_on_one_postgres_deliver_each_event_exactly_once() {
     let mut ids: Vec<_> = got.keys().cloned().collect();
     ids.sort();
     assert_eq!(ids, raised, "every event, once each");
+    // Every replica's attempts finished (recorded after the receiver answered).
+    let mut dones: Vec<_> = apps.iter().map(|a| a.service.webhooks().attempts_done()).collect();
+    let all_done = async {
+        loop {
+            let sum: u64 = dones.iter_mut().map(|d| *d.borrow_and_update()).sum();
+            if sum >= EVENTS as u64 {
+                return;
+            }
+            let changes = dones.iter_mut().map(|d| Box::pin(d.changed()));
+            let _ = futures_util::future::select_all(changes).await;
+        }
+    };
+    tokio::time::timeout(BOUND, all_done).await.expect("every attempt finishes");
     // Every attempt any replica made is recorded with its delivery: one each.
     for event in &raised {
         let d = deliveries(&apps[0], event).await;
