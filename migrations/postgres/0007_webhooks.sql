@@ -1,7 +1,8 @@
 -- Webhook deliveries (SPEC §8.3): the store is the outbox. One delivery per (event, webhook)
 -- the event is for, written in the event's own transaction. status: pending | succeeded |
 -- failed. attempts counts the attempts since it was (re)queued (the place in the retry
--- schedule). A claim (claimed_by, claimed_until) marks an attempt in flight; replicas claim
+-- schedule); generation moves on at each re-queue, so that an attempt in flight meanwhile
+-- records itself without undoing the re-queue. A claim (claimed_by, claimed_until) marks an attempt in flight; replicas claim
 -- under a per-webhook advisory lock (at most 4 live claims per webhook) with FOR UPDATE SKIP
 -- LOCKED, and a claim left by a replica that died is taken over once claimed_until has passed.
 CREATE TABLE webhook_deliveries (
@@ -9,6 +10,7 @@ CREATE TABLE webhook_deliveries (
     webhook         TEXT        NOT NULL,
     status          TEXT        NOT NULL,
     attempts        INTEGER     NOT NULL DEFAULT 0,
+    generation      BIGINT      NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMPTZ,
     claimed_by      TEXT,
     claimed_until   TIMESTAMPTZ,

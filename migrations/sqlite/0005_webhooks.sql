@@ -1,13 +1,15 @@
 -- Webhook deliveries (SPEC §8.3): the store is the outbox. One delivery per (event, webhook)
 -- the event is for, written in the event's own transaction; times are unix microseconds.
 -- status: pending | succeeded | failed. attempts counts the attempts since it was (re)queued
--- (the place in the retry schedule). A claim (claimed_by, claimed_until) marks an attempt in
+-- (the place in the retry schedule); generation moves on at each re-queue, so that an attempt
+-- in flight meanwhile records itself without undoing the re-queue. A claim (claimed_by, claimed_until) marks an attempt in
 -- flight; one left by a process that died is taken over once claimed_until has passed.
 CREATE TABLE webhook_deliveries (
     event_seq       INTEGER NOT NULL REFERENCES events (seq) ON DELETE CASCADE,
     webhook         TEXT    NOT NULL,
     status          TEXT    NOT NULL,
     attempts        INTEGER NOT NULL DEFAULT 0,
+    generation      INTEGER NOT NULL DEFAULT 0,
     next_attempt_at INTEGER,
     claimed_by      TEXT,
     claimed_until   INTEGER,

@@ -149,6 +149,9 @@ pub struct ClaimedDelivery {
     pub event: Event,
     pub webhook: String,
     pub attempts: u32,
+    /// The delivery's re-queue count when claimed: an attempt whose delivery was re-queued
+    /// meanwhile (redeliver) is recorded without changing the delivery.
+    pub generation: i64,
 }
 
 /// One attempt of a delivery, as recorded and shown.

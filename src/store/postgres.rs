@@ -587,7 +587,7 @@ impl Store for PostgresStore {
                      FOR UPDATE SKIP LOCKED)
                  UPDATE webhook_deliveries d SET claimed_by = $1, claimed_until = $2
                  FROM due WHERE d.webhook = $3 AND d.event_seq = due.event_seq
-                 RETURNING d.event_seq, d.attempts",
+                 RETURNING d.event_seq, d.attempts, d.generation",
             )
             .bind(holder)
             .bind(until)
@@ -596,23 +596,32 @@ impl Store for PostgresStore {
             .bind(room)
             .fetch_all(&mut *tx)
             .await?;
-            let mut seqs = Vec::with_capacity(rows.len());
+            // (event_seq, attempts, generation) of each claimed delivery.
+            let mut claims = Vec::with_capacity(rows.len());
             for row in &rows {
-                seqs.push((row.try_get::<i64, _>("event_seq")?, row.try_get::<i32, _>("attempts")?));
+                claims.push((
+                    row.try_get::<i64, _>("event_seq")?,
+                    row.try_get::<i32, _>("attempts")?,
+                    row.try_get::<i64, _>("generation")?,
+                ));
             }
             let events = sqlx::query("SELECT seq, type, timestamp, data FROM events WHERE seq = ANY($1) ORDER BY seq")
-                .bind(seqs.iter().map(|(seq, _)| *seq).collect::<Vec<_>>())
+                .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
                 .fetch_all(&mut *tx)
                 .await?;
             tx.commit().await?;
             for row in &events {
                 let event = event_row(row)?;
-                let attempts =
-                    seqs.iter().find(|(seq, _)| crate::domain::event::event_id(*seq) == event.id).map_or(0, |s| s.1);
+                let Some(&(_, attempts, generation)) =
+                    claims.iter().find(|c| crate::domain::event::event_id(c.0) == event.id)
+                else {
+                    continue;
+                };
                 claimed.push(ClaimedDelivery {
                     event,
                     webhook: route.id.clone(),
                     attempts: u32::try_from(attempts).unwrap_or(0),
+                    generation,
                 });
             }
         }
@@ -645,7 +654,10 @@ impl Store for PostgresStore {
         .await?;
         if exists.rows_affected() > 0 {
             sqlx::query(
-                "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, attempts = attempts + 1,
+                "UPDATE webhook_deliveries SET
+                        status = CASE WHEN generation = $6 THEN $1 ELSE status END,
+                        next_attempt_at = CASE WHEN generation = $6 THEN $2 ELSE next_attempt_at END,
+                        attempts = CASE WHEN generation = $6 THEN attempts + 1 ELSE attempts END,
                         claimed_by = NULL, claimed_until = NULL
                  WHERE event_seq = $3 AND webhook = $4 AND claimed_by = $5",
             )
@@ -654,6 +666,7 @@ impl Store for PostgresStore {
             .bind(seq)
             .bind(&claim.webhook)
             .bind(holder)
+            .bind(claim.generation)
             .execute(&mut *tx)
             .await?;
         }
@@ -738,7 +751,7 @@ impl Store for PostgresStore {
         }
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
-                    claimed_by = NULL, claimed_until = NULL
+                    generation = generation + 1
              WHERE event_seq = $2 AND ($3::text IS NULL OR webhook = $3)",
         )
         .bind(now)
@@ -761,7 +774,7 @@ impl Store for PostgresStore {
         sqlx::query("DELETE FROM webhook_states WHERE webhook = $1").bind(webhook).execute(&mut *tx).await?;
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
-                    claimed_by = NULL, claimed_until = NULL
+                    generation = generation + 1
              WHERE webhook = $2 AND status = 'failed' AND created_at >= $3",
         )
         .bind(now)

@@ -594,7 +594,7 @@ impl Store for SqliteStore {
                        AND (claimed_until IS NULL OR claimed_until <= ?4)
                        AND NOT EXISTS (SELECT 1 FROM webhook_states s WHERE s.webhook = ?3 AND s.disabled_at IS NOT NULL)
                      ORDER BY next_attempt_at, event_seq LIMIT ?5)
-                 RETURNING event_seq, attempts",
+                 RETURNING event_seq, attempts, generation",
             )
             .bind(holder)
             .bind(micros(until))
@@ -613,6 +613,7 @@ impl Store for SqliteStore {
                     event: event_row(&event)?,
                     webhook: route.id.clone(),
                     attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    generation: row.try_get("generation")?,
                 });
             }
         }
@@ -646,7 +647,10 @@ impl Store for SqliteStore {
         .await?;
         if exists.rows_affected() > 0 {
             sqlx::query(
-                "UPDATE webhook_deliveries SET status = ?1, next_attempt_at = ?2, attempts = attempts + 1,
+                "UPDATE webhook_deliveries SET
+                        status = CASE WHEN generation = ?6 THEN ?1 ELSE status END,
+                        next_attempt_at = CASE WHEN generation = ?6 THEN ?2 ELSE next_attempt_at END,
+                        attempts = CASE WHEN generation = ?6 THEN attempts + 1 ELSE attempts END,
                         claimed_by = NULL, claimed_until = NULL
                  WHERE event_seq = ?3 AND webhook = ?4 AND claimed_by = ?5",
             )
@@ -655,6 +659,7 @@ impl Store for SqliteStore {
             .bind(seq)
             .bind(&claim.webhook)
             .bind(holder)
+            .bind(claim.generation)
             .execute(&mut *tx)
             .await?;
         }
@@ -743,7 +748,7 @@ impl Store for SqliteStore {
         }
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
-                    claimed_by = NULL, claimed_until = NULL
+                    generation = generation + 1
              WHERE event_seq = ?2 AND (?3 IS NULL OR webhook = ?3)",
         )
         .bind(micros(now))
@@ -766,7 +771,7 @@ impl Store for SqliteStore {
         sqlx::query("DELETE FROM webhook_states WHERE webhook = ?1").bind(webhook).execute(&mut *tx).await?;
         let done = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
-                    claimed_by = NULL, claimed_until = NULL
+                    generation = generation + 1
              WHERE webhook = ?2 AND status = 'failed' AND created_at >= ?3",
         )
         .bind(micros(now))

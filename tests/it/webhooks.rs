@@ -371,7 +371,29 @@ async fn at_most_four_in_flight_per_webhook_while_another_is_served(db: &TestDb)
     app.stop().await;
 }
 
+async fn a_redelivery_asked_while_an_attempt_is_in_flight_follows_it(db: &TestDb) {
+    let mut receiver = Receiver::start(vec![Reply::Hang, Reply::Status(200)]).await;
+    let id = format!("inflight-{}", db.kind());
+    let app = TestApp::spawn(db.url(), &hook(&id, &receiver.url, "")).await;
+    let event = test_event(&app, &id).await;
+    receiver.next().await;
+    let (status, body) = post(&app, &format!("/events/{event}/redeliver")).await;
+    assert_eq!((status, body), (202, serde_json::json!({"requeued": 1})));
+    // The attempt in flight ends (200): recorded, without undoing the redelivery, which
+    // follows it rather than running beside it.
+    receiver.open_gate();
+    assert_eq!(receiver.next().await.id(), event);
+    attempts_done(&app, 2).await;
+    let d = deliveries(&app, &event).await;
+    assert_eq!(d[0]["status"], "succeeded");
+    let codes: Vec<&Value> = d[0]["attempts"].as_array().unwrap().iter().map(|a| &a["status_code"]).collect();
+    assert_eq!(codes, [200, 200]);
+    assert_eq!(receiver.state.max_in_flight.load(Ordering::SeqCst), 1, "never two attempts of it at once");
+    app.stop().await;
+}
+
 both_stores!(
+    a_redelivery_asked_while_an_attempt_is_in_flight_follows_it,
     delivered_once_signed_with_the_standard_headers,
     retried_after_a_5xx_by_the_schedule_then_delivered,
     a_410_disables_the_webhook_until_recovered_and_kept_events_follow,
