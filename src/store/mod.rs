@@ -17,6 +17,11 @@
 //! Events (`domain::event`) are written in the transaction of the change they report (a new
 //! change point, a payout's new status), as its last step; their position in the feed is
 //! commit order on both backends (see [`postgres::insert_events`]).
+//!
+//! The store is the webhooks' outbox: with each event, in its transaction, a delivery per
+//! configured webhook the event is for (the routes given at [`open_with_webhooks`], decided by
+//! `domain::webhook`). Dispatchers claim due deliveries ([`Store::claim_deliveries`]: at most
+//! 4 live claims per webhook, across replicas on PostgreSQL) and record each attempt.
 
 pub mod cluster;
 pub mod decide;
