@@ -48,7 +48,8 @@ pub fn preflight(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
     if settings.auth.api_keys.is_empty() && !settings.auth.allow_anonymous && !addr.ip().is_loopback() {
         return Err(StartError::AnonymousNonLoopback(addr));
     }
-    store::open(&settings.store).map_err(|e| {
+    let webhooks = settings.webhooks.iter().map(crate::config::WebhookConfig::route).collect();
+    store::open_with_webhooks(&settings.store, webhooks).map_err(|e| {
         StartError::StoreUrl(match e {
             store::StoreError::Unavailable(why) => why,
             other => other.to_string(),
@@ -105,6 +106,7 @@ impl Application {
     /// within `server.shutdown_timeout`, and closes the store's pool.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let mut background = self.service.spawn_background_refresh();
+        let dispatcher = self.service.spawn_webhook_dispatcher();
         background.push(tokio::spawn(keep_metrics_bounded(self.metrics.clone())));
         if !self.migrations.is_done() {
             background.push(tokio::spawn(migrate_when_back(Arc::clone(&self.migrations), Arc::clone(&self.service))));
@@ -133,6 +135,10 @@ impl Application {
         };
         for task in background {
             task.abort();
+        }
+        // Before the store closes: the dispatcher releases its claims through it.
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.stop().await;
         }
         // Closing waits for connections in use; a fetch still writing must not hold the exit.
         if tokio::time::timeout(STORE_CLOSE_TIMEOUT, self.store.close()).await.is_err() {

@@ -9,6 +9,13 @@ use crate::sync::MutexExt;
 pub trait Clock: Send + Sync {
     /// Now, to the millisecond (what the store keeps and the API shows).
     fn now(&self) -> DateTime<Utc>;
+
+    /// Moves on each time the clock is moved by hand: what a wait scheduled by this clock
+    /// (a webhook's next retry) wakes on besides its timer. `None` for a clock that moves by
+    /// itself.
+    fn moved(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 #[derive(Debug, Default)]
@@ -22,22 +29,29 @@ impl Clock for SystemClock {
 
 /// A clock that only moves when told to: for tests of ttl, cool-downs and ages.
 #[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
+pub struct ManualClock(Mutex<DateTime<Utc>>, tokio::sync::watch::Sender<u64>);
 
 impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
-        Self(Mutex::new(truncate_millis(start)))
+        Self(Mutex::new(truncate_millis(start)), tokio::sync::watch::Sender::new(0))
     }
 
     pub fn advance(&self, by: std::time::Duration) {
-        let mut now = self.0.locked();
-        *now += TimeDelta::from_std(by).expect("test durations are small");
+        {
+            let mut now = self.0.locked();
+            *now += TimeDelta::from_std(by).expect("test durations are small");
+        }
+        self.1.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.0.locked()
+    }
+
+    fn moved(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.1.subscribe())
     }
 }
 

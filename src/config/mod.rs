@@ -52,6 +52,78 @@ pub struct Settings {
     pub accounts: Vec<AccountConfig>,
     /// `[[monitors]]` (SPEC §8.2), in config order.
     pub monitors: Vec<crate::domain::monitor::Monitor>,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[webhooks]]` entry (SPEC §8.3): where and how events are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `[a-z0-9_-]{1,64}`, unique.
+    pub id: String,
+    /// An absolute http(s) URL. It may carry a credential (userinfo, a token in the query):
+    /// shown only through [`WebhookConfig::shown_url`], never logged.
+    pub url: Url,
+    pub secret: WebhookSecret,
+    /// During a rotation: every attempt is signed with both.
+    pub previous_secret: Option<WebhookSecret>,
+    /// The event types delivered; every type when empty.
+    pub events: Vec<String>,
+    /// The accounts whose events are delivered; every account when empty.
+    pub accounts: Vec<AccountId>,
+    /// How long one attempt may take, answer included.
+    pub timeout: Duration,
+    /// The delays before retries 1..n.
+    pub retry_schedule: Vec<Duration>,
+}
+
+impl WebhookConfig {
+    /// What the store needs to route events to this webhook.
+    pub fn route(&self) -> crate::domain::webhook::Route {
+        crate::domain::webhook::Route {
+            id: self.id.clone(),
+            events: self.events.clone(),
+            accounts: self.accounts.clone(),
+        }
+    }
+
+    /// The URL as the API shows it: a user, password or query value it carries is replaced by
+    /// `REDACTED` (a receiver's token often travels there).
+    pub fn shown_url(&self) -> String {
+        let mut url = self.url.clone();
+        if !url.username().is_empty() {
+            let _ = url.set_username("REDACTED");
+        }
+        if url.password().is_some() {
+            let _ = url.set_password(Some("REDACTED"));
+        }
+        if url.query().is_some() {
+            let keys: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            url.query_pairs_mut().clear().extend_pairs(keys.iter().map(|k| (k.as_str(), "REDACTED")));
+        }
+        url.to_string()
+    }
+}
+
+/// A webhook's signing key: the bytes behind `whsec_…`, readable only on purpose
+/// ([`WebhookSecret::expose`]); its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct WebhookSecret(std::sync::Arc<secrecy::SecretSlice<u8>>);
+
+impl WebhookSecret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(std::sync::Arc::new(bytes.into()))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        use secrecy::ExposeSecret;
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookSecret([REDACTED])")
+    }
 }
 
 /// `[events]`: how long events are kept, and how long a feed request may wait.

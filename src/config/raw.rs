@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub accounts: Vec<RawAccount>,
     #[serde(default)]
     pub monitors: Vec<RawMonitor>,
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
 }
 
 /// One `[[monitors]]` entry (SPEC §8.2). Amounts are taken only as strings: a TOML number
@@ -56,6 +58,20 @@ fn exact_amount<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
         }
     }
     d.deserialize_any(Text)
+}
+
+/// One `[[webhooks]]` entry (SPEC §8.3).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub id: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub previous_secret: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub accounts: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub retry_schedule: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -409,3 +409,104 @@ fn each_bad_monitor_names_its_key() {
         assert!(text.contains(problem), "for {toml:?}: {text:?} should mention {problem:?}");
     }
 }
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn webhook(extra: &str) -> String {
+    format!(
+        "[[accounts]]\nid = \"leanx-main\"\nprovider = \"leanx\"\nauth_token = \"t\"\n\n[[webhooks]]\nid = \"bot\"\nurl = \"https://hooks.example.com/tally\"\nsecret = \"{WEBHOOK_SECRET}\"\n{extra}"
+    )
+}
+
+#[test]
+fn a_webhook_loads_with_the_spec_s_defaults() {
+    let s = from_toml(&webhook("")).unwrap();
+    let w = &s.webhooks[0];
+    assert_eq!(w.id, "bot");
+    assert_eq!(w.url.as_str(), "https://hooks.example.com/tally");
+    assert_eq!(w.secret.expose().len(), 24);
+    assert!(w.previous_secret.is_none());
+    assert!(w.events.is_empty() && w.accounts.is_empty(), "every type, every account");
+    assert_eq!(w.timeout, Duration::from_secs(10));
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    assert_eq!(
+        w.retry_schedule,
+        [
+            Duration::from_secs(5),
+            Duration::from_secs(300),
+            Duration::from_secs(1800),
+            hours(2),
+            hours(5),
+            hours(10),
+            hours(10)
+        ]
+    );
+    let s = from_toml(&webhook(
+        "previous_secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"\nevents = [\"payout.finalized\", \"webhook.test\"]\naccounts = [\"leanx-main\"]\ntimeout = \"3s\"\nretry_schedule = [\"1s\"]",
+    ))
+    .unwrap();
+    let w = &s.webhooks[0];
+    assert!(w.previous_secret.is_some());
+    assert_eq!(w.events, ["payout.finalized", "webhook.test"]);
+    assert_eq!(w.accounts[0].as_str(), "leanx-main");
+    assert_eq!((w.timeout, w.retry_schedule.clone()), (Duration::from_secs(3), vec![Duration::from_secs(1)]));
+}
+
+#[test]
+fn each_bad_webhook_key_is_named() {
+    let twice = format!(
+        "{}\n[[webhooks]]\nid = \"bot\"\nurl = \"https://x.example\"\nsecret = \"{WEBHOOK_SECRET}\"",
+        webhook("")
+    );
+    let too_many = format!("retry_schedule = [{}]", vec!["\"1s\""; 21].join(", "));
+    let cases: Vec<(String, &str, &str)> = vec![
+        (webhook("").replace("id = \"bot\"", "id = \"Bot!\""), "webhooks[0].id", "must be 1-64 characters"),
+        (twice, "webhooks[1].id", "used twice"),
+        (webhook("").replace("https://hooks.example.com/tally", "/tally"), "webhooks[0].url", "absolute URL"),
+        (webhook("").replace("https://hooks.example.com/tally", "ftp://x.example/"), "webhooks[0].url", "http(s)"),
+        (webhook("").replace(WEBHOOK_SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "webhooks[0].secret", "whsec_"),
+        (webhook("").replace(WEBHOOK_SECRET, "whsec_c2hvcnQ="), "webhooks[0].secret", "24 to 64 bytes"),
+        (webhook("").replace(WEBHOOK_SECRET, "env:TALLY_TEST_SURELY_UNSET_SECRET"), "webhooks[0].secret", "is not set"),
+        (webhook("").replace(&format!("secret = \"{WEBHOOK_SECRET}\"\n"), ""), "webhooks[0].secret", "is required"),
+        (webhook("previous_secret = \"whsec_!!\""), "webhooks[0].previous_secret", "base64"),
+        (
+            webhook("events = [\"balance.changed\", \"balance.exploded\"]"),
+            "webhooks[0].events[1]",
+            "unknown event type `balance.exploded`",
+        ),
+        (webhook("events = []"), "webhooks[0].events", "at least one"),
+        (webhook("accounts = [\"yedpay-hk\"]"), "webhooks[0].accounts[0]", "no account `yedpay-hk`"),
+        (webhook("timeout = \"0s\""), "webhooks[0].timeout", "longer than zero"),
+        (webhook("timeout = \"1h\""), "webhooks[0].timeout", "at most 5m"),
+        (webhook("retry_schedule = []"), "webhooks[0].retry_schedule", "1 to 20"),
+        (webhook(&too_many), "webhooks[0].retry_schedule", "1 to 20"),
+        (webhook("retry_schedule = [\"5s\", \"later\"]"), "webhooks[0].retry_schedule[1]", "not a duration"),
+        (webhook("retry_schedule = [\"400days\"]"), "webhooks[0].retry_schedule[0]", "at most 365 days"),
+        (webhook("secrets = \"x\""), "webhooks[0].secrets", "unknown field"),
+    ];
+    for (toml, key, problem) in &cases {
+        let e = error_of(toml);
+        let text = e.to_string();
+        assert_eq!(e.key, *key, "for {toml:?}: {text}");
+        assert!(text.contains(problem), "for {toml:?}: {text:?} should mention {problem:?}");
+    }
+}
+
+#[test]
+fn webhook_secrets_and_url_credentials_never_reach_debug_output_or_errors() {
+    let s = from_toml(&webhook("previous_secret = \"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\"")).unwrap();
+    let debug = format!("{s:?}");
+    for secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "C2FVsBQIhrscChlQIMV"] {
+        assert!(!debug.contains(secret), "Debug output leaks {secret}");
+    }
+    let bad = webhook("").replace(WEBHOOK_SECRET, "whsec_hunter2hunter2");
+    assert!(!error_of(&bad).to_string().contains("hunter2"));
+    let bad = webhook("").replace("https://hooks.example.com/tally", "gopher://u:hunter2@x");
+    assert!(!error_of(&bad).to_string().contains("hunter2"));
+    let s = from_toml(
+        &webhook("").replace("https://hooks.example.com/tally", "https://u:hunter2@x.example/h?token=hunter3"),
+    )
+    .unwrap();
+    let shown = s.webhooks[0].shown_url();
+    assert!(!shown.contains("hunter2") && !shown.contains("hunter3") && shown.contains("x.example/h"), "{shown}");
+}

@@ -44,6 +44,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         },
     };
     let monitors = monitors(&raw, &accounts)?;
+    let webhooks = webhooks(&raw, &accounts)?;
     Ok(Settings {
         server,
         store,
@@ -52,6 +53,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         events,
         accounts,
         monitors,
+        webhooks,
     })
 }
 
@@ -388,4 +390,121 @@ fn duration(key: &str, text: Option<&str>, fallback: &str, nonzero: bool) -> Res
         return Err(ConfigError::new(key, "must be at most 365 days"));
     }
     Ok(d)
+}
+
+/// The longest a webhook attempt may take, and the most retries a schedule may hold.
+const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(300);
+const MAX_RETRIES: usize = 20;
+
+fn webhooks(raw: &RawConfig, accounts: &[AccountConfig]) -> Result<Vec<WebhookConfig>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.webhooks.len());
+    for (i, w) in raw.webhooks.iter().enumerate() {
+        let key = |field: &str| format!("webhooks[{i}].{field}");
+        let id = w.id.as_deref().ok_or_else(|| ConfigError::new(key("id"), "is required"))?;
+        let valid = !id.is_empty()
+            && id.len() <= 64
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ConfigError::new(
+                key("id"),
+                format!("`{}` must be 1-64 characters from a-z, 0-9, `_` and `-`", id.escape_debug()),
+            ));
+        }
+        if !seen.insert(id.to_owned()) {
+            return Err(ConfigError::new(key("id"), format!("`{id}` is used twice")));
+        }
+        let url = w.url.as_deref().ok_or_else(|| ConfigError::new(key("url"), "is required"))?;
+        let url = secret::resolve_plain(url).map_err(|p| ConfigError::new(key("url"), p))?;
+        // Never echoed: the URL may carry a credential.
+        let url =
+            Url::parse(&url).map_err(|e| ConfigError::new(key("url"), format!("is not an absolute URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(ConfigError::new(key("url"), "must be an absolute http(s) URL with a host"));
+        }
+        let signing = |field: &str, text: &str| {
+            let resolved = secret::resolve(text).map_err(|p| ConfigError::new(key(field), p))?;
+            let bytes = crate::domain::webhook::parse_secret(secrecy::ExposeSecret::expose_secret(&resolved))
+                .map_err(|p| ConfigError::new(key(field), p))?;
+            Ok::<_, ConfigError>(WebhookSecret::new(bytes))
+        };
+        let secret =
+            signing("secret", w.secret.as_deref().ok_or_else(|| ConfigError::new(key("secret"), "is required"))?)?;
+        let previous_secret = w.previous_secret.as_deref().map(|p| signing("previous_secret", p)).transpose()?;
+        let events = match &w.events {
+            None => Vec::new(),
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    key("events"),
+                    "must list at least one event type (leave it out for every type)",
+                ));
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, t)| match crate::domain::event::EVENT_TYPES.iter().find(|known| **known == t.as_str()) {
+                    Some(known) => Ok((*known).to_owned()),
+                    None => Err(ConfigError::new(
+                        format!("webhooks[{i}].events[{j}]"),
+                        format!(
+                            "unknown event type `{}` (known: {})",
+                            t.escape_debug(),
+                            crate::domain::event::EVENT_TYPES.join(", ")
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let webhook_accounts = match &w.accounts {
+            None => Vec::new(),
+            Some(list) if list.is_empty() => {
+                return Err(ConfigError::new(
+                    key("accounts"),
+                    "must list at least one account (leave it out for every account)",
+                ));
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    let id = a.parse::<AccountId>().ok().filter(|id| accounts.iter().any(|c| c.id == *id));
+                    id.ok_or_else(|| {
+                        ConfigError::new(
+                            format!("webhooks[{i}].accounts[{j}]"),
+                            format!("no account `{}` is configured", a.escape_debug()),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let timeout = duration(&key("timeout"), w.timeout.as_deref(), "10s", true)?;
+        if timeout > MAX_WEBHOOK_TIMEOUT {
+            return Err(ConfigError::new(key("timeout"), "must be at most 5m"));
+        }
+        let retry_schedule = match &w.retry_schedule {
+            None => ["5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+                .iter()
+                .map(|d| parse_duration("", d))
+                .collect::<Result<_, _>>()?,
+            Some(list) if list.is_empty() || list.len() > MAX_RETRIES => {
+                return Err(ConfigError::new(key("retry_schedule"), format!("must list 1 to {MAX_RETRIES} delays")));
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, d)| duration(&format!("webhooks[{i}].retry_schedule[{j}]"), Some(d), "", true))
+                .collect::<Result<_, _>>()?,
+        };
+        out.push(WebhookConfig {
+            id: id.to_owned(),
+            url,
+            secret,
+            previous_secret,
+            events,
+            accounts: webhook_accounts,
+            timeout,
+            retry_schedule,
+        });
+    }
+    Ok(out)
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{AccountId, BalanceEntry, Payout, PayoutFailure, PayoutStatus, Provider};
 
 /// Every event type this build raises, in the order `tally_events_total` lists them.
-pub const EVENT_TYPES: [&str; 7] = [
+pub const EVENT_TYPES: [&str; 8] = [
     "balance.changed",
     "balance.threshold_crossed",
     "balance.threshold_cleared",
@@ -17,6 +17,7 @@ pub const EVENT_TYPES: [&str; 7] = [
     "payout.finalized",
     "account.unhealthy",
     "account.recovered",
+    super::webhook::TEST_EVENT,
 ];
 
 /// An event to store: its id is given by the store, in feed order.
@@ -217,6 +218,17 @@ pub fn account_recovered(
             "unhealthy_since": unhealthy_since,
             "recovered_at": recovered_at,
         }),
+    }
+}
+
+/// `webhook.test`: raised by `POST /webhooks/{id}/test`, for that webhook only. It is about no
+/// account ([`AccountId::none`]).
+pub fn webhook_test(webhook: &str, at: DateTime<Utc>) -> NewEvent {
+    NewEvent {
+        kind: super::webhook::TEST_EVENT,
+        account: AccountId::none(),
+        timestamp: at,
+        data: json!({ "webhook": webhook }),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod monitor;
 mod payout;
 mod provider;
 mod raw_json;
+pub mod webhook;
 
 pub use account::{AccountId, InvalidAccountId};
 pub use balance::{BalanceEntry, BalanceFetch};

@@ -26,14 +26,12 @@ pub(super) const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 /// the key's role.
 #[derive(Clone, Copy, Debug)]
 pub struct Authenticated {
-    #[expect(dead_code, reason = "read by `Operate`, which the action routes of §8.4 take (webhooks)")]
     pub role: Role,
 }
 
 /// Taken by the handlers of actions (SPEC §8.4): lets through a key with the `operate` role,
 /// or any caller when no keys are configured; answers `403 forbidden` to a `read` key.
 #[derive(Clone, Copy, Debug)]
-#[expect(dead_code, reason = "taken by the action routes of §8.4 (webhooks), which arrive next")]
 pub struct Operate;
 
 impl FromRequestParts<AppState> for Operate {

@@ -64,6 +64,7 @@ error_codes! {
     RouteNotFound           => NOT_FOUND,             "route_not_found";
     PayoutNotFound          => NOT_FOUND,             "payout_not_found";
     EventNotFound           => NOT_FOUND,             "event_not_found";
+    WebhookNotFound         => NOT_FOUND,             "webhook_not_found";
     MethodNotAllowed        => METHOD_NOT_ALLOWED,    "method_not_allowed";
     RequestTimeout          => REQUEST_TIMEOUT,       "request_timeout";
     PayoutAmbiguous         => CONFLICT,              "payout_ambiguous";

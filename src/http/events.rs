@@ -40,7 +40,7 @@ pub struct EventLine {
     /// `account, provider, previous_status` (null on first sight), `payout` (the
     /// `/payouts/{id}` object). `account.unhealthy`: `account, provider, error` (as in
     /// `/balances`), `last_success_at`. `account.recovered`: `account, provider,
-    /// unhealthy_since, recovered_at`.
+    /// unhealthy_since, recovered_at`. `webhook.test`: `webhook`.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
 }
@@ -73,9 +73,8 @@ pub struct FeedResponse {
 #[derive(Serialize, ToSchema)]
 pub struct EventResponse {
     pub event: EventLine,
-    /// The event's deliveries to webhooks: always empty until webhooks exist.
-    #[schema(value_type = Vec<Object>)]
-    pub deliveries: Vec<serde_json::Value>,
+    /// One delivery per webhook the event was meant for (or redelivered to).
+    pub deliveries: Vec<super::webhooks::DeliveryLine>,
 }
 
 /// The event feed, oldest first after the cursor. Every reader following `next` sees every
@@ -149,7 +148,7 @@ pub async fn get_events(
         ("id" = String, Path, description = "The event's id.", example = "evt_0000000000000000042"),
     ),
     responses(
-        (status = 200, description = "The event, and its deliveries: `deliveries` stays empty until webhooks exist.", body = EventResponse),
+        (status = 200, description = "The event, and its deliveries to webhooks.", body = EventResponse),
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No event has this id (or it was pruned): `event_not_found`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unreachable: `not_ready`.", body = Problem, content_type = "application/problem+json"),
@@ -161,12 +160,17 @@ pub async fn get_event(
     Path(id): Path<String>,
 ) -> Result<axum::Json<EventResponse>, ApiError> {
     match state.service.event(&id).await.map_err(store_failed)? {
-        Some(event) => Ok(axum::Json(EventResponse { event: event.into(), deliveries: Vec::new() })),
+        Some(event) => {
+            let seq = event_seq(&event.id).unwrap_or_default();
+            let deliveries = state.service.event_deliveries(seq).await.map_err(store_failed)?;
+            let deliveries = deliveries.into_iter().map(Into::into).collect();
+            Ok(axum::Json(EventResponse { event: event.into(), deliveries }))
+        }
         None => Err(ApiError::new(ErrorCode::EventNotFound, format!("no event `{}` is kept", id.escape_debug()))),
     }
 }
 
-fn store_failed(e: StoreError) -> ApiError {
+pub(super) fn store_failed(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "event query failed");
     ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
 }

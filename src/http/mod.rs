@@ -17,6 +17,7 @@ pub mod payouts;
 mod query;
 pub mod report;
 mod serve;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -101,6 +102,8 @@ impl AppState {
         (name = "balances", description = "Balances across providers, with freshness."),
         (name = "payouts", description = "One normalized payout status across providers."),
         (name = "events", description = "The facts tally observed (balance changes, monitors crossing thresholds, payout transitions, account health), in a feed; the balance monitors and their states."),
+        (name = "events", description = "The facts tally observed (balance changes, payout transitions, account health), in a feed."),
+        (name = "webhooks", description = "Signed deliveries of events to configured receivers (Standard Webhooks), and their operation."),
         (name = "operations", description = "Health, readiness, accounts and metrics."),
     ),
     modifiers(&SecurityScheme),
@@ -134,6 +137,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(events::get_events))
         .routes(routes!(events::get_event))
         .routes(routes!(monitors::get_monitors))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(webhooks::recover))
+        .routes(routes!(webhooks::test))
         .routes(routes!(ops::accounts))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

@@ -131,6 +131,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             a.latest().map_or(f64::NAN, |latest| (now - latest.fetched_at).to_std().unwrap_or_default().as_secs_f64());
         metrics::gauge!("tally_figure_age_seconds", "account" => account).set(age);
     }
+    state.service.publish_webhook_gauges();
     let body = state.metrics.render();
     let mut response = body.into_response();
     response

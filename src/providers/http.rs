@@ -104,7 +104,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// `Retry-After` in either form of RFC 9110 §10.2.3: delay-seconds (`120`) or an HTTP-date
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`, and the obsolete RFC 850 and asctime forms), read against
 /// `now`. A date already past means "now" (zero); anything unreadable is ignored.
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),

@@ -32,6 +32,7 @@ pub use callback::{
     Callback, CallbackAck, CallbackRefusal, CallbackRefusalKind, CallbackRequest, MAX_CALLBACK_BYTES, Trigger,
 };
 pub use error::{UpstreamError, UpstreamErrorKind};
+pub(crate) use http::parse_retry_after;
 pub use http::{DEFAULT_MAX_RESPONSE_BYTES, MAX_RETRY_AFTER, UpstreamHttp, UpstreamResponse};
 pub use registry::{ClientContext, ProviderConfig, ProviderSettings, Registration, SettingError, registration};
 

@@ -278,6 +278,62 @@ impl GuardedStore {
         self.health.run(Within::Health, self.store.prune_events(before, limit)).await
     }
 
+    pub async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        per_webhook: u32,
+    ) -> Result<Vec<crate::store::ClaimedDelivery>, StoreError> {
+        self.health.run(Within::Health, self.store.claim_deliveries(holder, now, until, per_webhook)).await
+    }
+
+    pub async fn finish_attempt(
+        &self,
+        claim: &crate::store::ClaimedDelivery,
+        holder: &str,
+        attempt: &crate::store::AttemptRecord,
+        result: crate::store::AttemptResult,
+    ) -> Result<(), StoreError> {
+        self.health.run(Within::Health, self.store.finish_attempt(claim, holder, attempt, result)).await
+    }
+
+    pub async fn release_claims(&self, holder: &str) -> Result<(), StoreError> {
+        self.health.run(Within::Health, self.store.release_claims(holder)).await
+    }
+
+    pub async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.health.run(Within::Health, self.store.next_delivery_at()).await
+    }
+
+    pub async fn deliveries(&self, seq: i64, within: Within) -> Result<Vec<crate::store::Delivery>, StoreError> {
+        self.health.run(within, self.store.deliveries(seq)).await
+    }
+
+    pub async fn requeue_event(
+        &self,
+        seq: i64,
+        webhook: Option<&str>,
+        now: DateTime<Utc>,
+        within: Within,
+    ) -> Result<u64, StoreError> {
+        self.health.run(within, self.store.requeue_event(seq, webhook, now)).await
+    }
+
+    pub async fn recover_webhook(
+        &self,
+        webhook: &str,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+        within: Within,
+    ) -> Result<u64, StoreError> {
+        self.health.run(within, self.store.recover_webhook(webhook, since, now)).await
+    }
+
+    pub async fn webhook_stats(&self, within: Within) -> Result<Vec<(String, crate::store::WebhookStats)>, StoreError> {
+        self.health.run(within, self.store.webhook_stats()).await
+    }
+
     pub fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.store.event_signal()
     }

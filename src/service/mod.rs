@@ -16,6 +16,8 @@
 //! - `background`: periodic refresh, and following other replicas' fetches;
 //! - [`circuit`]: the breaker (shared through the store by replicas);
 //! - [`events`]: the event feed and its long-poll, the circuit's events, retention;
+//! - [`webhooks`]: the webhook dispatcher (claims due deliveries through the store, sends
+//!   them signed, retries) and the webhook operations;
 //! - [`budget`]: each account's upstream calls per minute, and a provider's pause (shared
 //!   through the store by replicas).
 //!
@@ -33,6 +35,7 @@ pub mod lease;
 pub mod monitors;
 pub mod payouts;
 pub mod totals;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,6 +204,8 @@ pub struct Service {
     payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
     /// `[[monitors]]` and their entries' states in memory.
     monitors: Arc<monitors::Book>,
+    /// The configured webhooks and their dispatcher's state.
+    webhooks: webhooks::Webhooks,
 }
 
 impl Service {
@@ -248,6 +253,7 @@ impl Service {
             fetches: Default::default(),
             payout_lookups: Default::default(),
             monitors: Arc::new(monitors::Book::new(settings.monitors.clone())),
+            webhooks: webhooks::Webhooks::new(settings.webhooks.clone()),
         })
     }
 

@@ -26,6 +26,7 @@ pub fn sqlite() -> Migrator {
         (2, "store_probe", include_str!("../../migrations/sqlite/0002_store_probe.sql")),
         (3, "events", include_str!("../../migrations/sqlite/0003_events.sql")),
         (4, "monitors", include_str!("../../migrations/sqlite/0004_monitors.sql")),
+        (5, "webhooks", include_str!("../../migrations/sqlite/0005_webhooks.sql")),
     ])
 }
 
@@ -37,6 +38,7 @@ pub fn postgres() -> Migrator {
         (4, "upstream_budgets", include_str!("../../migrations/postgres/0004_upstream_budgets.sql")),
         (5, "events", include_str!("../../migrations/postgres/0005_events.sql")),
         (6, "monitors", include_str!("../../migrations/postgres/0006_monitors.sql")),
+        (7, "webhooks", include_str!("../../migrations/postgres/0007_webhooks.sql")),
     ])
 }
 

@@ -17,6 +17,11 @@
 //! Events (`domain::event`) are written in the transaction of the change they report (a new
 //! change point, a payout's new status), as its last step; their position in the feed is
 //! commit order on both backends (see [`postgres::insert_events`]).
+//!
+//! The store is the webhooks' outbox: with each event, in its transaction, a delivery per
+//! configured webhook the event is for (the routes given at [`open_with_webhooks`], decided by
+//! `domain::webhook`). Dispatchers claim due deliveries ([`Store::claim_deliveries`]: at most
+//! 4 live claims per webhook, across replicas on PostgreSQL) and record each attempt.
 
 pub mod cluster;
 pub mod decide;
@@ -37,6 +42,7 @@ use secrecy::ExposeSecret;
 use crate::config::StoreSettings;
 use crate::domain::event::{Event, NewEvent};
 use crate::domain::monitor::{EntryState, Monitor, MonitorEntry, State};
+use crate::domain::webhook::{DeliveryStatus, Route};
 use crate::domain::{AccountId, BalanceEntry, Currency, Payout, PayoutStatus, Provider, RawJson};
 
 /// A store failure. Messages come from the database driver and never hold the store URL.
@@ -142,6 +148,58 @@ pub struct EventQuery {
     pub limit: u32,
 }
 
+/// A delivery claimed for one attempt: the event, the webhook, and the attempts made before
+/// this one since it was (re)queued.
+#[derive(Clone, Debug)]
+pub struct ClaimedDelivery {
+    pub event: Event,
+    pub webhook: String,
+    pub attempts: u32,
+    /// The delivery's re-queue count when claimed: an attempt whose delivery was re-queued
+    /// meanwhile (redeliver) is recorded without changing the delivery.
+    pub generation: i64,
+}
+
+/// One attempt of a delivery, as recorded and shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at: DateTime<Utc>,
+    /// The receiver's status, `None` when it did not answer.
+    pub status_code: Option<u16>,
+    /// Why there was no answer (never a URL).
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// What an attempt makes of its delivery (decided by `domain::webhook`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptResult {
+    Succeeded,
+    RetryAt(DateTime<Utc>),
+    Failed,
+    /// Failed, and the webhook is disabled until recovered (`410 Gone`).
+    Gone,
+}
+
+/// One delivery of an event to a webhook, with its attempts (oldest first).
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub webhook: String,
+    pub status: DeliveryStatus,
+    pub attempts: Vec<AttemptRecord>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The state of one configured webhook, from its deliveries.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookStats {
+    pub enabled: bool,
+    pub pending: u64,
+    pub oldest_pending: Option<DateTime<Utc>>,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_failure: Option<AttemptRecord>,
+}
+
 /// The most events one prune deletes: a prune is bounded, the next one takes the rest.
 pub const PRUNE_BATCH: u32 = 1000;
 
@@ -245,6 +303,50 @@ pub trait Store: Send + Sync {
     /// store): what a long-poll of the feed waits on.
     fn event_signal(&self) -> tokio::sync::watch::Receiver<u64>;
 
+    /// Claims, for `holder` until `until`, the deliveries due at `now` of the enabled webhooks,
+    /// keeping each webhook's live claims (of any replica) at most `per_webhook`. A claim
+    /// whose `claimed_until` has passed (its holder died) is taken over.
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        per_webhook: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+
+    /// Records an attempt of `holder`'s claim and what it makes of the delivery, releasing
+    /// the claim. A delivery re-queued meanwhile (redeliver) keeps its new state; the attempt
+    /// is recorded all the same.
+    async fn finish_attempt(
+        &self,
+        claim: &ClaimedDelivery,
+        holder: &str,
+        attempt: &AttemptRecord,
+        result: AttemptResult,
+    ) -> Result<(), StoreError>;
+
+    /// Releases `holder`'s claims (at shutdown): their deliveries are due again at once.
+    async fn release_claims(&self, holder: &str) -> Result<(), StoreError>;
+
+    /// When a pending delivery of an enabled webhook is next due (its next attempt, or the
+    /// expiry of its claim); `None` when none is pending.
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// The deliveries of the event at `seq`, in webhook order, with their attempts.
+    async fn deliveries(&self, seq: i64) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Queues the event at `seq` again, due at `now`: for `webhook` only (its delivery made
+    /// if the event had none for it), or every delivery it has. Returns how many.
+    async fn requeue_event(&self, seq: i64, webhook: Option<&str>, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Enables `webhook` again and queues its failed deliveries created since `since`, due at
+    /// `now`. Returns how many.
+    async fn recover_webhook(&self, webhook: &str, since: DateTime<Utc>, now: DateTime<Utc>)
+    -> Result<u64, StoreError>;
+
+    /// The state of each configured webhook, in configuration order.
+    async fn webhook_stats(&self) -> Result<Vec<(String, WebhookStats)>, StoreError>;
+
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
 
@@ -256,11 +358,36 @@ pub trait Store: Send + Sync {
 /// Opens the store named by `store.url` (without migrating). Connections are made lazily, so
 /// tally starts, and serves live figures, while the database is down.
 pub fn open(settings: &StoreSettings) -> Result<Arc<dyn Store>, StoreError> {
+    open_with_webhooks(settings, Vec::new())
+}
+
+/// Opens the store as [`open`] does, writing a delivery for each of `webhooks` that an event
+/// is for, in the event's transaction.
+pub fn open_with_webhooks(settings: &StoreSettings, webhooks: Vec<Route>) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
+    let webhooks: Arc<[Route]> = webhooks.into();
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(url, settings.max_connections)?))
+        Ok(Arc::new(sqlite::SqliteStore::open(url, settings.max_connections)?.with_webhooks(webhooks)))
     } else {
-        Ok(Arc::new(postgres::PostgresStore::open(url, settings.max_connections)?))
+        Ok(Arc::new(postgres::PostgresStore::open(url, settings.max_connections)?.with_webhooks(webhooks)))
+    }
+}
+
+fn parse_delivery_status(text: &str) -> Result<DeliveryStatus, StoreError> {
+    DeliveryStatus::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown delivery status `{text}`")))
+}
+
+/// A stored HTTP status, which tally wrote from a `u16`.
+fn status_code(code: Option<i64>) -> Result<Option<u16>, StoreError> {
+    code.map(|c| u16::try_from(c).map_err(|_| StoreError::Corrupt(format!("status code {c}")))).transpose()
+}
+
+/// The state an attempt's result leaves its delivery in: the status, and when it is next due.
+fn after_attempt(result: AttemptResult) -> (DeliveryStatus, Option<DateTime<Utc>>) {
+    match result {
+        AttemptResult::Succeeded => (DeliveryStatus::Succeeded, None),
+        AttemptResult::RetryAt(at) => (DeliveryStatus::Pending, Some(at)),
+        AttemptResult::Failed | AttemptResult::Gone => (DeliveryStatus::Failed, None),
     }
 }
 

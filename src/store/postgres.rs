@@ -24,6 +24,8 @@ pub struct PostgresStore {
     /// (`LISTEN tally_events`, started on first subscription).
     events: tokio::sync::watch::Sender<u64>,
     events_listener: OnceLock<tokio::task::JoinHandle<()>>,
+    /// The configured webhooks, whose deliveries are written with the events they are for.
+    webhooks: Arc<[Route]>,
 }
 
 /// The transaction-level advisory lock under which events take their feed position: see
@@ -38,7 +40,14 @@ const EVENTS_LOCK: i64 = 0x7461_6c6c_7965_7674; // "tallyevt"
 /// when a reader sees an event, every event with a lower position is already visible: a reader
 /// following the feed never skips one. Taken last, after every row lock of the transaction, so
 /// that it is never held while waiting for another lock.
-pub async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+///
+/// Each event's deliveries (one per webhook of `webhooks` it is for, due at once) are written
+/// with it.
+pub async fn insert_events(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[NewEvent],
+    webhooks: &[Route],
+) -> Result<Vec<i64>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -55,6 +64,17 @@ pub async fn insert_events(tx: &mut Transaction<'_, Postgres>, events: &[NewEven
         .bind(e.data.to_string())
         .fetch_one(&mut **tx)
         .await?;
+        for webhook in crate::domain::webhook::recipients(webhooks, e) {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (event_seq, webhook, status, next_attempt_at, created_at)
+                 VALUES ($1, $2, 'pending', $3, $3)",
+            )
+            .bind(seq)
+            .bind(webhook)
+            .bind(e.timestamp)
+            .execute(&mut **tx)
+            .await?;
+        }
         seqs.push(seq);
     }
     // Delivered at commit: waiting readers on every replica wake when the events are readable.
@@ -87,8 +107,41 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy_with(options);
         let cluster = Arc::new(PostgresCluster { pool: pool.clone(), events: OnceLock::new() });
-        Ok(Self { pool, cluster, events: tokio::sync::watch::Sender::new(0), events_listener: OnceLock::new() })
+        Ok(Self {
+            pool,
+            cluster,
+            events: tokio::sync::watch::Sender::new(0),
+            events_listener: OnceLock::new(),
+            webhooks: Arc::new([]),
+        })
     }
+
+    /// The store writing a delivery for each of `webhooks` that an event is for.
+    pub fn with_webhooks(mut self, webhooks: Arc<[Route]>) -> Self {
+        self.webhooks = webhooks;
+        self
+    }
+
+    /// Wakes the dispatchers of every replica (and this process's waiters): deliveries were
+    /// queued again.
+    async fn announce_requeue(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')").bind(EVENTS_CHANNEL).execute(&self.pool).await?;
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+}
+
+/// The first key of the per-webhook advisory locks under which replicas claim deliveries
+/// (the second is the hash of the webhook's id).
+const WEBHOOK_CLAIM_LOCK: i32 = 0x7768; // "wh"
+
+fn attempt_row(row: &PgRow) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        at: row.try_get("at")?,
+        status_code: status_code(row.try_get::<Option<i32>, _>("status_code")?.map(i64::from))?,
+        error: row.try_get("error")?,
+        duration_ms: u64::try_from(row.try_get::<i64, _>("duration_ms")?).unwrap_or(0),
+    })
 }
 
 fn entry(row: &PgRow) -> Result<BalanceEntry, StoreError> {
@@ -357,7 +410,7 @@ impl Store for PostgresStore {
         }
         let (monitor_events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
         events.extend(monitor_events);
-        insert_events(&mut tx, &events).await?;
+        insert_events(&mut tx, &events, &self.webhooks).await?;
         // Delivered at commit: waiting replicas wake when the snapshot is readable.
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(FETCH_EVENTS)
@@ -379,7 +432,7 @@ impl Store for PostgresStore {
         }
         let mut tx = self.pool.begin().await?;
         let (events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
-        insert_events(&mut tx, &events).await?;
+        insert_events(&mut tx, &events, &self.webhooks).await?;
         if !events.is_empty() {
             // Other replicas follow the account again, monitor states included.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -527,7 +580,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        insert_events(&mut tx, &events).await?;
+        insert_events(&mut tx, &events, &self.webhooks).await?;
         tx.commit().await?;
         announce(&self.events, &events);
         Ok(())
@@ -574,7 +627,7 @@ impl Store for PostgresStore {
 
     async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let seqs = insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        let seqs = insert_events(&mut tx, std::slice::from_ref(event), &self.webhooks).await?;
         tx.commit().await?;
         announce(&self.events, std::slice::from_ref(event));
         Ok(event.stored(seqs[0]))
@@ -624,6 +677,285 @@ impl Store for PostgresStore {
             }))
         });
         self.events.subscribe()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        per_webhook: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let mut claimed = Vec::new();
+        for route in self.webhooks.iter() {
+            // Per webhook, one claimer at a time across replicas: the count of live claims
+            // and the new claims are one decision, so a webhook never has more in flight.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(WEBHOOK_CLAIM_LOCK)
+                .bind(&route.id)
+                .execute(&mut *tx)
+                .await?;
+            let live: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE webhook = $1 AND claimed_until > $2")
+                    .bind(&route.id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let room = i64::from(per_webhook) - live;
+            if room <= 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            let rows = sqlx::query(
+                "WITH due AS (
+                     SELECT event_seq FROM webhook_deliveries
+                     WHERE webhook = $3 AND status = 'pending' AND next_attempt_at <= $4
+                       AND (claimed_until IS NULL OR claimed_until <= $4)
+                       AND NOT EXISTS (SELECT 1 FROM webhook_states s WHERE s.webhook = $3 AND s.disabled_at IS NOT NULL)
+                     ORDER BY next_attempt_at, event_seq LIMIT $5
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE webhook_deliveries d SET claimed_by = $1, claimed_until = $2
+                 FROM due WHERE d.webhook = $3 AND d.event_seq = due.event_seq
+                 RETURNING d.event_seq, d.attempts, d.generation",
+            )
+            .bind(holder)
+            .bind(until)
+            .bind(&route.id)
+            .bind(now)
+            .bind(room)
+            .fetch_all(&mut *tx)
+            .await?;
+            // (event_seq, attempts, generation) of each claimed delivery.
+            let mut claims = Vec::with_capacity(rows.len());
+            for row in &rows {
+                claims.push((
+                    row.try_get::<i64, _>("event_seq")?,
+                    row.try_get::<i32, _>("attempts")?,
+                    row.try_get::<i64, _>("generation")?,
+                ));
+            }
+            let events = sqlx::query("SELECT seq, type, timestamp, data FROM events WHERE seq = ANY($1) ORDER BY seq")
+                .bind(claims.iter().map(|c| c.0).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            for row in &events {
+                let event = event_row(row)?;
+                let Some(&(_, attempts, generation)) =
+                    claims.iter().find(|c| crate::domain::event::event_id(c.0) == event.id)
+                else {
+                    continue;
+                };
+                claimed.push(ClaimedDelivery {
+                    event,
+                    webhook: route.id.clone(),
+                    attempts: u32::try_from(attempts).unwrap_or(0),
+                    generation,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_attempt(
+        &self,
+        claim: &ClaimedDelivery,
+        holder: &str,
+        attempt: &AttemptRecord,
+        result: AttemptResult,
+    ) -> Result<(), StoreError> {
+        let seq = crate::domain::event::event_seq(&claim.event.id).unwrap_or(-1);
+        let (status, next) = after_attempt(result);
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query(
+            "INSERT INTO webhook_attempts (event_seq, webhook, at, status_code, error, duration_ms, succeeded)
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS
+                 (SELECT 1 FROM webhook_deliveries WHERE event_seq = $1 AND webhook = $2)",
+        )
+        .bind(seq)
+        .bind(&claim.webhook)
+        .bind(attempt.at)
+        .bind(attempt.status_code.map(i32::from))
+        .bind(attempt.error.as_deref())
+        .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
+        .bind(result == AttemptResult::Succeeded)
+        .execute(&mut *tx)
+        .await?;
+        if exists.rows_affected() > 0 {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET
+                        status = CASE WHEN generation = $6 THEN $1 ELSE status END,
+                        next_attempt_at = CASE WHEN generation = $6 THEN $2 ELSE next_attempt_at END,
+                        attempts = CASE WHEN generation = $6 THEN attempts + 1 ELSE attempts END,
+                        claimed_by = NULL, claimed_until = NULL
+                 WHERE event_seq = $3 AND webhook = $4 AND claimed_by = $5",
+            )
+            .bind(status.as_str())
+            .bind(next)
+            .bind(seq)
+            .bind(&claim.webhook)
+            .bind(holder)
+            .bind(claim.generation)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if result == AttemptResult::Gone {
+            sqlx::query(
+                "INSERT INTO webhook_states (webhook, disabled_at) VALUES ($1, $2)
+                 ON CONFLICT (webhook) DO UPDATE SET disabled_at = $2",
+            )
+            .bind(&claim.webhook)
+            .bind(attempt.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_claims(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let ids: Vec<String> = self.webhooks.iter().map(|r| r.id.clone()).collect();
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_attempt_at, claimed_until)) FROM webhook_deliveries d
+             WHERE webhook = ANY($1) AND status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM webhook_states s WHERE s.webhook = d.webhook AND s.disabled_at IS NOT NULL)",
+        )
+        .bind(ids)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn deliveries(&self, seq: i64) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT webhook, status, next_attempt_at FROM webhook_deliveries WHERE event_seq = $1 ORDER BY webhook",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        let attempts = sqlx::query(
+            "SELECT webhook, at, status_code, error, duration_ms FROM webhook_attempts WHERE event_seq = $1 ORDER BY id",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let webhook: String = row.try_get("webhook")?;
+            let mut mine = Vec::new();
+            for a in &attempts {
+                if a.try_get::<String, _>("webhook")? == webhook {
+                    mine.push(attempt_row(a)?);
+                }
+            }
+            out.push(Delivery {
+                status: parse_delivery_status(row.try_get("status")?)?,
+                next_attempt_at: row.try_get("next_attempt_at")?,
+                attempts: mine,
+                webhook,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn requeue_event(&self, seq: i64, webhook: Option<&str>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(webhook) = webhook {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (event_seq, webhook, status, next_attempt_at, created_at)
+                 VALUES ($1, $2, 'pending', $3, $3) ON CONFLICT (event_seq, webhook) DO NOTHING",
+            )
+            .bind(seq)
+            .bind(webhook)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
+                    generation = generation + 1
+             WHERE event_seq = $2 AND ($3::text IS NULL OR webhook = $3)",
+        )
+        .bind(now)
+        .bind(seq)
+        .bind(webhook)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.announce_requeue().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn recover_webhook(
+        &self,
+        webhook: &str,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM webhook_states WHERE webhook = $1").bind(webhook).execute(&mut *tx).await?;
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1,
+                    generation = generation + 1
+             WHERE webhook = $2 AND status = 'failed' AND created_at >= $3",
+        )
+        .bind(now)
+        .bind(webhook)
+        .bind(since)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.announce_requeue().await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn webhook_stats(&self) -> Result<Vec<(String, WebhookStats)>, StoreError> {
+        let mut out = Vec::with_capacity(self.webhooks.len());
+        for route in self.webhooks.iter() {
+            let id = route.id.as_str();
+            let disabled: Option<Option<DateTime<Utc>>> =
+                sqlx::query_scalar("SELECT disabled_at FROM webhook_states WHERE webhook = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let (pending, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+                "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE webhook = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+            let last_success_at: Option<DateTime<Utc>> =
+                sqlx::query_scalar("SELECT MAX(at) FROM webhook_attempts WHERE webhook = $1 AND succeeded")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let last_failure = sqlx::query(
+                "SELECT at, status_code, error, duration_ms FROM webhook_attempts
+                 WHERE webhook = $1 AND NOT succeeded ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            out.push((
+                id.to_owned(),
+                WebhookStats {
+                    enabled: disabled.flatten().is_none(),
+                    pending: u64::try_from(pending).unwrap_or(0),
+                    oldest_pending: oldest,
+                    last_success_at,
+                    last_failure: last_failure.as_ref().map(attempt_row).transpose()?,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn close(&self) {

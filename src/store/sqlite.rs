@@ -18,6 +18,8 @@ pub struct SqliteStore {
     file: Arc<FileWatch>,
     /// Moves on at each commit that stored events: one process writes this file.
     events: tokio::sync::watch::Sender<u64>,
+    /// The configured webhooks, whose deliveries are written with the events they are for.
+    webhooks: Arc<[Route]>,
 }
 
 /// The file the store opened, watched: deleted or replaced while tally runs, it is no longer
@@ -104,7 +106,13 @@ impl SqliteStore {
             })
             .after_release(|conn, _| Box::pin(released_outside_a_transaction(conn)))
             .connect_lazy_with(options);
-        Self { pool, file, events: tokio::sync::watch::Sender::new(0) }
+        Self { pool, file, events: tokio::sync::watch::Sender::new(0), webhooks: Arc::new([]) }
+    }
+
+    /// The store writing a delivery for each of `webhooks` that an event is for.
+    pub fn with_webhooks(mut self, webhooks: Arc<[Route]>) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 }
 
@@ -172,8 +180,13 @@ fn stored_payout(row: &SqliteRow) -> Result<StoredPayout, StoreError> {
     })
 }
 
-/// Writes `events` in the transaction `tx`, in order.
-async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) -> Result<Vec<i64>, StoreError> {
+/// Writes `events` in the transaction `tx`, in order, each with a delivery per webhook of
+/// `webhooks` it is for (due at once).
+async fn insert_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[NewEvent],
+    webhooks: &[Route],
+) -> Result<Vec<i64>, StoreError> {
     let mut seqs = Vec::with_capacity(events.len());
     for e in events {
         let seq: i64 = sqlx::query_scalar(
@@ -185,9 +198,29 @@ async fn insert_events(tx: &mut Transaction<'_, Sqlite>, events: &[NewEvent]) ->
         .bind(e.data.to_string())
         .fetch_one(&mut **tx)
         .await?;
+        for webhook in crate::domain::webhook::recipients(webhooks, e) {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (event_seq, webhook, status, next_attempt_at, created_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?3)",
+            )
+            .bind(seq)
+            .bind(webhook)
+            .bind(micros(e.timestamp))
+            .execute(&mut **tx)
+            .await?;
+        }
         seqs.push(seq);
     }
     Ok(seqs)
+}
+
+fn attempt_row(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        at: time(row.try_get("at")?)?,
+        status_code: status_code(row.try_get("status_code")?)?,
+        error: row.try_get("error")?,
+        duration_ms: u64::try_from(row.try_get::<i64, _>("duration_ms")?).unwrap_or(0),
+    })
 }
 
 fn event_row(row: &SqliteRow) -> Result<Event, StoreError> {
@@ -390,7 +423,7 @@ impl Store for SqliteStore {
         .await?;
         let (monitor_events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
         events.extend(monitor_events);
-        insert_events(&mut tx, &events).await?;
+        insert_events(&mut tx, &events, &self.webhooks).await?;
         tx.commit().await?;
         announce(&self.events, &events);
         Ok(moved)
@@ -406,7 +439,7 @@ impl Store for SqliteStore {
         }
         let mut tx = self.write().await?;
         let (events, moved) = apply_monitors(&mut tx, snapshot, monitors).await?;
-        insert_events(&mut tx, &events).await?;
+        insert_events(&mut tx, &events, &self.webhooks).await?;
         tx.commit().await?;
         announce(&self.events, &events);
         Ok(moved)
@@ -531,7 +564,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        insert_events(&mut tx, &events).await?;
+        insert_events(&mut tx, &events, &self.webhooks).await?;
         tx.commit().await?;
         announce(&self.events, &events);
         Ok(())
@@ -576,7 +609,7 @@ impl Store for SqliteStore {
 
     async fn append_event(&self, event: &NewEvent) -> Result<Event, StoreError> {
         let mut tx = self.write().await?;
-        let seqs = insert_events(&mut tx, std::slice::from_ref(event)).await?;
+        let seqs = insert_events(&mut tx, std::slice::from_ref(event), &self.webhooks).await?;
         tx.commit().await?;
         announce(&self.events, std::slice::from_ref(event));
         Ok(event.stored(seqs[0]))
@@ -628,6 +661,266 @@ impl Store for SqliteStore {
 
     fn event_signal(&self) -> tokio::sync::watch::Receiver<u64> {
         self.events.subscribe()
+    }
+
+    async fn claim_deliveries(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        per_webhook: u32,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        // One process writes this file: the write lock is the only coordination needed.
+        let mut tx = self.write().await?;
+        let mut claimed = Vec::new();
+        for route in self.webhooks.iter() {
+            let live: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE webhook = ?1 AND claimed_until > ?2")
+                    .bind(&route.id)
+                    .bind(micros(now))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let room = i64::from(per_webhook) - live;
+            if room <= 0 {
+                continue;
+            }
+            let rows = sqlx::query(
+                "UPDATE webhook_deliveries SET claimed_by = ?1, claimed_until = ?2
+                 WHERE webhook = ?3 AND event_seq IN (
+                     SELECT event_seq FROM webhook_deliveries
+                     WHERE webhook = ?3 AND status = 'pending' AND next_attempt_at <= ?4
+                       AND (claimed_until IS NULL OR claimed_until <= ?4)
+                       AND NOT EXISTS (SELECT 1 FROM webhook_states s WHERE s.webhook = ?3 AND s.disabled_at IS NOT NULL)
+                     ORDER BY next_attempt_at, event_seq LIMIT ?5)
+                 RETURNING event_seq, attempts, generation",
+            )
+            .bind(holder)
+            .bind(micros(until))
+            .bind(&route.id)
+            .bind(micros(now))
+            .bind(room)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in rows {
+                let seq: i64 = row.try_get("event_seq")?;
+                let event = sqlx::query("SELECT seq, type, timestamp, data FROM events WHERE seq = ?1")
+                    .bind(seq)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                claimed.push(ClaimedDelivery {
+                    event: event_row(&event)?,
+                    webhook: route.id.clone(),
+                    attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                    generation: row.try_get("generation")?,
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn finish_attempt(
+        &self,
+        claim: &ClaimedDelivery,
+        holder: &str,
+        attempt: &AttemptRecord,
+        result: AttemptResult,
+    ) -> Result<(), StoreError> {
+        let seq = crate::domain::event::event_seq(&claim.event.id).unwrap_or(-1);
+        let (status, next) = after_attempt(result);
+        let mut tx = self.write().await?;
+        let exists = sqlx::query(
+            "INSERT INTO webhook_attempts (event_seq, webhook, at, status_code, error, duration_ms, succeeded)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS
+                 (SELECT 1 FROM webhook_deliveries WHERE event_seq = ?1 AND webhook = ?2)",
+        )
+        .bind(seq)
+        .bind(&claim.webhook)
+        .bind(micros(attempt.at))
+        .bind(attempt.status_code.map(i64::from))
+        .bind(attempt.error.as_deref())
+        .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
+        .bind(result == AttemptResult::Succeeded)
+        .execute(&mut *tx)
+        .await?;
+        if exists.rows_affected() > 0 {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET
+                        status = CASE WHEN generation = ?6 THEN ?1 ELSE status END,
+                        next_attempt_at = CASE WHEN generation = ?6 THEN ?2 ELSE next_attempt_at END,
+                        attempts = CASE WHEN generation = ?6 THEN attempts + 1 ELSE attempts END,
+                        claimed_by = NULL, claimed_until = NULL
+                 WHERE event_seq = ?3 AND webhook = ?4 AND claimed_by = ?5",
+            )
+            .bind(status.as_str())
+            .bind(next.map(micros))
+            .bind(seq)
+            .bind(&claim.webhook)
+            .bind(holder)
+            .bind(claim.generation)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if result == AttemptResult::Gone {
+            sqlx::query(
+                "INSERT INTO webhook_states (webhook, disabled_at) VALUES (?1, ?2)
+                 ON CONFLICT (webhook) DO UPDATE SET disabled_at = ?2",
+            )
+            .bind(&claim.webhook)
+            .bind(micros(attempt.at))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_claims(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?1")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let mut next: Option<i64> = None;
+        for route in self.webhooks.iter() {
+            let due: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(MAX(next_attempt_at, COALESCE(claimed_until, next_attempt_at))) FROM webhook_deliveries
+                 WHERE webhook = ?1 AND status = 'pending'
+                   AND NOT EXISTS (SELECT 1 FROM webhook_states s WHERE s.webhook = ?1 AND s.disabled_at IS NOT NULL)",
+            )
+            .bind(&route.id)
+            .fetch_one(&self.pool)
+            .await?;
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        next.map(time).transpose()
+    }
+
+    async fn deliveries(&self, seq: i64) -> Result<Vec<Delivery>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT webhook, status, next_attempt_at FROM webhook_deliveries WHERE event_seq = ?1 ORDER BY webhook",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let webhook: String = row.try_get("webhook")?;
+            let attempts = sqlx::query(
+                "SELECT at, status_code, error, duration_ms FROM webhook_attempts
+                 WHERE event_seq = ?1 AND webhook = ?2 ORDER BY id",
+            )
+            .bind(seq)
+            .bind(&webhook)
+            .fetch_all(&self.pool)
+            .await?;
+            let status = parse_delivery_status(row.try_get("status")?)?;
+            out.push(Delivery {
+                next_attempt_at: row.try_get::<Option<i64>, _>("next_attempt_at")?.map(time).transpose()?,
+                attempts: attempts.iter().map(attempt_row).collect::<Result<_, _>>()?,
+                status,
+                webhook,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn requeue_event(&self, seq: i64, webhook: Option<&str>, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        if let Some(webhook) = webhook {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (event_seq, webhook, status, next_attempt_at, created_at)
+                 VALUES (?1, ?2, 'pending', ?3, ?3) ON CONFLICT (event_seq, webhook) DO NOTHING",
+            )
+            .bind(seq)
+            .bind(webhook)
+            .bind(micros(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
+                    generation = generation + 1
+             WHERE event_seq = ?2 AND (?3 IS NULL OR webhook = ?3)",
+        )
+        .bind(micros(now))
+        .bind(seq)
+        .bind(webhook)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(done.rows_affected())
+    }
+
+    async fn recover_webhook(
+        &self,
+        webhook: &str,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM webhook_states WHERE webhook = ?1").bind(webhook).execute(&mut *tx).await?;
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1,
+                    generation = generation + 1
+             WHERE webhook = ?2 AND status = 'failed' AND created_at >= ?3",
+        )
+        .bind(micros(now))
+        .bind(webhook)
+        .bind(micros(since))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(done.rows_affected())
+    }
+
+    async fn webhook_stats(&self) -> Result<Vec<(String, WebhookStats)>, StoreError> {
+        let mut out = Vec::with_capacity(self.webhooks.len());
+        for route in self.webhooks.iter() {
+            let id = route.id.as_str();
+            let disabled: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT disabled_at FROM webhook_states WHERE webhook = ?1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            let (pending, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries WHERE webhook = ?1 AND status = 'pending'",
+            )
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+            let last_success: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(at) FROM webhook_attempts WHERE webhook = ?1 AND succeeded = 1")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await?;
+            let last_failure = sqlx::query(
+                "SELECT at, status_code, error, duration_ms FROM webhook_attempts
+                 WHERE webhook = ?1 AND succeeded = 0 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            out.push((
+                id.to_owned(),
+                WebhookStats {
+                    enabled: disabled.flatten().is_none(),
+                    pending: u64::try_from(pending).unwrap_or(0),
+                    oldest_pending: oldest.map(time).transpose()?,
+                    last_success_at: last_success.map(time).transpose()?,
+                    last_failure: last_failure.as_ref().map(attempt_row).transpose()?,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn close(&self) {

@@ -154,7 +154,12 @@ impl TestApp {
     }
 
     pub async fn spawn_settings(settings: tally::config::Settings) -> Self {
-        let clock = Arc::new(ManualClock::new(t0()));
+        Self::spawn_at(settings, t0()).await
+    }
+
+    /// Like [`spawn_settings`](Self::spawn_settings), with the injected clock starting at `start`.
+    pub async fn spawn_at(settings: tally::config::Settings, start: DateTime<Utc>) -> Self {
+        let clock = Arc::new(ManualClock::new(start));
         let app = Application::build_with_clock(settings, clock.clone()).await.expect("the app starts");
         let base = format!("http://{}", app.local_addr());
         let service = Arc::clone(app.service());

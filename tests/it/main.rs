@@ -21,3 +21,4 @@ mod replicas;
 mod secrets;
 mod serve;
 mod store;
+mod webhooks;

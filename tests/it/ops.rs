@@ -246,8 +246,11 @@ fn documented_series() -> Vec<(String, bool)> {
 async fn a_fresh_scrape_lists_every_series_the_readme_documents() {
     let db = TestDb::sqlite();
     // A name no other test uses: metrics are process-wide. The upstream is never called.
+    // With a monitor and a webhook too, whose series are labelled by them (the webhook is never
+    // sent to: no figure is stored, so no event is raised).
     let extra = "[[accounts]]\nid = \"fresh-scrape\"\nprovider = \"leanx\"\nbase_url = \"http://127.0.0.1:9\"\nauth_token = \"t\"\n\
-                 [[monitors]]\nid = \"fresh-scrape-low\"\naccount = \"fresh-scrape\"\nwallet = \"prefund\"\ncurrency = \"MYR\"\nbelow = \"1\"\n";
+                 [[monitors]]\nid = \"fresh-scrape-low\"\naccount = \"fresh-scrape\"\nwallet = \"prefund\"\ncurrency = \"MYR\"\nbelow = \"1\"\n\
+                 [[webhooks]]\nid = \"fresh-scrape\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
     let app = TestApp::spawn(db.url(), extra).await;
     let text = app.get("/metrics").await.text().await.unwrap();
     let series = documented_series();
