@@ -289,7 +289,8 @@ async fn a_crossing_is_never_stored_without_its_event(db: &TestDb) {
         }
         _ => {
             let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-            sqlx::query("DROP TABLE events").execute(&mut conn).await.unwrap();
+            // CASCADE: webhook deliveries refer to their events.
+            sqlx::query("DROP TABLE events CASCADE").execute(&mut conn).await.unwrap();
         }
     }
     let low = snapshot(t0() + TimeDelta::seconds(10), Some("100"));
