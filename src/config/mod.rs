@@ -49,6 +49,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub metrics: MetricsSettings,
     pub events: EventsSettings,
+    pub payouts: PayoutsSettings,
     pub accounts: Vec<AccountConfig>,
     /// `[[monitors]]` (SPEC §8.2), in config order.
     pub monitors: Vec<crate::domain::monitor::Monitor>,
@@ -134,6 +135,16 @@ pub struct EventsSettings {
     /// The longest a feed request's `wait` holds it open (default and at most 30 s): lower
     /// behind a proxy that cuts idle requests sooner. A longer `wait` is answered at this bound.
     pub max_wait: Duration,
+}
+
+/// `[payouts]` (SPEC §9.1): how non-final payouts are watched.
+#[derive(Debug, Clone)]
+pub struct PayoutsSettings {
+    /// The delays between a watched payout's lookups, from when it is first watched; the last
+    /// one repeats (default 30s, 1m, 2m, 5m, 10m, 30m, then every hour).
+    pub watch_schedule: Vec<Duration>,
+    /// How long a payout is watched, from when it was first watched (default 7 days).
+    pub watch_for: Duration,
 }
 
 #[derive(Debug, Clone)]

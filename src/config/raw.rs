@@ -19,6 +19,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub events: RawEvents,
     #[serde(default)]
+    pub payouts: RawPayouts,
+    #[serde(default)]
     pub accounts: Vec<RawAccount>,
     #[serde(default)]
     pub monitors: Vec<RawMonitor>,
@@ -79,6 +81,13 @@ pub struct RawWebhook {
 pub struct RawEvents {
     pub retention: Option<String>,
     pub max_wait: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayouts {
+    pub watch_schedule: Option<Vec<String>>,
+    pub watch_for: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -97,6 +97,13 @@ fn no_file_means_loopback_sqlite_and_no_accounts() {
     assert!(s.accounts.is_empty());
     assert_eq!(s.server.request_timeout, Duration::from_secs(10));
     assert_eq!(s.events.retention, Duration::from_secs(30 * 24 * 3600), "events are kept 30 days");
+    let minutes = |m: u64| Duration::from_secs(60 * m);
+    assert_eq!(
+        s.payouts.watch_schedule,
+        [Duration::from_secs(30), minutes(1), minutes(2), minutes(5), minutes(10), minutes(30), minutes(60)],
+        "the watch's default schedule, its last delay repeating"
+    );
+    assert_eq!(s.payouts.watch_for, Duration::from_secs(7 * 24 * 3600), "payouts are watched 7 days");
 }
 
 fn error_of(toml: &str) -> ConfigError {
@@ -188,6 +195,13 @@ fn each_bad_config_names_its_key() {
         ("[events]\nretention = \"a month\"", "events.retention", "not a duration"),
         ("[events]\nmax_wait = \"31s\"", "events.max_wait", "at most 30s"),
         ("[events]\nmax_wait = \"0s\"", "events.max_wait", "longer than zero"),
+        ("[payouts]\nwatch_schedule = []", "payouts.watch_schedule", "1 to 50 delays"),
+        ("[payouts]\nwatch_schedule = [\"30s\", \"soon\"]", "payouts.watch_schedule[1]", "not a duration"),
+        ("[payouts]\nwatch_schedule = [\"500ms\"]", "payouts.watch_schedule[0]", "at least 1s"),
+        ("[payouts]\nwatch_schedule = [\"0s\"]", "payouts.watch_schedule[0]", "longer than zero"),
+        ("[payouts]\nwatch_for = \"0s\"", "payouts.watch_for", "longer than zero"),
+        ("[payouts]\nwatch_for = \"400d\"", "payouts.watch_for", "at most 365 days"),
+        ("[payouts]\nwatch_fro = \"7d\"", "payouts.watch_fro", "unknown field `watch_fro`"),
         ("[events]\nretension = \"30d\"", "events.retension", "unknown field `retension`"),
         ("[defaults]\ntimeout = \"-5s\"", "defaults.timeout", "not a duration"),
         ("[defaults]\ncircuit_failure_threshold = 0", "defaults.circuit_failure_threshold", "at least 1"),

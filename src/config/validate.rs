@@ -43,6 +43,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
             w => w,
         },
     };
+    let payouts = payouts(&raw)?;
     let monitors = monitors(&raw, &accounts)?;
     let webhooks = webhooks(&raw, &accounts)?;
     Ok(Settings {
@@ -51,6 +52,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         auth,
         metrics: MetricsSettings { require_auth: raw.metrics.require_auth },
         events,
+        payouts,
         accounts,
         monitors,
         webhooks,
@@ -390,6 +392,41 @@ fn duration(key: &str, text: Option<&str>, fallback: &str, nonzero: bool) -> Res
         return Err(ConfigError::new(key, "must be at most 365 days"));
     }
     Ok(d)
+}
+
+/// The most delays a watch schedule may list, and its shortest delay (a lookup per payout per
+/// second at most).
+const MAX_WATCH_STEPS: usize = 50;
+const MIN_WATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// `[payouts]`: a schedule of 1 to 50 delays of at least 1 s each; `watch_for` above zero.
+fn payouts(raw: &RawConfig) -> Result<PayoutsSettings, ConfigError> {
+    let watch_schedule = match &raw.payouts.watch_schedule {
+        None => ["30s", "1m", "2m", "5m", "10m", "30m", "1h"]
+            .iter()
+            .map(|d| parse_duration("", d))
+            .collect::<Result<_, _>>()?,
+        Some(list) if list.is_empty() || list.len() > MAX_WATCH_STEPS => {
+            return Err(ConfigError::new(
+                "payouts.watch_schedule",
+                format!("must list 1 to {MAX_WATCH_STEPS} delays"),
+            ));
+        }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(j, d)| {
+                let key = format!("payouts.watch_schedule[{j}]");
+                let d = duration(&key, Some(d), "", true)?;
+                if d < MIN_WATCH_DELAY {
+                    return Err(ConfigError::new(key, "must be at least 1s"));
+                }
+                Ok(d)
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let watch_for = duration("payouts.watch_for", raw.payouts.watch_for.as_deref(), "7d", true)?;
+    Ok(PayoutsSettings { watch_schedule, watch_for })
 }
 
 /// The longest a webhook attempt may take, and the most retries a schedule may hold.

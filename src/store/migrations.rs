@@ -27,6 +27,7 @@ pub fn sqlite() -> Migrator {
         (3, "events", include_str!("../../migrations/sqlite/0003_events.sql")),
         (4, "monitors", include_str!("../../migrations/sqlite/0004_monitors.sql")),
         (5, "webhooks", include_str!("../../migrations/sqlite/0005_webhooks.sql")),
+        (6, "payout_watch", include_str!("../../migrations/sqlite/0006_payout_watch.sql")),
     ])
 }
 
@@ -39,6 +40,7 @@ pub fn postgres() -> Migrator {
         (5, "events", include_str!("../../migrations/postgres/0005_events.sql")),
         (6, "monitors", include_str!("../../migrations/postgres/0006_monitors.sql")),
         (7, "webhooks", include_str!("../../migrations/postgres/0007_webhooks.sql")),
+        (8, "payout_watch", include_str!("../../migrations/postgres/0008_payout_watch.sql")),
     ])
 }
 

@@ -138,6 +138,72 @@ pub struct PayoutTransition {
     pub source: String,
 }
 
+/// A watched payout (SPEC §9.1), keyed by the id it is looked up by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayoutWatch {
+    pub account: AccountId,
+    pub payout_id: String,
+    pub first_watched_at: DateTime<Utc>,
+    pub watch_until: DateTime<Utc>,
+    pub next_check_at: DateTime<Utc>,
+    /// Lookups made by the watch so far: the place in the schedule.
+    pub checks: u32,
+}
+
+/// Filters of `GET /payouts`: newest first, at most `limit`.
+#[derive(Clone, Debug, Default)]
+pub struct PayoutListQuery {
+    pub account: Option<AccountId>,
+    pub status: Option<PayoutStatus>,
+    pub is_final: Option<bool>,
+    pub limit: u32,
+}
+
+/// What became of a callback (SPEC §9.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// Verified, and a new status stored.
+    Applied,
+    /// Verified, and the stored status was already the same: nothing changed.
+    Duplicate,
+    /// Nothing in it was trusted: it only made tally look again.
+    Trigger,
+    /// Refused (unverified, malformed, or unsupported).
+    Rejected,
+}
+
+impl CallbackOutcome {
+    pub const ALL: [Self; 4] = [Self::Applied, Self::Duplicate, Self::Trigger, Self::Rejected];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Trigger => "trigger",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.as_str() == text)
+    }
+}
+
+/// One callback as received and judged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallbackReceipt {
+    pub received_at: DateTime<Utc>,
+    pub account: AccountId,
+    pub provider: Provider,
+    pub verified: bool,
+    pub outcome: CallbackOutcome,
+    pub payout_id: Option<String>,
+    pub status: Option<PayoutStatus>,
+    /// Why it was refused (never a secret or an expected signature).
+    pub error: Option<String>,
+}
+
+
 /// Filters of `GET /events`: events after the feed position `after` (from the oldest kept
 /// when `None`), of the given types and accounts (every one when empty), oldest first.
 #[derive(Clone, Debug, Default)]
@@ -347,6 +413,63 @@ pub trait Store: Send + Sync {
     /// The state of each configured webhook, in configuration order.
     async fn webhook_stats(&self) -> Result<Vec<(String, WebhookStats)>, StoreError>;
 
+    /// Watches a payout from `now` until `watch_until`, first due at `next_check_at`; a payout
+    /// already watched keeps its watch. Returns the watch as stored.
+    async fn watch_payout(
+        &self,
+        account: &AccountId,
+        payout_id: &str,
+        now: DateTime<Utc>,
+        watch_until: DateTime<Utc>,
+        next_check_at: DateTime<Utc>,
+    ) -> Result<PayoutWatch, StoreError>;
+
+    /// Ends a payout's watch (final, or past `watch_until`), if it has one.
+    async fn unwatch_payout(&self, account: &AccountId, payout_id: &str) -> Result<(), StoreError>;
+
+    /// The watch of a payout, if it is watched.
+    async fn payout_watch(&self, account: &AccountId, payout_id: &str) -> Result<Option<PayoutWatch>, StoreError>;
+
+    /// Claims, for `holder` until `until`, at most `limit` watches due at `now` (earliest
+    /// first): across replicas on PostgreSQL, a due watch is claimed by one of them. A claim
+    /// whose `claimed_until` has passed is taken over.
+    async fn claim_watches(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PayoutWatch>, StoreError>;
+
+    /// Releases `holder`'s claim of a watch after its lookup, counting the lookup and setting
+    /// when it is next due.
+    async fn finish_watch(
+        &self,
+        watch: &PayoutWatch,
+        holder: &str,
+        next_check_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// When a watch is next due (its next check, or the expiry of its claim); `None` when
+    /// nothing is watched.
+    async fn next_watch_at(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Stored payouts, newest first (the provider's creation time, else when tally last saw
+    /// them), each with its watch.
+    async fn list_payouts(
+        &self,
+        query: &PayoutListQuery,
+    ) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError>;
+
+    /// Stores a callback's receipt.
+    async fn record_callback(&self, receipt: &CallbackReceipt) -> Result<(), StoreError>;
+
+    /// Callback receipts, newest first.
+    async fn callbacks(&self, account: Option<&AccountId>, limit: u32) -> Result<Vec<CallbackReceipt>, StoreError>;
+
+    /// Deletes at most `limit` receipts received before `before`, oldest first; returns how many.
+    async fn prune_callbacks(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
 
@@ -405,6 +528,10 @@ fn parse_currency(text: &str) -> Result<Currency, StoreError> {
 
 fn parse_monitor_state(text: &str) -> Result<State, StoreError> {
     State::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown monitor state `{text}`")))
+}
+
+fn parse_outcome(text: &str) -> Result<CallbackOutcome, StoreError> {
+    CallbackOutcome::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown callback outcome `{text}`")))
 }
 
 fn parse_status(text: &str) -> Result<PayoutStatus, StoreError> {

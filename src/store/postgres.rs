@@ -135,6 +135,30 @@ impl PostgresStore {
 /// (the second is the hash of the webhook's id).
 const WEBHOOK_CLAIM_LOCK: i32 = 0x7768; // "wh"
 
+fn watch_row(row: &PgRow) -> Result<PayoutWatch, StoreError> {
+    Ok(PayoutWatch {
+        account: parse_account(row.try_get("account")?)?,
+        payout_id: row.try_get("payout_id")?,
+        first_watched_at: row.try_get("first_watched_at")?,
+        watch_until: row.try_get("watch_until")?,
+        next_check_at: row.try_get("next_check_at")?,
+        checks: u32::try_from(row.try_get::<i32, _>("checks")?).unwrap_or(0),
+    })
+}
+
+fn receipt_row(row: &PgRow) -> Result<CallbackReceipt, StoreError> {
+    Ok(CallbackReceipt {
+        received_at: row.try_get("received_at")?,
+        account: parse_account(row.try_get("account")?)?,
+        provider: parse_provider(row.try_get("provider")?)?,
+        verified: row.try_get("verified")?,
+        outcome: parse_outcome(row.try_get("outcome")?)?,
+        payout_id: row.try_get("payout_id")?,
+        status: row.try_get::<Option<String>, _>("status")?.as_deref().map(parse_status).transpose()?,
+        error: row.try_get("error")?,
+    })
+}
+
 fn attempt_row(row: &PgRow) -> Result<AttemptRecord, StoreError> {
     Ok(AttemptRecord {
         at: row.try_get("at")?,
@@ -956,6 +980,178 @@ impl Store for PostgresStore {
             ));
         }
         Ok(out)
+    }
+
+    async fn watch_payout(
+        &self,
+        account: &AccountId,
+        payout_id: &str,
+        now: DateTime<Utc>,
+        watch_until: DateTime<Utc>,
+        next_check_at: DateTime<Utc>,
+    ) -> Result<PayoutWatch, StoreError> {
+        // The no-op update makes RETURNING give the row that was already there.
+        let row = sqlx::query(
+            "INSERT INTO payout_watches (account, payout_id, first_watched_at, watch_until, next_check_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (account, payout_id) DO UPDATE SET account = payout_watches.account
+             RETURNING *",
+        )
+        .bind(account.as_str())
+        .bind(payout_id)
+        .bind(now)
+        .bind(watch_until)
+        .bind(next_check_at)
+        .fetch_one(&self.pool)
+        .await?;
+        watch_row(&row)
+    }
+
+    async fn unwatch_payout(&self, account: &AccountId, payout_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM payout_watches WHERE account = $1 AND payout_id = $2")
+            .bind(account.as_str())
+            .bind(payout_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn payout_watch(&self, account: &AccountId, payout_id: &str) -> Result<Option<PayoutWatch>, StoreError> {
+        let row = sqlx::query("SELECT * FROM payout_watches WHERE account = $1 AND payout_id = $2")
+            .bind(account.as_str())
+            .bind(payout_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(watch_row).transpose()
+    }
+
+    async fn claim_watches(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PayoutWatch>, StoreError> {
+        // SKIP LOCKED: replicas claiming at once take different watches, and a watch claimed
+        // (claimed_until ahead) is not due again until its claim expires.
+        let rows = sqlx::query(
+            "WITH due AS (
+                 SELECT account, payout_id FROM payout_watches
+                 WHERE next_check_at <= $3 AND (claimed_until IS NULL OR claimed_until <= $3)
+                 ORDER BY next_check_at, account, payout_id LIMIT $4
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE payout_watches w SET claimed_by = $1, claimed_until = $2
+             FROM due WHERE w.account = due.account AND w.payout_id = due.payout_id
+             RETURNING w.*",
+        )
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(watch_row).collect()
+    }
+
+    async fn finish_watch(
+        &self,
+        watch: &PayoutWatch,
+        holder: &str,
+        next_check_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payout_watches SET next_check_at = $1, checks = checks + 1, claimed_by = NULL, claimed_until = NULL
+             WHERE account = $2 AND payout_id = $3 AND claimed_by = $4",
+        )
+        .bind(next_check_at)
+        .bind(watch.account.as_str())
+        .bind(&watch.payout_id)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_watch_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_check_at, COALESCE(claimed_until, next_check_at))) FROM payout_watches",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn list_payouts(
+        &self,
+        q: &PayoutListQuery,
+    ) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new(
+            "SELECT p.*, w.first_watched_at, w.watch_until, w.next_check_at, w.checks
+             FROM payouts p LEFT JOIN payout_watches w ON w.account = p.account AND w.payout_id = p.payout_id
+             WHERE TRUE",
+        );
+        if let Some(account) = &q.account {
+            sql.push(" AND p.account = ").push_bind(account.as_str());
+        }
+        if let Some(status) = q.status {
+            sql.push(" AND p.status = ").push_bind(status.as_str());
+        }
+        if let Some(is_final) = q.is_final {
+            sql.push(" AND p.is_final = ").push_bind(is_final);
+        }
+        sql.push(" ORDER BY COALESCE(p.created_at, p.fetched_at) DESC, p.account, p.payout_id LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let stored = stored_payout(row)?;
+                let watch = match row.try_get::<Option<DateTime<Utc>>, _>("first_watched_at")? {
+                    None => None,
+                    Some(_) => Some(watch_row(row)?),
+                };
+                Ok((stored, watch))
+            })
+            .collect()
+    }
+
+    async fn record_callback(&self, r: &CallbackReceipt) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO callback_receipts (received_at, account, provider, verified, outcome, payout_id, status, error)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(r.received_at)
+        .bind(r.account.as_str())
+        .bind(r.provider.as_str())
+        .bind(r.verified)
+        .bind(r.outcome.as_str())
+        .bind(r.payout_id.as_deref())
+        .bind(r.status.map(PayoutStatus::as_str))
+        .bind(r.error.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn callbacks(&self, account: Option<&AccountId>, limit: u32) -> Result<Vec<CallbackReceipt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM callback_receipts WHERE $1::TEXT IS NULL OR account = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(account.map(AccountId::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(receipt_row).collect()
+    }
+
+    async fn prune_callbacks(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM callback_receipts WHERE id IN
+                 (SELECT id FROM callback_receipts WHERE received_at < $1 ORDER BY id LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn close(&self) {
