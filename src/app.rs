@@ -107,6 +107,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let mut background = self.service.spawn_background_refresh();
         let dispatcher = self.service.spawn_webhook_dispatcher();
+        let watcher = self.service.spawn_payout_watcher();
         background.push(tokio::spawn(keep_metrics_bounded(self.metrics.clone())));
         if !self.migrations.is_done() {
             background.push(tokio::spawn(migrate_when_back(Arc::clone(&self.migrations), Arc::clone(&self.service))));
@@ -136,6 +137,7 @@ impl Application {
         for task in background {
             task.abort();
         }
+        watcher.stop().await;
         // Before the store closes: the dispatcher releases its claims through it.
         if let Some(dispatcher) = dispatcher {
             dispatcher.stop().await;

@@ -407,10 +407,7 @@ fn payouts(raw: &RawConfig) -> Result<PayoutsSettings, ConfigError> {
             .map(|d| parse_duration("", d))
             .collect::<Result<_, _>>()?,
         Some(list) if list.is_empty() || list.len() > MAX_WATCH_STEPS => {
-            return Err(ConfigError::new(
-                "payouts.watch_schedule",
-                format!("must list 1 to {MAX_WATCH_STEPS} delays"),
-            ));
+            return Err(ConfigError::new("payouts.watch_schedule", format!("must list 1 to {MAX_WATCH_STEPS} delays")));
         }
         Some(list) => list
             .iter()

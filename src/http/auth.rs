@@ -58,6 +58,8 @@ pub(super) fn is_open(path: &str, metrics_require_auth: bool) -> bool {
         || path == "/docs"
         || path.starts_with("/docs/")
         || (path == "/metrics" && !metrics_require_auth)
+        // Providers cannot send a key: each one's own verification stands in for it (SPEC §5).
+        || path.starts_with("/callbacks/")
 }
 
 /// Only layered when keys are configured.

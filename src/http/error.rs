@@ -59,12 +59,16 @@ error_codes! {
     InvalidPayoutId         => BAD_REQUEST,           "invalid_payout_id";
     UnknownEventType        => BAD_REQUEST,           "unknown_event_type";
     PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";
+    InvalidCallback         => BAD_REQUEST,           "invalid_callback";
+    InvalidStatus           => BAD_REQUEST,           "invalid_status";
     Unauthorized            => UNAUTHORIZED,          "unauthorized";
+    CallbackUnverified      => UNAUTHORIZED,          "callback_unverified";
     Forbidden               => FORBIDDEN,             "forbidden";
     RouteNotFound           => NOT_FOUND,             "route_not_found";
     PayoutNotFound          => NOT_FOUND,             "payout_not_found";
     EventNotFound           => NOT_FOUND,             "event_not_found";
     WebhookNotFound         => NOT_FOUND,             "webhook_not_found";
+    CallbacksUnsupported    => NOT_FOUND,             "callbacks_unsupported";
     MethodNotAllowed        => METHOD_NOT_ALLOWED,    "method_not_allowed";
     RequestTimeout          => REQUEST_TIMEOUT,       "request_timeout";
     PayoutAmbiguous         => CONFLICT,              "payout_ambiguous";
@@ -113,6 +117,9 @@ pub struct ProblemAccount {
 #[derive(Debug)]
 pub struct ApiError {
     pub code: ErrorCode,
+    /// Another status than the code's own: only `unknown_account` in a path (`POST
+    /// /callbacks/{account}`: SPEC §9.2 answers 404 there, 400 in a query).
+    pub status: Option<StatusCode>,
     pub detail: String,
     pub retry_after_secs: Option<u64>,
     pub accounts: Option<Vec<ProblemAccount>>,
@@ -120,7 +127,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), retry_after_secs: None, accounts: None }
+        Self { code, status: None, detail: detail.into(), retry_after_secs: None, accounts: None }
+    }
+
+    /// An account named in the path that no configured account has: `404`, code
+    /// `unknown_account`.
+    pub fn unknown_account_in_path(id: &str) -> Self {
+        Self { status: Some(StatusCode::NOT_FOUND), ..Self::unknown_account(id) }
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -166,7 +179,7 @@ impl From<PayoutQueryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.code.status();
+        let status = self.status.unwrap_or(self.code.status());
         let problem = Problem {
             r#type: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),

@@ -8,6 +8,7 @@
 mod auth;
 pub mod balances;
 mod body_cache;
+pub mod callbacks;
 pub mod error;
 pub mod events;
 mod layers;
@@ -100,7 +101,7 @@ impl AppState {
     servers((url = "/", description = "This tally instance")),
     tags(
         (name = "balances", description = "Balances across providers, with freshness."),
-        (name = "payouts", description = "One normalized payout status across providers."),
+        (name = "payouts", description = "One normalized payout status across providers; the payouts tally knows and watches until final; provider callbacks and their receipts."),
         (name = "events", description = "The facts tally observed (balance changes, monitors crossing thresholds, payout transitions, account health), in a feed; the balance monitors and their states."),
         (name = "events", description = "The facts tally observed (balance changes, payout transitions, account health), in a feed."),
         (name = "webhooks", description = "Signed deliveries of events to configured receivers (Standard Webhooks), and their operation."),
@@ -134,6 +135,10 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(balances::get_balances))
         .routes(routes!(balances::get_history))
         .routes(routes!(payouts::get_payout))
+        .routes(routes!(payouts::list_payouts))
+        .routes(routes!(payouts::watch_payout))
+        .routes(routes!(callbacks::receive))
+        .routes(routes!(callbacks::list))
         .routes(routes!(events::get_events))
         .routes(routes!(events::get_event))
         .routes(routes!(monitors::get_monitors))

@@ -1,6 +1,7 @@
-//! `GET /payouts/{id}`.
+//! `GET /payouts/{id}`, `GET /payouts` and `POST /payouts/{id}/watch`.
 
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -12,7 +13,9 @@ use super::report::AccountError;
 use crate::domain::event::PayoutObject;
 use crate::domain::{AccountId, Currency, PayoutFailure, PayoutStatus, Provider};
 use crate::providers::UpstreamErrorKind;
+use crate::service::payout_watch::WatchError;
 use crate::service::payouts::{PayoutAnswer, PayoutQuery, PayoutView};
+use crate::store::PayoutListQuery;
 
 /// The longest payout id accepted (LeanX and Luxtak ids are far shorter).
 const MAX_ID_CHARS: usize = 128;
@@ -149,6 +152,142 @@ pub async fn get_payout(
             Err(ApiError::new(code, detail).with_accounts(accounts))
         }
     }
+}
+
+/// A payout tally keeps, with its watch.
+#[derive(Serialize, ToSchema)]
+pub struct ListedPayout {
+    #[serde(flatten)]
+    pub payout: PayoutResponse,
+    /// True while tally looks it up again by itself (not final, within `watch_for`).
+    pub watched: bool,
+    /// When the watch looks it up next; null when not watched.
+    pub next_check_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PayoutsResponse {
+    /// Newest first (the provider's creation time, else when tally last saw it).
+    pub payouts: Vec<ListedPayout>,
+}
+
+/// The payouts tally knows (stored), newest first, each with its watch.
+#[utoipa::path(
+    get,
+    path = "/payouts",
+    tag = "payouts",
+    params(
+        ("account" = Option<String>, Query, description = "Only this account's payouts."),
+        ("status" = Option<PayoutStatus>, Query, description = "Only payouts in this normalized status."),
+        ("final" = Option<bool>, Query, description = "Only final (`true`) or non-final (`false`) payouts."),
+        ("limit" = Option<u32>, Query, description = "At most this many (1-1000, default 100).", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "The stored payouts, newest first.", body = PayoutsResponse),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query`, `unknown_account`, `invalid_status`, `invalid_limit`.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable: `not_ready`.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub async fn list_payouts(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<axum::Json<PayoutsResponse>, ApiError> {
+    let params = Params::parse(query.as_deref(), &["account", "status", "final", "limit"])?;
+    let account = super::callbacks::configured_account(&state, params.single("account")?)?;
+    let status = params
+        .single("status")?
+        .map(|s| {
+            PayoutStatus::parse(s)
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidStatus, format!("`{s}` is no payout status")))
+        })
+        .transpose()?;
+    let is_final = match params.single("final")? {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(other) => {
+            return Err(ApiError::new(ErrorCode::InvalidQuery, format!("`final` is `true` or `false`, not `{other}`")));
+        }
+    };
+    let limit = super::callbacks::limit(params.single("limit")?)?;
+    let query = PayoutListQuery { account, status, is_final, limit };
+    let listed = state.service.list_payouts(&query).await.map_err(super::events::store_failed)?;
+    let payouts = listed
+        .into_iter()
+        .map(|(stored, watch)| ListedPayout {
+            payout: PayoutView { stored, stale: false, error: None }.into(),
+            watched: watch.is_some(),
+            next_check_at: watch.map(|w| w.next_check_at),
+        })
+        .collect();
+    Ok(axum::Json(PayoutsResponse { payouts }))
+}
+
+/// A payout's watch, as `POST /payouts/{id}/watch` answers it.
+#[derive(Serialize, ToSchema)]
+pub struct WatchResponse {
+    /// The provider's id once the payout is stored; until then the id given.
+    #[schema(example = "PAYOUT-B7E1:091512-LEANX")]
+    pub id: String,
+    #[schema(value_type = String, example = "leanx-main")]
+    pub account: AccountId,
+    /// The stored status; null until the payout is found.
+    pub status: Option<PayoutStatus>,
+    /// True when the payout is stored in a final status (then it is not watched).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// When the watch looks it up next; null for a final payout.
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// When the watch ends if the payout is not final by then; null for a final payout.
+    pub watch_until: Option<DateTime<Utc>>,
+}
+
+/// Watches a payout: tally looks it up again on `[payouts] watch_schedule` until it is final or
+/// `watch_for` has passed, raising `payout.status_changed` / `payout.finalized` on each change.
+/// An id not found yet stays watched (the payout may not be visible yet).
+#[utoipa::path(
+    post,
+    path = "/payouts/{id}/watch",
+    tag = "payouts",
+    params(
+        ("id" = String, Path, description = "The provider's payout id or the merchant's reference, percent-encoded.", example = "PAYOUT-B7E1:091512-LEANX"),
+        ("account" = String, Query, description = "The account the payout belongs to (required)."),
+    ),
+    responses(
+        (status = 202, description = "Watched (or final already: `final` true, nothing to watch).", body = WatchResponse),
+        (status = 400, description = "Bad request: `invalid_payout_id`, `unknown_parameter`, `invalid_query` (no `account`), `unknown_account`, `payout_lookup_unsupported`.", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable: `not_ready`.", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ()),
+)]
+pub async fn watch_payout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<(StatusCode, axum::Json<WatchResponse>), ApiError> {
+    validate_id(&id)?;
+    let params = Params::parse(query.as_deref(), &["account"])?;
+    let given = params
+        .single("account")?
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidQuery, "`account` is required: the account the payout is at"))?;
+    let account = given.parse::<AccountId>().map_err(|_| ApiError::unknown_account(given))?;
+    let (stored, watch) = match state.service.request_watch(&account, &id).await {
+        Ok(found) => found,
+        Err(WatchError::Query(e)) => return Err(e.into()),
+        Err(WatchError::Store(e)) => return Err(super::events::store_failed(e)),
+    };
+    let answer = WatchResponse {
+        id: stored.as_ref().map_or(id, |s| s.payout.id.clone()),
+        account,
+        status: stored.as_ref().map(|s| s.payout.status),
+        is_final: stored.as_ref().is_some_and(|s| s.payout.is_final),
+        next_check_at: watch.as_ref().map(|w| w.next_check_at),
+        watch_until: watch.as_ref().map(|w| w.watch_until),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)))
 }
 
 fn problem_account(state: &AppState, account: AccountId, error: Option<AccountError>) -> ProblemAccount {

@@ -53,7 +53,8 @@ impl Service {
     }
 
     /// Deletes the events observed more than `[events] retention` ago (by the service's
-    /// clock), a batch at a time, at most [`MAX_PRUNE_BATCHES`] batches; returns how many.
+    /// clock), a batch at a time, at most [`MAX_PRUNE_BATCHES`] batches, and the callback receipts
+    /// received before then; returns how many events.
     pub async fn prune_events(&self) -> Result<u64, StoreError> {
         let retention = TimeDelta::from_std(self.events_retention).unwrap_or(TimeDelta::MAX);
         let before = self.clock.now().checked_sub_signed(retention).unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -62,6 +63,12 @@ impl Service {
             let n = self.store.prune_events(before, PRUNE_BATCH).await?;
             pruned += n;
             if n < u64::from(PRUNE_BATCH) {
+                break;
+            }
+        }
+        // Callback receipts are kept as long as events (SPEC §9.2).
+        for _ in 0..MAX_PRUNE_BATCHES {
+            if self.store.prune_callbacks(before, PRUNE_BATCH).await? < u64::from(PRUNE_BATCH) {
                 break;
             }
         }

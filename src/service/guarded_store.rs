@@ -13,7 +13,10 @@ use tokio::time::Instant;
 
 use crate::domain::AccountId;
 use crate::domain::monitor::{Monitor, MonitorEntry};
-use crate::store::{AccountSnapshot, Cluster, HistoryPoint, HistoryQuery, Store, StoreError, StoredPayout};
+use crate::store::{
+    AccountSnapshot, CallbackReceipt, Cluster, HistoryPoint, HistoryQuery, PayoutListQuery, PayoutWatch, Store,
+    StoreError, StoredPayout,
+};
 use crate::sync::MutexExt;
 
 /// How long a store call may take while the store answers.
@@ -349,6 +352,82 @@ impl GuardedStore {
         let (store, observed) = (Arc::clone(&self.store), payout.clone());
         let save = async move { store.save_payout(&observed, source).await };
         self.health.behind(save, deadline).await
+    }
+
+    pub async fn watch_payout(
+        &self,
+        account: &AccountId,
+        payout_id: &str,
+        now: DateTime<Utc>,
+        watch_until: DateTime<Utc>,
+        next_check_at: DateTime<Utc>,
+        within: Within,
+    ) -> Result<PayoutWatch, StoreError> {
+        let written =
+            self.health.run(within, self.store.watch_payout(account, payout_id, now, watch_until, next_check_at)).await;
+        self.health.record_write(&written);
+        written
+    }
+
+    pub async fn unwatch_payout(&self, account: &AccountId, payout_id: &str, within: Within) -> Result<(), StoreError> {
+        self.health.run(within, self.store.unwatch_payout(account, payout_id)).await
+    }
+
+    pub async fn payout_watch(
+        &self,
+        account: &AccountId,
+        payout_id: &str,
+        within: Within,
+    ) -> Result<Option<PayoutWatch>, StoreError> {
+        self.health.run(within, self.store.payout_watch(account, payout_id)).await
+    }
+
+    pub async fn claim_watches(
+        &self,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PayoutWatch>, StoreError> {
+        self.health.run(Within::Health, self.store.claim_watches(holder, now, until, limit)).await
+    }
+
+    pub async fn finish_watch(
+        &self,
+        watch: &PayoutWatch,
+        holder: &str,
+        next_check_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.health.run(Within::Health, self.store.finish_watch(watch, holder, next_check_at)).await
+    }
+
+    pub async fn next_watch_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.health.run(Within::Health, self.store.next_watch_at()).await
+    }
+
+    pub async fn list_payouts(
+        &self,
+        query: &PayoutListQuery,
+        within: Within,
+    ) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
+        self.health.run(within, self.store.list_payouts(query)).await
+    }
+
+    pub async fn record_callback(&self, receipt: &CallbackReceipt, within: Within) -> Result<(), StoreError> {
+        self.health.run(within, self.store.record_callback(receipt)).await
+    }
+
+    pub async fn callbacks(
+        &self,
+        account: Option<&AccountId>,
+        limit: u32,
+        within: Within,
+    ) -> Result<Vec<CallbackReceipt>, StoreError> {
+        self.health.run(within, self.store.callbacks(account, limit)).await
+    }
+
+    pub async fn prune_callbacks(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.health.run(Within::Health, self.store.prune_callbacks(before, limit)).await
     }
 }
 

@@ -6,6 +6,9 @@
 //!   each account serves (entries, per-account status) for the HTTP layer's report of SPEC §3;
 //! - [`totals`]: the report's per-currency sums, which never mix currencies;
 //! - [`payouts`]: one payout status across accounts;
+//! - [`payout_watch`]: non-final payouts looked up again until final (stored watches, claimed
+//!   through the store);
+//! - [`callbacks`]: provider callbacks applied (or taken as triggers) and their receipts;
 //! - fetches and lookups in flight are joined through `crate::coalesce` (which the store's
 //!   migrations use too);
 //! - [`guarded_store`]: the store with its health: every call bounded by what is known of the
@@ -26,6 +29,7 @@
 mod background;
 pub mod balances;
 pub mod budget;
+pub mod callbacks;
 pub mod circuit;
 pub mod cluster;
 pub mod events;
@@ -33,6 +37,7 @@ mod fetch;
 pub mod guarded_store;
 pub mod lease;
 pub mod monitors;
+pub mod payout_watch;
 pub mod payouts;
 pub mod totals;
 pub mod webhooks;
@@ -206,6 +211,8 @@ pub struct Service {
     monitors: Arc<monitors::Book>,
     /// The configured webhooks and their dispatcher's state.
     webhooks: webhooks::Webhooks,
+    /// `[payouts]` and the payout watcher's state.
+    watcher: payout_watch::Watcher,
 }
 
 impl Service {
@@ -236,6 +243,11 @@ impl Service {
         // Present from start at 0, so a dashboard's rate() sees the first refusal.
         for account in &accounts {
             metrics::counter!("tally_upstream_budget_denied_total", "account" => account.id().to_string()).increment(0);
+            for outcome in crate::store::CallbackOutcome::ALL {
+                metrics::counter!("tally_callbacks_total", "account" => account.id().to_string(),
+                    "outcome" => outcome.as_str())
+                .increment(0);
+            }
         }
         let by_id = accounts.iter().enumerate().map(|(i, a)| (a.id().clone(), i)).collect();
         let store = GuardedStore::new(store);
@@ -254,6 +266,7 @@ impl Service {
             payout_lookups: Default::default(),
             monitors: Arc::new(monitors::Book::new(settings.monitors.clone())),
             webhooks: webhooks::Webhooks::new(settings.webhooks.clone()),
+            watcher: payout_watch::Watcher::new(settings.payouts.clone()),
         })
     }
 

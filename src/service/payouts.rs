@@ -139,7 +139,7 @@ impl Service {
         let looked_up = super::await_shared(self.lookup(account, &query.id, deadline), deadline).await;
         match (looked_up.unwrap_or_else(|| Err(self.deadline_failure())), stored) {
             (Ok(PayoutLookup::Found(payout)), stored) => {
-                Per::Found(Box::new(self.observe(account, *payout, stored, deadline).await))
+                Per::Found(Box::new(self.observe(account, *payout, stored, deadline, "lookup").await))
             }
             (Ok(PayoutLookup::NotFound), None) => Per::NotFound,
             // The provider no longer finds what it once reported: serve what we saw, flagged.
@@ -152,14 +152,16 @@ impl Service {
         }
     }
 
-    /// Records a lookup's answer, refusing a regression from a final status, and returns what
-    /// to serve.
-    async fn observe(
+    /// Records a lookup's answer (`source`: `lookup`, or `watch` for the watch's own), refusing
+    /// a regression from a final status, keeps the payout watched while it is not final, and
+    /// returns what to serve.
+    pub(super) async fn observe(
         &self,
         account: &AccountState,
         payout: Payout,
         stored: Option<StoredPayout>,
         deadline: Instant,
+        source: &'static str,
     ) -> PayoutView {
         let now = self.clock.now();
         if let Some(previous) = &stored
@@ -178,8 +180,11 @@ impl Service {
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
         // Until the deadline only: this runs within the request's own deadline (a lookup outlives
         // no request), and a write still running then goes on while the payout is served.
-        match self.store.save_payout(&fresh, "lookup", deadline).await {
-            Some(Ok(())) => {}
+        match self.store.save_payout(&fresh, source, deadline).await {
+            Some(Ok(())) => {
+                let within = super::Within::Until(deadline);
+                self.keep_watching(account.id(), &fresh.payout.id, fresh.payout.is_final, within).await;
+            }
             Some(Err(e)) => {
                 tracing::error!(account = %account.id(), error = %e, "could not store a payout observation")
             }
@@ -192,7 +197,12 @@ impl Service {
 
     /// Joins the lookup of `(account, id)` in flight, or starts one in its own task; its
     /// store calls keep within `deadline`, the starting caller's.
-    fn lookup(self: &Arc<Self>, account: &Arc<AccountState>, id: &str, deadline: Instant) -> Shared<LookupOutcome> {
+    pub(super) fn lookup(
+        self: &Arc<Self>,
+        account: &Arc<AccountState>,
+        id: &str,
+        deadline: Instant,
+    ) -> Shared<LookupOutcome> {
         let key: LookupKey = (account.id().clone(), id.to_owned());
         let (publisher, rx) = match self.payout_lookups.join_or_start(&key) {
             Joined::Waiting(rx) => {

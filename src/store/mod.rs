@@ -203,7 +203,6 @@ pub struct CallbackReceipt {
     pub error: Option<String>,
 }
 
-
 /// Filters of `GET /events`: events after the feed position `after` (from the oldest kept
 /// when `None`), of the given types and accounts (every one when empty), oldest first.
 #[derive(Clone, Debug, Default)]

@@ -1080,10 +1080,7 @@ impl Store for PostgresStore {
         .await?)
     }
 
-    async fn list_payouts(
-        &self,
-        q: &PayoutListQuery,
-    ) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
+    async fn list_payouts(&self, q: &PayoutListQuery) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
         let mut sql = sqlx::QueryBuilder::<Postgres>::new(
             "SELECT p.*, w.first_watched_at, w.watch_until, w.next_check_at, w.checks
              FROM payouts p LEFT JOIN payout_watches w ON w.account = p.account AND w.payout_id = p.payout_id

@@ -1052,10 +1052,7 @@ impl Store for SqliteStore {
         next.map(time).transpose()
     }
 
-    async fn list_payouts(
-        &self,
-        q: &PayoutListQuery,
-    ) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
+    async fn list_payouts(&self, q: &PayoutListQuery) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
         let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
             "SELECT p.*, w.first_watched_at, w.watch_until, w.next_check_at, w.checks
              FROM payouts p LEFT JOIN payout_watches w ON w.account = p.account AND w.payout_id = p.payout_id
@@ -1106,13 +1103,12 @@ impl Store for SqliteStore {
     }
 
     async fn callbacks(&self, account: Option<&AccountId>, limit: u32) -> Result<Vec<CallbackReceipt>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM callback_receipts WHERE ?1 IS NULL OR account = ?1 ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(account.map(AccountId::as_str))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT * FROM callback_receipts WHERE ?1 IS NULL OR account = ?1 ORDER BY id DESC LIMIT ?2")
+                .bind(account.map(AccountId::as_str))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(receipt_row).collect()
     }
 
