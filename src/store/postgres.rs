@@ -1082,7 +1082,10 @@ impl Store for PostgresStore {
 
     async fn list_payouts(&self, q: &PayoutListQuery) -> Result<Vec<(StoredPayout, Option<PayoutWatch>)>, StoreError> {
         let mut sql = sqlx::QueryBuilder::<Postgres>::new(
-            "SELECT p.*, w.first_watched_at, w.watch_until, w.next_check_at, w.checks
+            "SELECT p.account, p.payout_id, p.provider, p.reference, p.status, p.provider_status, p.is_final,
+                    p.amount::text AS amount, p.currency, p.fee::text AS fee, p.failure_code, p.failure_message,
+                    p.created_at, p.updated_at, p.fetched_at,
+                    w.first_watched_at, w.watch_until, w.next_check_at, w.checks
              FROM payouts p LEFT JOIN payout_watches w ON w.account = p.account AND w.payout_id = p.payout_id
              WHERE TRUE",
         );

@@ -21,4 +21,5 @@ mod replicas;
 mod secrets;
 mod serve;
 mod store;
+mod watch;
 mod webhooks;
