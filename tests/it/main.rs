@@ -6,6 +6,7 @@ mod helpers;
 mod api;
 mod balances;
 mod budgets;
+mod callbacks;
 mod cli;
 mod connections;
 mod demo;
