@@ -50,7 +50,7 @@ pub struct Received {
     ),
     security(()),
 )]
-pub async fn receive(
+pub async fn receive_callback(
     State(state): State<AppState>,
     Path(account): Path<String>,
     headers: HeaderMap,
@@ -138,7 +138,7 @@ pub struct ReceiptsResponse {
     ),
     security(("bearer" = []), ()),
 )]
-pub async fn list(
+pub async fn list_callbacks(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<axum::Json<ReceiptsResponse>, ApiError> {

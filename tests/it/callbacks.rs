@@ -130,6 +130,11 @@ async fn a_leanx_callback_without_hash_key_is_only_a_trigger(db: &TestDb) {
     let app = TestApp::spawn(db.url(), &accounts(&emu, db.kind())).await;
     let account = format!("leanx-nokey-{}", db.kind());
     let lookups = emu.calls(Provider::Leanx);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for outcome in ["applied", "duplicate", "trigger", "rejected"] {
+        let series = format!("tally_callbacks_total{{account=\"{account}\",outcome=\"{outcome}\"}} 0");
+        assert!(metrics.contains(&series), "exported from the start: {series}");
+    }
 
     assert_eq!(send(&emu, &app, "leanx", &account, LEANX_PENDING).await, (200, r#"{"received":true}"#.into()));
     // The lookup it triggers stores the payout and raises its event: the feed's long-poll
@@ -144,6 +149,8 @@ async fn a_leanx_callback_without_hash_key_is_only_a_trigger(db: &TestDb) {
     assert_eq!(receipts[0]["status"], Value::Null);
     let transitions = db.store().payout_transitions(&account.parse().unwrap(), LEANX_PENDING).await.unwrap();
     assert_eq!(transitions[0].source, "lookup", "stored from the API's answer");
+    let series = format!("tally_callbacks_total{{account=\"{account}\",outcome=\"trigger\"}}");
+    assert_eq!(app.counter(&series).await, 1);
 }
 
 async fn callbacks_for_unknown_accounts_unsupported_providers_and_oversized_bodies_are_refused(db: &TestDb) {
