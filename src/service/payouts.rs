@@ -176,6 +176,12 @@ impl Service {
                 error: None,
             };
         }
+        let mut payout = payout;
+        // A lookup that does not carry the merchant's reference (LeanX's status API) keeps the
+        // one a callback stored.
+        if payout.reference.is_none() {
+            payout.reference = stored.as_ref().and_then(|s| s.payout.reference.clone());
+        }
         let fresh =
             StoredPayout { account: account.id().clone(), provider: account.provider(), payout, fetched_at: now };
         // Until the deadline only: this runs within the request's own deadline (a lookup outlives

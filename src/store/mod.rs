@@ -134,7 +134,8 @@ pub struct PayoutTransition {
     pub observed_at: DateTime<Utc>,
     pub provider_status: String,
     pub status: PayoutStatus,
-    /// Where the observation came from: `lookup` (a call to the provider).
+    /// Where the observation came from: `lookup` (a call to the provider made for a caller or a
+    /// callback), `watch` (the payout watch's own lookup) or `callback` (a verified callback).
     pub source: String,
 }
 

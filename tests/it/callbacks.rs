@@ -98,6 +98,7 @@ async fn verified_callbacks_are_applied_with_events_and_a_duplicate_raises_none(
     let payouts = list(&app, "/payouts?account=leanx-main", "payouts").await;
     assert_eq!(payouts[0]["id"], LEANX_PENDING);
     assert_eq!(payouts[0]["watched"], true, "pending after a callback: watched");
+    assert_eq!(payouts[0]["reference"], "INVOICE2001", "the callback's reference, kept by the confirming lookup");
     let paid = list(&app, "/payouts?account=luxtak-latam&final=true", "payouts").await;
     assert_eq!(paid[0]["status"], "succeeded");
     assert_eq!(paid[0]["watched"], false);
