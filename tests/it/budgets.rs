@@ -88,7 +88,11 @@ async fn under_a_spent_budget_a_stored_payout_is_served_stale_and_an_unseen_one_
     let id = format!("budget-payouts-{}", db.kind());
     let upstream = MockServer::start().await;
     Mock::given(method("POST")).and(path(LEANX_PAYOUT)).respond_with(payout("P1", "PENDING")).mount(&upstream).await;
-    let app = TestApp::spawn(db.url(), &account(&id, &upstream.uri(), "max_calls_per_minute = 1")).await;
+    // The payout watch draws from the same budget: P1, seen pending, would be looked up again
+    // by the watch once the clock moves a minute; here it is not due within the test.
+    let config =
+        format!("[payouts]\nwatch_schedule = [\"1h\"]\n{}", account(&id, &upstream.uri(), "max_calls_per_minute = 1"));
+    let app = TestApp::spawn(db.url(), &config).await;
 
     let (status, first) = app.get_json("/payouts/P1").await;
     assert_eq!((status, &first["stale"], &first["error"]), (200, &Value::Bool(false), &Value::Null), "{first}");
