@@ -256,9 +256,15 @@ impl Service {
         let (outcome, ended) = match looked_up {
             Some(Ok(PayoutLookup::Found(payout))) => {
                 let changed = stored.as_ref().is_none_or(|s| s.payout.status != payout.status);
+                if payout.id != watch.payout_id
+                    && !payout.is_final
+                    && stored.as_ref().is_none_or(|s| !s.payout.is_final)
+                {
+                    self.move_watch(watch, &payout.id, deadline).await;
+                }
                 let view = self.observe(account, *payout, stored, deadline, "watch").await;
-                // Found under another id (the merchant's reference): `observe` watches it under
-                // the provider's id, and this watch ends.
+                // Found under another id (the merchant's reference): watched on under the
+                // provider's id (`move_watch`), and this watch ends.
                 let moved = view.stored.payout.id != watch.payout_id;
                 (if changed { "changed" } else { "unchanged" }, view.stored.payout.is_final || moved)
             }
@@ -277,6 +283,17 @@ impl Service {
             }
         }
         outcome
+    }
+
+    /// Watches on, under the provider's id, a payout found by another id (the merchant's
+    /// reference), keeping the watch's start, end and place in the schedule.
+    async fn move_watch(&self, watch: &PayoutWatch, payout_id: &str, deadline: tokio::time::Instant) {
+        let next = self.watcher.next_check(watch.checks.saturating_add(1), self.clock.now(), watch.watch_until);
+        let (first, until) = (watch.first_watched_at, watch.watch_until);
+        let within = Within::Until(deadline);
+        if let Err(e) = self.store.watch_payout(&watch.account, payout_id, first, until, next, within).await {
+            tracing::warn!(account = %watch.account, error = %e, "could not watch a payout under the provider's id");
+        }
     }
 
     async fn end_watch(&self, watch: &PayoutWatch) {

@@ -55,6 +55,7 @@ both_stores!(
     a_pending_payout_that_fails_upstream_is_found_by_the_watch_with_no_caller_asking,
     a_watch_ends_at_watch_for,
     watches_survive_a_restart,
+    a_watch_by_reference_moves_to_the_provider_s_id_keeping_its_schedule,
 );
 
 async fn a_pending_payout_that_fails_upstream_is_found_by_the_watch_with_no_caller_asking(db: &TestDb) {
@@ -224,4 +225,29 @@ async fn watching_names_an_account_that_looks_payouts_up() {
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_limit")));
     let (status, body) = app.get_json("/payouts").await;
     assert_eq!((status, body), (200, serde_json::json!({"payouts": []})));
+}
+
+async fn a_watch_by_reference_moves_to_the_provider_s_id_keeping_its_schedule(db: &TestDb) {
+    let (reference, id) = ("INVOICE-W4", "PAYOUT-W4:000004-LEANX");
+    let account = format!("watch-reference-{}", db.kind());
+    let server = MockServer::start().await;
+    let script = Script::new(vec![leanx_payout(id, "PENDING")]);
+    answering(&server, reference, &script).await;
+    let settings = "watch_schedule = [\"30s\", \"1m\"]\nwatch_for = \"10m\"";
+    let app = TestApp::spawn(db.url(), &config(&account, &server, settings)).await;
+    let mut checks = app.service.watch_checks();
+    let url = format!("{}/payouts/{reference}/watch?account={account}", app.base);
+    assert_eq!(app.http.post(url).send().await.unwrap().status(), 202);
+
+    app.advance(Duration::from_secs(30));
+    more_checks(&mut checks, 1).await;
+    let payouts = listed(&app, &account).await;
+    assert_eq!(payouts[0]["id"], id);
+    assert_eq!(payouts[0]["watched"], true);
+    assert_eq!(payouts[0]["next_check_at"], at(90), "the schedule's second delay after its first check");
+    let store = db.store();
+    let account_id = account.parse().unwrap();
+    assert_eq!(store.payout_watch(&account_id, reference).await.unwrap(), None, "the reference's watch ended");
+    let moved = store.payout_watch(&account_id, id).await.unwrap().expect("watched under the provider's id");
+    assert_eq!((moved.first_watched_at, moved.watch_until), (t0(), t0() + chrono::TimeDelta::minutes(10)));
 }
