@@ -51,6 +51,7 @@ both_stores!(
     verified_callbacks_are_applied_with_events_and_a_duplicate_raises_none,
     an_unverified_callback_is_refused_and_changes_nothing,
     a_leanx_callback_without_hash_key_is_only_a_trigger,
+    an_ibanera_callback_refreshes_the_account_s_balances,
     callbacks_for_unknown_accounts_unsupported_providers_and_oversized_bodies_are_refused,
 );
 
@@ -183,4 +184,20 @@ async fn callbacks_for_unknown_accounts_unsupported_providers_and_oversized_bodi
     let receipts: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     let outcomes: Vec<_> = receipts["callbacks"].as_array().unwrap().iter().map(|r| r["outcome"].clone()).collect();
     assert_eq!(outcomes, [json!("rejected"), json!("rejected")], "refused callbacks to configured accounts");
+}
+
+async fn an_ibanera_callback_refreshes_the_account_s_balances(db: &TestDb) {
+    let emu = emulator().await;
+    let app = TestApp::spawn(db.url(), &accounts(&emu, db.kind())).await;
+    let r = app.http.post(format!("{}/callbacks/ibanera-treasury", app.base)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(answer, json!({"received": true}));
+    // The refresh it triggers stores the account's first figures: the feed's long-poll waits
+    // for their events.
+    let changed = list(&app, "/events?account=ibanera-treasury&type=balance.changed&wait=10", "events").await;
+    assert!(!changed.is_empty(), "the balances were refreshed");
+    assert!(emu.calls(Provider::Ibanera) > 0);
+    let receipts = list(&app, "/callbacks?account=ibanera-treasury", "callbacks").await;
+    assert_eq!((&receipts[0]["outcome"], &receipts[0]["verified"]), (&json!("trigger"), &json!(false)));
 }
