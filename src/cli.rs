@@ -126,7 +126,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Demo { listen, store, faults } => runtime()?.block_on(async move {
-            let demo = crate::demo::Demo::build_with(listen, store, emulator_options(&faults)?).await?;
+            let demo = crate::demo::Demo::build_with(listen, store, emulator_options(&faults)?, true).await?;
             println!("{}", demo.banner());
             demo.run_until(shutdown_signal()).await
         }),
