@@ -105,7 +105,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let settings = load(cli.config)?;
             // What serve would refuse before binding, refused here too (no connection is made).
             runtime()?.block_on(async { crate::app::preflight(&settings).map(drop) }).map_err(|e| e.to_string())?;
-            println!("config ok: {} account(s), store {}", settings.accounts.len(), store_kind(&settings));
+            println!(
+                "config ok: {} account(s), {} monitor(s), {} webhook(s), {} API key(s), store {}",
+                settings.accounts.len(),
+                settings.monitors.len(),
+                settings.webhooks.len(),
+                settings.auth.api_keys.len(),
+                store_kind(&settings)
+            );
             Ok(())
         }
         Command::HashKey => {
@@ -119,7 +126,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Demo { listen, store, faults } => runtime()?.block_on(async move {
-            let demo = crate::demo::Demo::build_with(listen, store, emulator_options(&faults)?).await?;
+            let demo = crate::demo::Demo::build_with(listen, store, emulator_options(&faults)?, true).await?;
             println!("{}", demo.banner());
             demo.run_until(shutdown_signal()).await
         }),

@@ -17,8 +17,11 @@ pub const EVENT_TYPES: [&str; 8] = [
     "payout.finalized",
     "account.unhealthy",
     "account.recovered",
-    super::webhook::TEST_EVENT,
+    WEBHOOK_TEST,
 ];
+
+/// `webhook.test`: the event `POST /webhooks/{id}/test` raises, for that webhook only.
+pub const WEBHOOK_TEST: &str = "webhook.test";
 
 /// An event to store: its id is given by the store, in feed order.
 #[derive(Clone, Debug, PartialEq)]
@@ -224,12 +227,7 @@ pub fn account_recovered(
 /// `webhook.test`: raised by `POST /webhooks/{id}/test`, for that webhook only. It is about no
 /// account ([`AccountId::none`]).
 pub fn webhook_test(webhook: &str, at: DateTime<Utc>) -> NewEvent {
-    NewEvent {
-        kind: super::webhook::TEST_EVENT,
-        account: AccountId::none(),
-        timestamp: at,
-        data: json!({ "webhook": webhook }),
-    }
+    NewEvent { kind: WEBHOOK_TEST, account: AccountId::none(), timestamp: at, data: json!({ "webhook": webhook }) }
 }
 
 #[cfg(test)]

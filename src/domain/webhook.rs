@@ -12,7 +12,7 @@ use super::AccountId;
 use super::event::NewEvent;
 
 /// The event `POST /webhooks/{id}/test` raises, for that webhook only.
-pub const TEST_EVENT: &str = "webhook.test";
+pub use super::event::WEBHOOK_TEST as TEST_EVENT;
 
 /// Attempts of one webhook in flight at once, across replicas (SPEC §8.3).
 pub const MAX_IN_FLIGHT: u32 = 4;

@@ -13,7 +13,7 @@ use super::query::Params;
 use crate::domain::AccountId;
 use crate::domain::event::{EVENT_TYPES, Event, event_seq};
 use crate::service::events::MAX_WAIT;
-use crate::store::{EventQuery, StoreError};
+use crate::store::{AttemptRecord, Delivery, EventQuery, StoreError};
 
 /// The feed's page size when `limit` is not given, and the largest one.
 const DEFAULT_LIMIT: u32 = 100;
@@ -74,7 +74,7 @@ pub struct FeedResponse {
 pub struct EventResponse {
     pub event: EventLine,
     /// One delivery per webhook the event was meant for (or redelivered to).
-    pub deliveries: Vec<super::webhooks::DeliveryLine>,
+    pub deliveries: Vec<DeliveryLine>,
 }
 
 /// The event feed, oldest first after the cursor. Every reader following `next` sees every
@@ -173,4 +173,45 @@ pub async fn get_event(
 pub(super) fn store_failed(e: StoreError) -> ApiError {
     tracing::error!(error = %e, "event query failed");
     ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
+}
+
+/// One attempt of a delivery.
+#[derive(Serialize, ToSchema)]
+pub struct AttemptLine {
+    pub at: DateTime<Utc>,
+    /// The receiver's status; null when it did not answer.
+    pub status_code: Option<u16>,
+    /// Why there was no answer (a timeout, no connection); null when it answered.
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl From<AttemptRecord> for AttemptLine {
+    fn from(a: AttemptRecord) -> Self {
+        Self { at: a.at, status_code: a.status_code, error: a.error, duration_ms: a.duration_ms }
+    }
+}
+
+/// The delivery of an event to one webhook.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryLine {
+    #[schema(example = "treasury-bot")]
+    pub webhook: String,
+    #[schema(example = "pending", pattern = "^(pending|succeeded|failed)$")]
+    pub status: &'static str,
+    /// Oldest first.
+    pub attempts: Vec<AttemptLine>,
+    /// When the next attempt is due; null once it succeeded or failed.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl From<Delivery> for DeliveryLine {
+    fn from(d: Delivery) -> Self {
+        Self {
+            webhook: d.webhook,
+            status: d.status.as_str(),
+            attempts: d.attempts.into_iter().map(AttemptLine::from).collect(),
+            next_attempt_at: d.next_attempt_at,
+        }
+    }
 }

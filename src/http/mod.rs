@@ -258,7 +258,7 @@ fn constrain_parameters(value: &mut serde_json::Value, instance: &Instance) {
         }
     };
     let payout_account = account(&instance.payout_account_ids);
-    let constraints: [(&str, Value); 7] = [
+    let constraints: [(&str, Value); 9] = [
         ("account", account(&instance.account_ids)),
         ("type", json!({"type": "string", "enum": crate::domain::event::EVENT_TYPES})),
         // Event ids as tally writes them, at most 18 significant digits (within i64).
@@ -267,6 +267,9 @@ fn constrain_parameters(value: &mut serde_json::Value, instance: &Instance) {
         ("include", json!({"type": "string", "enum": ["raw"]})),
         ("max_age", json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX})),
         ("id", json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": payouts::id_pattern()})),
+        // A webhook's id as `[[webhooks]]` allows it (POST /events/{id}/redeliver?webhook=).
+        ("webhook", json!({"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"})),
+        ("since", json!({"type": "string", "format": "date-time"})),
     ];
     let paths = value["paths"].as_object_mut().into_iter().flat_map(|paths| paths.iter_mut());
     for (path, item) in paths {

@@ -14,48 +14,6 @@ use super::error::{ApiError, ErrorCode, Problem};
 use super::events::EventLine;
 use super::query::Params;
 use crate::service::webhooks::WebhookOpError;
-use crate::store::{AttemptRecord, Delivery};
-
-/// One attempt of a delivery.
-#[derive(Serialize, ToSchema)]
-pub struct AttemptLine {
-    pub at: DateTime<Utc>,
-    /// The receiver's status; null when it did not answer.
-    pub status_code: Option<u16>,
-    /// Why there was no answer (a timeout, no connection); null when it answered.
-    pub error: Option<String>,
-    pub duration_ms: u64,
-}
-
-impl From<AttemptRecord> for AttemptLine {
-    fn from(a: AttemptRecord) -> Self {
-        Self { at: a.at, status_code: a.status_code, error: a.error, duration_ms: a.duration_ms }
-    }
-}
-
-/// The delivery of an event to one webhook.
-#[derive(Serialize, ToSchema)]
-pub struct DeliveryLine {
-    #[schema(example = "treasury-bot")]
-    pub webhook: String,
-    #[schema(example = "pending", pattern = "^(pending|succeeded|failed)$")]
-    pub status: &'static str,
-    /// Oldest first.
-    pub attempts: Vec<AttemptLine>,
-    /// When the next attempt is due; null once it succeeded or failed.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
-impl From<Delivery> for DeliveryLine {
-    fn from(d: Delivery) -> Self {
-        Self {
-            webhook: d.webhook,
-            status: d.status.as_str(),
-            attempts: d.attempts.into_iter().map(AttemptLine::from).collect(),
-            next_attempt_at: d.next_attempt_at,
-        }
-    }
-}
 
 /// The last failed attempt of a webhook.
 #[derive(Serialize, ToSchema)]

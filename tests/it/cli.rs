@@ -38,13 +38,48 @@ fn check_config_names_a_typoed_key_and_exits_non_zero() {
 }
 
 #[test]
+fn check_config_counts_monitors_webhooks_and_keys_and_names_each_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.toml");
+    let valid = "[auth]\napi_keys = [{ name = \"ops\", sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\", role = \"operate\" }]\n\
+                 [[accounts]]\nid = \"leanx-main\"\nprovider = \"leanx\"\nauth_token = \"t\"\n\
+                 [[monitors]]\nid = \"low\"\naccount = \"leanx-main\"\ncurrency = \"MYR\"\nbelow = \"500\"\nclear = \"750\"\n\
+                 [[webhooks]]\nid = \"bot\"\nurl = \"https://hooks.example.com/tally\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+    std::fs::write(&path, valid).unwrap();
+    let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 account(s), 1 monitor(s), 1 webhook(s), 1 API key(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    for (from, to, key) in [
+        ("clear = \"750\"", "clear = \"400\"", "monitors[0].clear"),
+        ("account = \"leanx-main\"\ncurrency", "account = \"leanx-mian\"\ncurrency", "monitors[0].account"),
+        ("https://hooks.example.com/tally", "hooks.example.com", "webhooks[0].url"),
+        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "webhooks[0].secret"),
+        ("role = \"operate\"", "role = \"admin\"", "auth.api_keys[0].role"),
+    ] {
+        std::fs::write(&path, valid.replace(from, to)).unwrap();
+        let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+        assert!(!out.status.success(), "{key}");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("config key `{key}`")), "{key}: {err}");
+        assert!(!err.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "no secret in the error: {err}");
+    }
+}
+
+#[test]
 fn check_config_accepts_a_valid_file_and_environment_overrides_win() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tally.toml");
     std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:8080\"\n").unwrap();
     let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("config ok: 0 account(s), store sqlite"));
+    assert!(
+        text(&out.stdout).contains("config ok: 0 account(s), 0 monitor(s), 0 webhook(s), 0 API key(s), store sqlite")
+    );
 
     let out =
         tally(&["check-config", "--config", path.to_str().unwrap()], &[("TALLY__SERVER__LISTEN", "nonsense")], None);

@@ -226,3 +226,67 @@ async fn the_demo_serves_every_account_fresh_with_exact_figures_and_every_payout
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// The demo's monitor and webhook, as its banner tells a new user to try them: holding the
+/// LeanX prefund pool low fires the monitor once (in `alerts`, `/monitors`, and a signed
+/// delivery the demo receiver verified), and letting it go clears it.
+#[tokio::test]
+async fn the_demo_monitor_fires_and_clears_and_its_receiver_gets_both_signed() {
+    let demo = Demo::build("127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let base = format!("http://{}", demo.local_addr());
+    let control = format!("http://{}/_control/leanx/prefund", demo.emulator().addr());
+    let banner = demo.banner();
+    assert!(banner.contains(&format!("curl -X PUT -d '{{\"value\":\"120.00\"}}' {control}")), "{banner}");
+    let inbox = demo.inbox();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(demo.run_until(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let alerts = |body: &Value| body["alerts"].as_array().cloned().unwrap_or_default();
+
+    let (_, body) = get(&http, format!("{base}/balances?account=leanx-main&max_age=0")).await;
+    assert_eq!(alerts(&body), [] as [Value; 0], "the demo pool starts above 300.00: {body}");
+
+    assert_eq!(http.put(&control).body(r#"{"value":"120.00"}"#).send().await.unwrap().status(), 204);
+    let (_, body) = get(&http, format!("{base}/balances?account=leanx-main&max_age=0")).await;
+    let fired = alerts(&body);
+    assert_eq!(fired.len(), 1, "{body}");
+    assert_eq!(
+        (&fired[0]["monitor"], &fired[0]["wallet"], &fired[0]["value"], &fired[0]["threshold"]),
+        (&json!("leanx-prefund-low"), &json!("prefund"), &json!("120.00"), &json!("300.00"))
+    );
+    let (_, monitors) = get(&http, format!("{base}/monitors")).await;
+    let entries = &monitors["monitors"][0]["entries"];
+    assert_eq!(entries[0]["state"], "firing", "{monitors}");
+
+    let crossed = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        inbox.wait_for(|r| r.kind == "balance.threshold_crossed"),
+    )
+    .await
+    .expect("the receiver is delivered the crossing");
+    assert_eq!((&crossed.data["account"], &crossed.data["value"]), (&json!("leanx-main"), &json!("120.00")));
+
+    assert_eq!(http.delete(&control).send().await.unwrap().status(), 204);
+    let (_, body) = get(&http, format!("{base}/balances?account=leanx-main&max_age=0")).await;
+    assert_eq!(alerts(&body), [] as [Value; 0], "back to the demo's figure: {body}");
+    let cleared = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        inbox.wait_for(|r| r.kind == "balance.threshold_cleared"),
+    )
+    .await
+    .expect("the receiver is delivered the clearing");
+    assert_eq!(cleared.data["monitor"], "leanx-prefund-low");
+    let kinds: Vec<String> = inbox.received().into_iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| k.starts_with("balance.threshold")).count(),
+        2,
+        "one crossing and one clearing: {kinds:?}"
+    );
+    assert!(!kinds.iter().any(|k| k == "balance.changed"), "the demo webhook is not sent the drift: {kinds:?}");
+    assert_eq!(inbox.rejected(), 0, "every delivery verified");
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

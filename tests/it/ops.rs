@@ -268,3 +268,53 @@ async fn a_fresh_scrape_lists_every_series_the_readme_documents() {
         .collect();
     assert!(missing.is_empty(), "absent from a fresh scrape: {missing:?}\n{text}");
 }
+
+/// The POSTs a `read` key may make (SPEC §5), and the routes open without a key (a provider's
+/// callback). Every other operation of the served document that is not a `GET` is an action.
+const READ_ACTIONS: [&str; 1] = ["/payouts/{id}/watch"];
+const OPEN_ACTIONS: [&str; 1] = ["/callbacks/{account}"];
+
+/// Roles from the served document, so a new action cannot be added open to `read` keys: every
+/// operation other than `GET` (and the reads and open routes listed above) answers a `read` key
+/// `403 forbidden` before it looks at its arguments, and an `operate` key gets past that check.
+#[tokio::test]
+async fn every_action_in_the_document_refuses_a_read_key() {
+    let db = TestDb::sqlite();
+    let (read, operate) = (tally::http::digest_hex("read-key"), tally::http::digest_hex("operate-key"));
+    let toml = format!(
+        "[auth]\napi_keys = [{{ name = \"reader\", sha256 = \"{read}\" }}, {{ name = \"operator\", sha256 = \"{operate}\", role = \"operate\" }}]\n"
+    );
+    let app = TestApp::spawn(db.url(), &toml).await;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&app.get("/openapi.json").await.bytes().await.unwrap()).unwrap();
+    let mut actions = Vec::new();
+    let parameter = regex::Regex::new(r"\{[^}]+\}").unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys().filter(|m| *m != "get" && *m != "parameters") {
+            if READ_ACTIONS.contains(&path.as_str()) || OPEN_ACTIONS.contains(&path.as_str()) {
+                continue;
+            }
+            let responses = &item[method]["responses"];
+            assert!(responses.get("403").is_some(), "{method} {path} documents its 403");
+            // Path parameters filled with a value no route knows: the role is checked first.
+            let concrete = parameter.replace_all(path, "nothing-here").into_owned();
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let send = |key: &'static str| {
+                app.http.request(method.clone(), format!("{}{}", app.base, concrete)).bearer_auth(key).send()
+            };
+            let refused = send("read-key").await.unwrap();
+            assert_eq!(refused.status(), 403, "{method} {path}");
+            let body: serde_json::Value = serde_json::from_slice(&refused.bytes().await.unwrap()).unwrap();
+            assert_eq!(body["code"], "forbidden", "{method} {path}");
+            assert_ne!(send("operate-key").await.unwrap().status(), 403, "{method} {path}");
+            actions.push(format!("{method} {path}"));
+        }
+    }
+    actions.sort();
+    assert_eq!(
+        actions,
+        ["POST /events/{id}/redeliver", "POST /webhooks/{id}/recover", "POST /webhooks/{id}/test"],
+        "the actions of SPEC §8.4; a new one belongs here once it refuses read keys"
+    );
+    app.stop().await;
+}

@@ -1,6 +1,10 @@
 //! `tally demo`: the emulators on an ephemeral loopback port and tally in front of them with
 //! the demo accounts and a SQLite store in a temporary directory: the whole API with no
-//! credentials.
+//! credentials. A demo monitor watches the LeanX prefund pool, and a demo webhook delivers
+//! alerts, payout and account events to a receiver inside the demo ([`receiver`]), which
+//! verifies each signature and prints it.
+
+pub mod receiver;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,9 +15,19 @@ use tokio::net::TcpListener;
 use crate::app::Application;
 use crate::emulator::{Emulator, EmulatorOptions};
 
+/// The demo monitor: `leanx-main`'s prefund pool (about 393 MYR in the demo data) below 300.00,
+/// clear again at 350.00.
+const DEMO_MONITOR: &str = "[[monitors]]\nid = \"leanx-prefund-low\"\naccount = \"leanx-main\"\nwallet = \"prefund\"\n\
+                            currency = \"MYR\"\nbelow = \"300.00\"\nclear = \"350.00\"\n";
+
+/// What the demo webhook is sent: every event but `balance.changed` (the demo figures drift
+/// every minute, which would drown the rest).
+const DEMO_WEBHOOK_EVENTS: &str = r#"["balance.threshold_crossed", "balance.threshold_cleared", "account.unhealthy", "account.recovered", "payout.status_changed", "payout.finalized", "webhook.test"]"#;
+
 pub struct Demo {
     app: Application,
     emulator: Emulator,
+    receiver: receiver::Receiver,
     /// The temporary directory holding the store (none with `--store`), removed when the demo
     /// ends or fails to start.
     _scratch: Option<Scratch>,
@@ -32,14 +46,16 @@ impl Drop for Scratch {
 
 impl Demo {
     pub async fn build(listen: SocketAddr, store: Option<PathBuf>) -> Result<Self, String> {
-        Self::build_with(listen, store, EmulatorOptions::default()).await
+        Self::build_with(listen, store, EmulatorOptions::default(), false).await
     }
 
-    /// Like [`build`](Self::build), with the emulators' options (faults).
+    /// Like [`build`](Self::build), with the emulators' options (faults), and whether the demo
+    /// receiver prints what it receives (as `tally demo` does).
     pub async fn build_with(
         listen: SocketAddr,
         store: Option<PathBuf>,
         options: EmulatorOptions,
+        print_deliveries: bool,
     ) -> Result<Self, String> {
         let emulator = Emulator::start(
             TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot start the emulators: {e}"))?,
@@ -47,6 +63,11 @@ impl Demo {
         )
         .await
         .map_err(|e| format!("cannot start the emulators: {e}"))?;
+        let receiver = receiver::Receiver::start(
+            TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot start the demo receiver: {e}"))?,
+            print_deliveries,
+        )
+        .map_err(|e| format!("cannot start the demo receiver: {e}"))?;
         let (store, scratch) = match store {
             Some(path) => (path, None),
             None => {
@@ -62,13 +83,16 @@ impl Demo {
         // The demo serves emulated data only, so it may listen beyond loopback without keys.
         let exposed = !listen.ip().is_loopback();
         let toml = format!(
-            "[server]\nlisten = \"{listen}\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[auth]\nallow_anonymous = {exposed}\n\n{}",
+            "[server]\nlisten = \"{listen}\"\n\n[store]\nurl = \"sqlite://{}\"\n\n[auth]\nallow_anonymous = {exposed}\n\n{}\n\
+             {DEMO_MONITOR}\n[[webhooks]]\nid = \"demo-receiver\"\nurl = \"{}\"\nsecret = \"{}\"\nevents = {DEMO_WEBHOOK_EVENTS}\n",
             store.display(),
-            emulator.demo_accounts_toml()
+            emulator.demo_accounts_toml(),
+            receiver.url(),
+            receiver.secret,
         );
         let settings = crate::config::from_toml(&toml).map_err(|e| e.to_string())?;
         let app = Application::build(settings).await.map_err(|e| e.to_string())?;
-        Ok(Self { app, emulator, _scratch: scratch, store, exposed })
+        Ok(Self { app, emulator, receiver, _scratch: scratch, store, exposed })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -77,6 +101,11 @@ impl Demo {
 
     pub fn emulator(&self) -> &Emulator {
         &self.emulator
+    }
+
+    /// What the demo receiver has been delivered.
+    pub fn inbox(&self) -> std::sync::Arc<receiver::Inbox> {
+        std::sync::Arc::clone(&self.receiver.inbox)
     }
 
     /// What to print at start: where things are and what to try.
@@ -93,6 +122,15 @@ impl Demo {
              \x20 curl -s '{url}/balances/history?account=leanx-main'\n\
              \x20 curl -s {url}/accounts\n\
              \x20 {url}/docs in a browser: the interactive API page\n\n\
+             a monitor, leanx-prefund-low, fires when leanx-main's prefund pool falls below 300.00 MYR\n\
+             and clears at 350.00; alerts go to the demo webhook receiver, which prints them below:\n\
+             \x20 curl -X PUT -d '{{\"value\":\"120.00\"}}' http://{emu}/_control/leanx/prefund\n\
+             \x20 curl -s '{url}/balances?account=leanx-main&max_age=0'    # refetch: `alerts` lists it\n\
+             \x20 curl -s {url}/monitors\n\
+             \x20 curl -s '{url}/events?type=balance.threshold_crossed,balance.threshold_cleared'\n\
+             \x20 curl -X DELETE http://{emu}/_control/leanx/prefund          # back to ~393 MYR: it clears\n\
+             \x20 curl -s {url}/webhooks\n\
+             \x20 curl -s -X POST {url}/webhooks/demo-receiver/test\n\n\
              faults: curl -X PUT -d '{{\"fail_next\":3}}' http://{emu}/_control/faults/leanx\n\
              {exposed}Ctrl-C stops everything.",
             emu = self.emulator.addr(),
