@@ -221,6 +221,8 @@ both_stores!(
     exact_decimals_round_trip,
     payouts_upsert_and_keep_their_transitions,
     migrating_twice_is_harmless,
+    a_due_watch_is_claimed_once_until_its_claim_expires,
+    callback_receipts_are_listed_newest_first_and_pruned_by_age,
 );
 
 #[tokio::test]
@@ -299,4 +301,64 @@ async fn only_a_store_shared_by_replicas_coordinates_them() {
     assert!(sqlite.store().cluster().is_none(), "a SQLite file belongs to one process");
     let Some(db) = TestDb::postgres().await else { return };
     assert!(db.store().cluster().is_some());
+}
+
+async fn a_due_watch_is_claimed_once_until_its_claim_expires(db: &TestDb) {
+    let store = migrated(db).await;
+    let account: tally::domain::AccountId = "leanx-main".parse().unwrap();
+    let (until, due) = (t0() + TimeDelta::days(7), t0() + TimeDelta::seconds(30));
+    let watch = store.watch_payout(&account, "P1", t0(), until, due).await.unwrap();
+    let again = store.watch_payout(&account, "P1", due, until + TimeDelta::days(1), due).await.unwrap();
+    assert_eq!(again, watch, "watching a watched payout keeps its watch");
+    assert_eq!(store.next_watch_at().await.unwrap(), Some(due));
+
+    assert!(store.claim_watches("a", t0(), t0() + TimeDelta::minutes(1), 10).await.unwrap().is_empty(), "not due");
+    let claim_until = due + TimeDelta::minutes(1);
+    let claimed = store.claim_watches("a", due, claim_until, 10).await.unwrap();
+    assert_eq!(claimed, [watch.clone()]);
+    assert!(store.claim_watches("b", due, claim_until, 10).await.unwrap().is_empty(), "claimed by a");
+    assert_eq!(store.next_watch_at().await.unwrap(), Some(claim_until), "due again when the claim expires");
+    let taken_over = store.claim_watches("b", claim_until, claim_until + TimeDelta::minutes(1), 10).await.unwrap();
+    assert_eq!(taken_over.len(), 1, "a claim whose holder died is taken over");
+
+    let next = claim_until + TimeDelta::minutes(2);
+    store.finish_watch(&watch, "a", next).await.unwrap();
+    assert_eq!(store.payout_watch(&account, "P1").await.unwrap().unwrap().checks, 0, "only the holder finishes");
+    store.finish_watch(&watch, "b", next).await.unwrap();
+    let finished = store.payout_watch(&account, "P1").await.unwrap().unwrap();
+    assert_eq!((finished.checks, finished.next_check_at), (1, next));
+    assert_eq!(store.next_watch_at().await.unwrap(), Some(next));
+
+    store.unwatch_payout(&account, "P1").await.unwrap();
+    assert_eq!(store.payout_watch(&account, "P1").await.unwrap(), None);
+    assert_eq!(store.next_watch_at().await.unwrap(), None);
+}
+
+async fn callback_receipts_are_listed_newest_first_and_pruned_by_age(db: &TestDb) {
+    use tally::store::{CallbackOutcome, CallbackReceipt};
+    let store = migrated(db).await;
+    let receipt = |minutes: i64, account: &str, outcome: CallbackOutcome| CallbackReceipt {
+        received_at: t0() + TimeDelta::minutes(minutes),
+        account: account.parse().unwrap(),
+        provider: Provider::Leanx,
+        verified: outcome != CallbackOutcome::Rejected,
+        outcome,
+        payout_id: Some(format!("P{minutes}")),
+        status: Some(PayoutStatus::Pending),
+        error: None,
+    };
+    let receipts = [
+        receipt(0, "leanx-main", CallbackOutcome::Applied),
+        receipt(1, "leanx-ops", CallbackOutcome::Rejected),
+        receipt(2, "leanx-main", CallbackOutcome::Duplicate),
+    ];
+    for r in &receipts {
+        store.record_callback(r).await.unwrap();
+    }
+    let all = store.callbacks(None, 10).await.unwrap();
+    assert_eq!(all, [receipts[2].clone(), receipts[1].clone(), receipts[0].clone()]);
+    let main = store.callbacks(Some(&"leanx-main".parse().unwrap()), 1).await.unwrap();
+    assert_eq!(main, [receipts[2].clone()]);
+    assert_eq!(store.prune_callbacks(t0() + TimeDelta::seconds(90), 10).await.unwrap(), 2);
+    assert_eq!(store.callbacks(None, 10).await.unwrap(), [receipts[2].clone()]);
 }
