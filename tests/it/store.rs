@@ -315,7 +315,7 @@ async fn a_due_watch_is_claimed_once_until_its_claim_expires(db: &TestDb) {
     assert!(store.claim_watches("a", t0(), t0() + TimeDelta::minutes(1), 10).await.unwrap().is_empty(), "not due");
     let claim_until = due + TimeDelta::minutes(1);
     let claimed = store.claim_watches("a", due, claim_until, 10).await.unwrap();
-    assert_eq!(claimed, [watch.clone()]);
+    assert_eq!(claimed, std::slice::from_ref(&watch));
     assert!(store.claim_watches("b", due, claim_until, 10).await.unwrap().is_empty(), "claimed by a");
     assert_eq!(store.next_watch_at().await.unwrap(), Some(claim_until), "due again when the claim expires");
     let taken_over = store.claim_watches("b", claim_until, claim_until + TimeDelta::minutes(1), 10).await.unwrap();
