@@ -200,7 +200,9 @@ async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), 
          control: PUT http://{addr}/_control/faults/PROVIDER (JSON), GET http://{addr}/_control/calls,\n\
          \x20        POST http://{addr}/_control/ibanera/expire-tokens,\n\
          \x20        POST http://{addr}/_control/leanx/callback or /_control/luxtak/callback \
-         ({{\"url\", \"payout\", \"status\"}}: send a signed callback)\n\n\
+         ({{\"url\", \"payout\", \"status\"}}: send a signed callback),\n\
+         \x20        PUT/DELETE http://{addr}/_control/leanx/prefund ({{\"value\": \"120.00\"}}: hold a prefund pool),\n\
+         \x20        PUT http://{addr}/_control/leanx/payouts/ID ({{\"status\": \"SUCCESS\"}}: move a payout)\n\n\
          tally accounts for these emulators:\n\n{}",
         emulator.directory(),
         emulator.demo_accounts_toml(),

@@ -92,6 +92,12 @@ impl Demo {
         );
         let settings = crate::config::from_toml(&toml).map_err(|e| e.to_string())?;
         let app = Application::build(settings).await.map_err(|e| e.to_string())?;
+        // LeanX calls a merchant back on a payout's success: here, at tally's callback route.
+        let mut tally = app.local_addr();
+        if tally.ip().is_unspecified() {
+            tally.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        emulator.send_leanx_callbacks_to(&format!("http://{tally}"));
         Ok(Self { app, emulator, receiver, _scratch: scratch, store, exposed })
     }
 
@@ -131,6 +137,12 @@ impl Demo {
              \x20 curl -X DELETE http://{emu}/_control/leanx/prefund          # back to ~393 MYR: it clears\n\
              \x20 curl -s {url}/webhooks\n\
              \x20 curl -s -X POST {url}/webhooks/demo-receiver/test\n\n\
+             a pending LeanX payout: looking it up watches it; LeanX calls back on success only\n\
+             (signed; tally verifies it), so a failure is found by the watch (first check after 30 s):\n\
+             \x20 curl -s {url}/payouts/PAYOUT-B7E1%3A091512-LEANX\n\
+             \x20 curl -X PUT -d '{{\"status\":\"SUCCESS\"}}' http://{emu}/_control/leanx/payouts/PAYOUT-B7E1%3A091512-LEANX\n\
+             \x20 curl -X PUT -d '{{\"status\":\"FAILED\"}}' http://{emu}/_control/leanx/payouts/PAYOUT-C2F4%3A101030-LEANX\n\
+             \x20 curl -s '{url}/payouts?account=leanx-main' ; curl -s {url}/callbacks\n\n\
              faults: curl -X PUT -d '{{\"fail_next\":3}}' http://{emu}/_control/faults/leanx\n\
              {exposed}Ctrl-C stops everything.",
             emu = self.emulator.addr(),

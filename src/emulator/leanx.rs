@@ -80,19 +80,23 @@ struct Lookup {
     id: Option<String>,
 }
 
-async fn payout(headers: HeaderMap, Query(q): Query<Lookup>) -> Response {
+async fn payout(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(q): Query<Lookup>) -> Response {
     let Some(token) = token(&headers) else { return invalid_token() };
     let id = q.id.unwrap_or_default();
     let found = LEANX_PAYOUTS.iter().find(|p| p.token == token && (p.id == id || p.external_ref == id));
     match found {
-        Some(p) => json(StatusCode::OK, payout_body(p)),
+        Some(p) => {
+            let settled = shared.leanx_settled.locked().get(p.id).cloned();
+            json(StatusCode::OK, payout_body(p, settled.as_deref().unwrap_or(p.status)))
+        }
         // Not documented either: a refusal without data, as tally reads it.
         None => json(StatusCode::OK, r#"{"response_code":4004,"description":"PAYOUT_NOT_FOUND","app_version":"/api/v1","data":null,"breakdown_errors":"PAYOUT_NOT_FOUND","token":""}"#.to_owned()),
     }
 }
 
-fn payout_body(p: &LeanxPayout) -> String {
-    let error = p.error.map_or(String::new(), |(code, message)| {
+fn payout_body(p: &LeanxPayout, status: &str) -> String {
+    // The seed's error belongs to its own (failed) status only.
+    let error = p.error.filter(|_| status == p.status).map_or(String::new(), |(code, message)| {
         format!(r#","error_message":{{"response_code":5223,"error_code":"{code}","error_message":"{message}","description":"PAYOUT_FAILED","data":null}}"#)
     });
     format!(
@@ -100,7 +104,6 @@ fn payout_body(p: &LeanxPayout) -> String {
         id = p.id,
         fee = p.fee,
         updated = p.updated_at,
-        status = p.status,
         value = p.value,
         created = p.created_at,
     )
@@ -192,4 +195,62 @@ fn callback_claims(p: &LeanxPayout, status: &str, url: &str) -> serde_json::Valu
         "client_callback_url": url,
         "payout_payment": {"item": {"balance": "7.00", "virtual_pool_reference": "VA-F04EC4-164712020277-PAYOUT", "created_at": utc(p.created_at), "updated_at": utc(p.updated_at)}},
     })
+}
+
+/// Where each demo merchant's (token's) callbacks go, given tally's address.
+pub(super) fn callback_urls(tally: &str) -> std::collections::HashMap<&'static str, url::Url> {
+    [("leanx-main", credentials::LEANX_MAIN_TOKEN), ("leanx-ops", credentials::LEANX_OPS_TOKEN)]
+        .into_iter()
+        .filter_map(|(account, token)| {
+            url::Url::parse(&format!("{tally}/callbacks/{account}")).ok().map(|u| (token, u))
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Settle {
+    status: String,
+}
+
+/// `PUT /_control/leanx/payouts/{id}`: `{"status": "SUCCESS"}` moves a demo payout to another
+/// LeanX status, as its lookups then report. As LeanX does (PROVIDERS.md §1.5), a payout that
+/// becomes `SUCCESS` is called back, when the emulator was told where
+/// ([`super::Emulator::send_leanx_callbacks_to`]); any other status is not: the answer says
+/// which (`{"status": …, "callback": {"status": 200, "body": …} | null}`).
+pub(super) async fn settle(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(p) = LEANX_PAYOUTS.iter().find(|p| p.id == id || p.external_ref == id) else {
+        return unknown_payout(&id);
+    };
+    let asked: Settle = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(e) => {
+            let message = format!(r#"expected {{"status": "SUCCESS"}}: {e}"#);
+            return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }).to_string());
+        }
+    };
+    let status = asked.status;
+    if status.is_empty() || status.len() > 64 || !status.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+        let message = "status must be a LeanX status such as SUCCESS, FAILED or PENDING";
+        return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }).to_string());
+    }
+    shared.leanx_settled.locked().insert(p.id, status.clone());
+    let url = shared.leanx_callback_urls.locked().get(p.token).cloned();
+    let callback = match url {
+        Some(url) if status == "SUCCESS" => {
+            let token = crate::providers::leanx::jwt::sign_hs256(
+                &callback_claims(p, &status, url.as_str()),
+                credentials::LEANX_HASH_KEY.as_bytes(),
+            );
+            let answer = deliver(&shared, url, serde_json::json!({ "data": token }).to_string(), None).await;
+            let bytes = axum::body::to_bytes(answer.into_body(), 64 * 1024).await.unwrap_or_default();
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+        }
+        _ => serde_json::Value::Null,
+    };
+    json(StatusCode::OK, serde_json::json!({ "id": p.id, "status": status, "callback": callback }).to_string())
 }

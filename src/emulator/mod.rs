@@ -70,6 +70,10 @@ pub struct Shared {
     ibanera: Mutex<IbaneraAuth>,
     /// LeanX prefund pools held at a figure, by token (the rest drift as the demo data says).
     leanx_prefund: Mutex<HashMap<&'static str, rust_decimal::Decimal>>,
+    /// LeanX payouts moved to another status (`PUT /_control/leanx/payouts/{id}`), by id.
+    leanx_settled: Mutex<HashMap<&'static str, String>>,
+    /// Where LeanX sends each merchant's (token's) payout callbacks, once told.
+    leanx_callback_urls: Mutex<HashMap<&'static str, url::Url>>,
     /// Sends the callbacks the control routes ask for.
     callback_http: reqwest::Client,
 }
@@ -110,6 +114,8 @@ impl Emulator {
             calls: EMULATORS.iter().map(|e| (e.provider, AtomicU64::new(0))).collect(),
             ibanera: Mutex::new(IbaneraAuth::default()),
             leanx_prefund: Mutex::new(HashMap::new()),
+            leanx_settled: Mutex::new(HashMap::new()),
+            leanx_callback_urls: Mutex::new(HashMap::new()),
             callback_http: callback_client(),
             started: std::time::Instant::now(),
             options,
@@ -132,6 +138,13 @@ impl Emulator {
 
     pub fn base_url(&self, provider: Provider) -> url::Url {
         url::Url::parse(&format!("http://{}/{}", self.addr, provider.as_str())).expect("an address makes a valid URL")
+    }
+
+    /// Makes the LeanX emulator send each demo account's payout callbacks, as LeanX does to a
+    /// merchant's `client_callback_url`, to tally at `tally` (`http://ADDR`):
+    /// `{tally}/callbacks/leanx-main` and `/callbacks/leanx-ops`.
+    pub fn send_leanx_callbacks_to(&self, tally: &str) {
+        *self.shared.leanx_callback_urls.locked() = leanx::callback_urls(tally);
     }
 
     pub fn set_faults(&self, provider: Provider, faults: Faults) {
@@ -217,6 +230,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/ibanera/expire-tokens", post(expire_tokens))
         .route("/_control/leanx/prefund", put(leanx::put_prefund).delete(leanx::reset_prefund))
         .route("/_control/leanx/callback", post(leanx::send_callback))
+        .route("/_control/leanx/payouts/{id}", put(leanx::settle))
         .route("/_control/luxtak/callback", post(luxtak::send_callback))
         .with_state(shared)
 }

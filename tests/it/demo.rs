@@ -290,3 +290,71 @@ async fn the_demo_monitor_fires_and_clears_and_its_receiver_gets_both_signed() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// A pending demo payout, as the banner tells a new user to follow it: looking it up watches
+/// it; LeanX's success is called back (signed), applied, and its events reach the demo
+/// receiver; a failure is not called back (LeanX sends none), which is what the watch is for.
+#[tokio::test]
+async fn a_pending_demo_payout_is_finalized_by_leanx_s_callback_and_its_events_reach_the_receiver() {
+    let demo = Demo::build("127.0.0.1:0".parse().unwrap(), None).await.unwrap();
+    let base = format!("http://{}", demo.local_addr());
+    let control = format!("http://{}/_control/leanx/payouts", demo.emulator().addr());
+    assert!(demo.banner().contains(&format!("{control}/PAYOUT-B7E1%3A091512-LEANX")), "{}", demo.banner());
+    let inbox = demo.inbox();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(demo.run_until(async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+
+    let (code, pending) = get(&http, format!("{base}/payouts/PAYOUT-B7E1%3A091512-LEANX")).await;
+    assert_eq!((code, &pending["status"]), (200, &json!("pending")), "{pending}");
+    let (_, listed) = get(&http, format!("{base}/payouts?account=leanx-main")).await;
+    let watched = listed["payouts"].as_array().unwrap().iter().find(|p| p["id"] == "PAYOUT-B7E1:091512-LEANX").cloned();
+    assert_eq!(watched.map(|p| p["watched"].clone()), Some(json!(true)), "{listed}");
+
+    let settled: Value = serde_json::from_slice(
+        &http
+            .put(format!("{control}/PAYOUT-B7E1%3A091512-LEANX"))
+            .body(r#"{"status":"SUCCESS"}"#)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(settled["callback"]["status"], 200, "tally took the callback: {settled}");
+    let finalized = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        inbox.wait_for(|r| r.kind == "payout.finalized" && r.data["payout"]["id"] == "PAYOUT-B7E1:091512-LEANX"),
+    )
+    .await
+    .expect("the receiver is delivered the payout's finalization");
+    assert_eq!(
+        (&finalized.data["previous_status"], &finalized.data["payout"]["status"]),
+        (&json!("pending"), &json!("succeeded"))
+    );
+    let (_, payout) = get(&http, format!("{base}/payouts/PAYOUT-B7E1%3A091512-LEANX")).await;
+    assert_eq!(payout["status"], "succeeded");
+    let (_, receipts) = get(&http, format!("{base}/callbacks?account=leanx-main")).await;
+    assert_eq!(receipts["callbacks"][0]["outcome"], "applied", "{receipts}");
+
+    let failed: Value = serde_json::from_slice(
+        &http
+            .put(format!("{control}/PAYOUT-C2F4%3A101030-LEANX"))
+            .body(r#"{"status":"FAILED"}"#)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(failed["callback"], Value::Null, "LeanX calls back on success only: {failed}");
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
