@@ -202,7 +202,7 @@ async fn emulate(listen: std::net::SocketAddr, faults: &[String]) -> Result<(), 
          \x20        POST http://{addr}/_control/leanx/callback or /_control/luxtak/callback \
          ({{\"url\", \"payout\", \"status\"}}: send a signed callback),\n\
          \x20        PUT/DELETE http://{addr}/_control/leanx/prefund ({{\"value\": \"120.00\"}}: hold a prefund pool),\n\
-         \x20        PUT http://{addr}/_control/leanx/payouts/ID ({{\"status\": \"SUCCESS\"}}: move a payout)\n\n\
+         \x20        PUT http://{addr}/_control/leanx/payouts/ID or /_control/luxtak/payouts/ID ({{\"status\": \"…\"}}: move a payout)\n\n\
          tally accounts for these emulators:\n\n{}",
         emulator.directory(),
         emulator.demo_accounts_toml(),

@@ -92,12 +92,12 @@ impl Demo {
         );
         let settings = crate::config::from_toml(&toml).map_err(|e| e.to_string())?;
         let app = Application::build(settings).await.map_err(|e| e.to_string())?;
-        // LeanX calls a merchant back on a payout's success: here, at tally's callback route.
+        // LeanX and Luxtak call a merchant back when a payout settles: here, at tally's callback route.
         let mut tally = app.local_addr();
         if tally.ip().is_unspecified() {
             tally.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
-        emulator.send_leanx_callbacks_to(&format!("http://{tally}"));
+        emulator.send_callbacks_to(&format!("http://{tally}"));
         Ok(Self { app, emulator, receiver, _scratch: scratch, store, exposed })
     }
 

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
 use super::data::{LEANX_PAYOUTS, LeanxPayout, leanx_pools};
-use super::{Emulated, SendCallback, Shared, credentials, deliver, json, unknown_payout};
+use super::{Emulated, SendCallback, Shared, credentials, deliver, delivered, json, unknown_payout};
 use crate::domain::Provider;
 use crate::sync::MutexExt;
 
@@ -86,7 +86,7 @@ async fn payout(State(shared): State<Arc<Shared>>, headers: HeaderMap, Query(q):
     let found = LEANX_PAYOUTS.iter().find(|p| p.token == token && (p.id == id || p.external_ref == id));
     match found {
         Some(p) => {
-            let settled = shared.leanx_settled.locked().get(p.id).cloned();
+            let settled = shared.settled.locked().get(p.id).cloned();
             json(StatusCode::OK, payout_body(p, settled.as_deref().unwrap_or(p.status)))
         }
         // Not documented either: a refusal without data, as tally reads it.
@@ -207,12 +207,6 @@ pub(super) fn callback_urls(tally: &str) -> std::collections::HashMap<&'static s
         .collect()
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Settle {
-    status: String,
-}
-
 /// `PUT /_control/leanx/payouts/{id}`: `{"status": "SUCCESS"}` moves a demo payout to another
 /// LeanX status, as its lookups then report. As LeanX does (PROVIDERS.md §1.5), a payout that
 /// becomes `SUCCESS` is called back, when the emulator was told where
@@ -226,19 +220,11 @@ pub(super) async fn settle(
     let Some(p) = LEANX_PAYOUTS.iter().find(|p| p.id == id || p.external_ref == id) else {
         return unknown_payout(&id);
     };
-    let asked: Settle = match serde_json::from_slice(&body) {
-        Ok(asked) => asked,
-        Err(e) => {
-            let message = format!(r#"expected {{"status": "SUCCESS"}}: {e}"#);
-            return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }).to_string());
-        }
+    let status = match super::settled_status(&body, "SUCCESS, FAILED or PENDING") {
+        Ok(status) => status,
+        Err(refused) => return *refused,
     };
-    let status = asked.status;
-    if status.is_empty() || status.len() > 64 || !status.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
-        let message = "status must be a LeanX status such as SUCCESS, FAILED or PENDING";
-        return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }).to_string());
-    }
-    shared.leanx_settled.locked().insert(p.id, status.clone());
+    shared.settled.locked().insert(p.id, status.clone());
     let url = shared.leanx_callback_urls.locked().get(p.token).cloned();
     let callback = match url {
         Some(url) if status == "SUCCESS" => {
@@ -246,9 +232,7 @@ pub(super) async fn settle(
                 &callback_claims(p, &status, url.as_str()),
                 credentials::LEANX_HASH_KEY.as_bytes(),
             );
-            let answer = deliver(&shared, url, serde_json::json!({ "data": token }).to_string(), None).await;
-            let bytes = axum::body::to_bytes(answer.into_body(), 64 * 1024).await.unwrap_or_default();
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+            delivered(deliver(&shared, url, serde_json::json!({ "data": token }).to_string(), None).await).await
         }
         _ => serde_json::Value::Null,
     };

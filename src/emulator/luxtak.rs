@@ -11,9 +11,10 @@ use axum::response::Response;
 use axum::routing::post;
 use serde_json::{Map, Value, json};
 
-use super::data::{LUXTAK_PAYOUTS, luxtak_balances};
+use super::data::{LUXTAK_PAYOUTS, LuxtakPayout, luxtak_balances};
 use super::{Emulated, SendCallback, Shared, credentials, deliver, json as respond, unknown_payout};
 use crate::domain::Provider;
+use crate::sync::MutexExt;
 
 /// This emulator's registration (see [`super::EMULATORS`]).
 pub(super) const EMULATED: Emulated =
@@ -119,12 +120,17 @@ async fn status(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         .iter()
         .find(|p| asked("payout_id") == Some(p.payout_id) || asked("custom_code") == Some(p.custom_code));
     match found {
-        Some(p) => envelope(
-            StatusCode::OK,
-            200,
-            "success",
-            json!({"payout_id": p.payout_id, "custom_code": p.custom_code, "status": p.status, "description": if p.remark.is_empty() { p.status } else { p.remark }}),
-        ),
+        Some(p) => {
+            let status = shared.settled.locked().get(p.payout_id).cloned().unwrap_or_else(|| p.status.to_owned());
+            let description =
+                if p.remark.is_empty() || status != p.status { status.clone() } else { p.remark.to_owned() };
+            envelope(
+                StatusCode::OK,
+                200,
+                "success",
+                json!({"payout_id": p.payout_id, "custom_code": p.custom_code, "status": status, "description": description}),
+            )
+        }
         None => envelope(StatusCode::NOT_FOUND, 4_004_004, "not found", json!({})),
     }
 }
@@ -136,18 +142,21 @@ async fn detail(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     };
     let id = params.get("transaction_id").and_then(Value::as_str).unwrap_or_default();
     match LUXTAK_PAYOUTS.iter().find(|p| p.payout_id == id) {
-        Some(p) => envelope(
-            StatusCode::OK,
-            200,
-            "success",
-            json!({
-                "reference_id": p.custom_code, "transaction_id": p.payout_id, "user_name": "Demo Recipient",
-                "amount": p.amount, "source_amount": p.amount, "settlement_amount": p.amount, "arrival_amount": p.amount,
-                "exchange_rate": "1", "tax": "0.00", "fee": p.fee, "fee_user": "merchant",
-                "source_currency": p.currency, "arrival_currency": p.currency, "transaction_status": p.status,
-                "create_time": p.create_time, "update_time": p.update_time, "remark": p.remark,
-            }),
-        ),
+        Some(p) => {
+            let status = shared.settled.locked().get(p.payout_id).cloned().unwrap_or_else(|| p.status.to_owned());
+            envelope(
+                StatusCode::OK,
+                200,
+                "success",
+                json!({
+                    "reference_id": p.custom_code, "transaction_id": p.payout_id, "user_name": "Demo Recipient",
+                    "amount": p.amount, "source_amount": p.amount, "settlement_amount": p.amount, "arrival_amount": p.amount,
+                    "exchange_rate": "1", "tax": "0.00", "fee": p.fee, "fee_user": "merchant",
+                    "source_currency": p.currency, "arrival_currency": p.currency, "transaction_status": status,
+                    "create_time": p.create_time, "update_time": p.update_time, "remark": p.remark,
+                }),
+            )
+        }
         None => envelope(StatusCode::BAD_REQUEST, 4_001_021, "order not existed", json!({})),
     }
 }
@@ -163,10 +172,15 @@ pub(super) async fn send_callback(State(shared): State<Arc<Shared>>, body: Bytes
     let Some(p) = LUXTAK_PAYOUTS.iter().find(|p| p.payout_id == asked.payout || p.custom_code == asked.payout) else {
         return unknown_payout(&asked.payout);
     };
+    notify(&shared, p, asked.status.as_deref().unwrap_or(p.status), asked.url).await
+}
+
+/// Posts Luxtak's notification of `p` at `status` to `url`, signed with the demo app key.
+async fn notify(shared: &Shared, p: &LuxtakPayout, status: &str, url: url::Url) -> Response {
     let notification = json!({
         "payoutId": p.payout_id,
         "custom_code": p.custom_code,
-        "status": asked.status.as_deref().unwrap_or(p.status),
+        "status": status,
         "msg": p.remark,
         "timestamp": chrono::Utc::now().timestamp(),
     })
@@ -174,5 +188,33 @@ pub(super) async fn send_callback(State(shared): State<Arc<Shared>>, body: Bytes
     let signature =
         crate::providers::luxtak::callback::expected_signature(notification.as_bytes(), credentials::LUXTAK_APP_KEY)
             .expect("the emulator's own notification is flat JSON");
-    deliver(&shared, asked.url, notification, Some(signature)).await
+    deliver(shared, url, notification, Some(signature)).await
+}
+
+/// `PUT /_control/luxtak/payouts/{id}`: `{"status": "PAID"}` moves a demo payout (by its
+/// `payoutId` or `custom_code`) to another Luxtak status, as its lookups then report. As Luxtak
+/// does (PROVIDERS.md §2.5), `PAID`, `REJECTED` and `REFUNDED` are notified to the `notify_url`
+/// the emulator was told ([`super::Emulator::send_callbacks_to`]); the answer says so
+/// (`{"id", "status", "callback": {"status", "body"} | null}`).
+pub(super) async fn settle(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(p) = LUXTAK_PAYOUTS.iter().find(|p| p.payout_id == id || p.custom_code == id) else {
+        return unknown_payout(&id);
+    };
+    let status = match super::settled_status(&body, "PAID, REJECTED, REFUNDED or PROCESSING") {
+        Ok(status) => status,
+        Err(refused) => return *refused,
+    };
+    shared.settled.locked().insert(p.payout_id, status.clone());
+    let url = shared.luxtak_notify_url.locked().clone();
+    let callback = match url {
+        Some(url) if matches!(status.as_str(), "PAID" | "REJECTED" | "REFUNDED") => {
+            super::delivered(notify(&shared, p, &status, url).await).await
+        }
+        _ => Value::Null,
+    };
+    respond(StatusCode::OK, json!({ "id": p.payout_id, "status": status, "callback": callback }).to_string())
 }

@@ -70,10 +70,13 @@ pub struct Shared {
     ibanera: Mutex<IbaneraAuth>,
     /// LeanX prefund pools held at a figure, by token (the rest drift as the demo data says).
     leanx_prefund: Mutex<HashMap<&'static str, rust_decimal::Decimal>>,
-    /// LeanX payouts moved to another status (`PUT /_control/leanx/payouts/{id}`), by id.
-    leanx_settled: Mutex<HashMap<&'static str, String>>,
+    /// Demo payouts moved to another status (`PUT /_control/{leanx,luxtak}/payouts/{id}`), by
+    /// the provider's id.
+    settled: Mutex<HashMap<&'static str, String>>,
     /// Where LeanX sends each merchant's (token's) payout callbacks, once told.
     leanx_callback_urls: Mutex<HashMap<&'static str, url::Url>>,
+    /// Where Luxtak sends the demo merchant's payout notifications (its `notify_url`), once told.
+    luxtak_notify_url: Mutex<Option<url::Url>>,
     /// Sends the callbacks the control routes ask for.
     callback_http: reqwest::Client,
 }
@@ -114,8 +117,9 @@ impl Emulator {
             calls: EMULATORS.iter().map(|e| (e.provider, AtomicU64::new(0))).collect(),
             ibanera: Mutex::new(IbaneraAuth::default()),
             leanx_prefund: Mutex::new(HashMap::new()),
-            leanx_settled: Mutex::new(HashMap::new()),
+            settled: Mutex::new(HashMap::new()),
             leanx_callback_urls: Mutex::new(HashMap::new()),
+            luxtak_notify_url: Mutex::new(None),
             callback_http: callback_client(),
             started: std::time::Instant::now(),
             options,
@@ -140,11 +144,12 @@ impl Emulator {
         url::Url::parse(&format!("http://{}/{}", self.addr, provider.as_str())).expect("an address makes a valid URL")
     }
 
-    /// Makes the LeanX emulator send each demo account's payout callbacks, as LeanX does to a
-    /// merchant's `client_callback_url`, to tally at `tally` (`http://ADDR`):
-    /// `{tally}/callbacks/leanx-main` and `/callbacks/leanx-ops`.
-    pub fn send_leanx_callbacks_to(&self, tally: &str) {
+    /// Makes the LeanX and Luxtak emulators send the demo accounts' payout callbacks, as the
+    /// providers do to a merchant's callback URL, to tally at `tally` (`http://ADDR`):
+    /// `{tally}/callbacks/leanx-main`, `/callbacks/leanx-ops` and `/callbacks/luxtak-latam`.
+    pub fn send_callbacks_to(&self, tally: &str) {
         *self.shared.leanx_callback_urls.locked() = leanx::callback_urls(tally);
+        *self.shared.luxtak_notify_url.locked() = url::Url::parse(&format!("{tally}/callbacks/luxtak-latam")).ok();
     }
 
     pub fn set_faults(&self, provider: Provider, faults: Faults) {
@@ -231,6 +236,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_control/leanx/prefund", put(leanx::put_prefund).delete(leanx::reset_prefund))
         .route("/_control/leanx/callback", post(leanx::send_callback))
         .route("/_control/leanx/payouts/{id}", put(leanx::settle))
+        .route("/_control/luxtak/payouts/{id}", put(luxtak::settle))
         .route("/_control/luxtak/callback", post(luxtak::send_callback))
         .with_state(shared)
 }
@@ -363,6 +369,31 @@ impl SendCallback {
 
 fn unknown_payout(id: &str) -> Response {
     json(StatusCode::NOT_FOUND, serde_json::json!({ "error": format!("no demo payout `{id}`") }).to_string())
+}
+
+/// The status of `PUT /_control/{provider}/payouts/{id}` (`{"status": "…"}`): a provider's
+/// status word (upper case and `_`), or the `400` to answer.
+fn settled_status(body: &[u8], examples: &str) -> Result<String, Box<Response>> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Settle {
+        status: String,
+    }
+    let refuse =
+        |message: String| Box::new(json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": message }).to_string()));
+    let asked: Settle =
+        serde_json::from_slice(body).map_err(|e| refuse(format!(r#"expected {{"status": "…"}}: {e}"#)))?;
+    let status = asked.status;
+    if status.is_empty() || status.len() > 64 || !status.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+        return Err(refuse(format!("status must be a provider status such as {examples}")));
+    }
+    Ok(status)
+}
+
+/// What [`deliver`] answered, as the JSON value a settle answer embeds.
+async fn delivered(answer: Response) -> serde_json::Value {
+    let bytes = axum::body::to_bytes(answer.into_body(), 64 * 1024).await.unwrap_or_default();
+    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
 }
 
 /// POSTs a callback and reports the receiver's answer (`{"status": 200, "body": "success"}`),

@@ -298,7 +298,8 @@ async fn the_demo_monitor_fires_and_clears_and_its_receiver_gets_both_signed() {
 async fn a_pending_demo_payout_is_finalized_by_leanx_s_callback_and_its_events_reach_the_receiver() {
     let demo = Demo::build("127.0.0.1:0".parse().unwrap(), None).await.unwrap();
     let base = format!("http://{}", demo.local_addr());
-    let control = format!("http://{}/_control/leanx/payouts", demo.emulator().addr());
+    let emu = demo.emulator().addr();
+    let control = format!("http://{emu}/_control/leanx/payouts");
     assert!(demo.banner().contains(&format!("{control}/PAYOUT-B7E1%3A091512-LEANX")), "{}", demo.banner());
     let inbox = demo.inbox();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -354,6 +355,23 @@ async fn a_pending_demo_payout_is_finalized_by_leanx_s_callback_and_its_events_r
     )
     .unwrap();
     assert_eq!(failed["callback"], Value::Null, "LeanX calls back on success only: {failed}");
+
+    // Luxtak notifies PAID, REJECTED and REFUNDED, signed with the app key, answered `success`.
+    let (_, processing) = get(&http, format!("{base}/payouts/LUX-ORDER-1001")).await;
+    assert_eq!(processing["final"], false, "{processing}");
+    let luxtak = format!("http://{emu}/_control/luxtak/payouts/LUX-ORDER-1001");
+    let paid: Value = serde_json::from_slice(
+        &http.put(luxtak).body(r#"{"status":"PAID"}"#).send().await.unwrap().bytes().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!((&paid["callback"]["status"], &paid["callback"]["body"]), (&json!(200), &json!("success")), "{paid}");
+    let finalized = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        inbox.wait_for(|r| r.kind == "payout.finalized" && r.data["payout"]["reference"] == "LUX-ORDER-1001"),
+    )
+    .await
+    .expect("the receiver is delivered the Luxtak payout's finalization");
+    assert_eq!(finalized.data["payout"]["status"], "succeeded");
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();
