@@ -9,6 +9,7 @@ use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use super::report::{AccountError, BalancesReport};
 use crate::domain::{AccountId, Currency, Provider};
+use crate::service::as_of::AsOfError;
 use crate::service::balances::{BalancesOutcome, BodyKey, Selection};
 use crate::store::{HistoryPoint, HistoryQuery, StoreError};
 
@@ -23,24 +24,28 @@ use crate::store::{HistoryPoint, HistoryQuery, StoreError};
         ("provider" = Option<Vec<Provider>>, Query, description = "Only accounts of these providers (repeatable or comma-separated; an empty value is refused with `invalid_query`).", explode = true),
         ("currency" = Option<Vec<String>>, Query, description = "Only entries in these currencies (repeatable or comma-separated; an empty value is refused with `invalid_query`).", explode = true),
         ("max_age" = Option<u32>, Query, description = "Accept a cached figure at most this many seconds old; 0 forces a live fetch.", minimum = 0),
-        ("include" = Option<String>, Query, description = "`raw` adds each account's last raw provider payload."),
+        ("include" = Option<String>, Query, description = "`raw` adds each account's last raw provider payload (not with `as_of`: `invalid_include`)."),
+        ("as_of" = Option<String>, Query, description = "RFC 3339 time, not in the future: the figures in force then, from the store alone (no upstream call; `source: store`; an account with nothing stored by then is `failed` with `no_data`). Not with `max_age` (`invalid_query`). A bad or future time is `invalid_as_of`.", format = DateTime),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a previous answer: 304 when nothing changed."),
     ),
     responses(
-        (status = 200, description = "At least one account has figures to serve; failing accounts are reported in `accounts`.", body = BalancesReport,
+        (status = 200, description = "At least one account has figures to serve (with `as_of`: always); failing accounts are reported in `accounts`.", body = BalancesReport,
             headers(("ETag" = String, description = "Tag over the content (not `generated_at` or ages)."),
                     ("Cache-Control" = String, description = "`private, max-age=N`: seconds until the first figure leaves its freshness bound."))),
         (status = 304, description = "Not modified since the `If-None-Match` tag."),
-        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (an empty `account`, `provider` or `currency` among them), `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (an empty `account`, `provider` or `currency` among them), `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`, `invalid_as_of`.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Nothing can be served (`nothing_to_serve`) or tally is overloaded (`overloaded`); see `Retry-After`.", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Nothing can be served (`nothing_to_serve`), tally is overloaded (`overloaded`), or, with `as_of`, the store is unreachable (`not_ready`); see `Retry-After`.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
     ),
     security(("bearer" = []), ()),
 )]
 pub async fn get_balances(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     // The request itself rather than extractors that copy its query and headers.
-    let selection = selection(request.uri().query())?;
+    let (selection, as_of) = selection(request.uri().query())?;
+    if let Some(as_of) = as_of {
+        return balances_as_of(&state, &selection, as_of, request.headers()).await;
+    }
     let outcome = state.service.balances(&selection).await?;
     if !outcome.servable {
         return Err(ApiError::new(ErrorCode::NothingToServe, "no selected account has figures to serve")
@@ -72,8 +77,73 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
     Ok(response)
 }
 
-fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
-    let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include"])?;
+/// An `as_of` answer (SPEC §10.1): from the store alone, never from or into the body cache of
+/// live answers; its `ETag` is a digest of its content (all of it but `generated_at`).
+async fn balances_as_of(
+    state: &AppState,
+    selection: &Selection,
+    as_of: chrono::DateTime<chrono::Utc>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if as_of > state.service.now() {
+        return Err(ApiError::new(ErrorCode::InvalidAsOf, "`as_of` is in the future; the store holds only the past"));
+    }
+    let outcome = state.service.balances_as_of(selection, as_of).await.map_err(|e| match e {
+        AsOfError::Selection(e) => ApiError::from(e),
+        AsOfError::Store(StoreError::InvalidInput(why)) => {
+            ApiError::new(ErrorCode::InvalidQuery, format!("the store cannot compare the query's values: {why}"))
+        }
+        AsOfError::Store(e) => {
+            tracing::error!(error = %e, "as_of balances query failed");
+            ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
+        }
+    })?;
+    let report = BalancesReport::from(&outcome);
+    let body = serde_json::to_vec(&report).expect("a report serializes");
+    let etag = content_etag(&BalancesReport { generated_at: as_of, ..report });
+    Ok(tagged(headers, etag, "private, no-cache", "application/json", body))
+}
+
+/// A quoted digest of `content`'s JSON, for an `ETag`.
+fn content_etag(content: &impl serde::Serialize) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(content).expect("a report serializes");
+    format!("\"{}\"", hex::encode(&Sha256::digest(&json)[..16]))
+}
+
+/// `body` with its `ETag` and `Cache-Control`, or `304` when `If-None-Match` holds the tag.
+fn tagged(
+    headers: &HeaderMap,
+    etag: String,
+    cache_control: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response {
+    let mut response = if if_none_match(headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("a quoted hex digest is a valid header value"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    response
+}
+
+fn selection(query: Option<&str>) -> Result<(Selection, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
+    let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include", "as_of"])?;
+    let as_of = match params.single("as_of")? {
+        None => None,
+        Some(v) => Some(chrono::DateTime::parse_from_rfc3339(v).map(|t| t.to_utc()).map_err(|_| {
+            ApiError::new(ErrorCode::InvalidAsOf, format!("`as_of` must be an RFC 3339 time, not `{v}`"))
+        })?),
+    };
+    if as_of.is_some() && params.single("max_age")?.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            "`max_age` cannot be given with `as_of`: an `as_of` answer comes from the store alone",
+        ));
+    }
     let accounts =
         params.list("account")?.into_iter().map(|a| a.parse::<AccountId>().map_err(|_| ApiError::unknown_account(a)));
     let include_raw = match params.single("include")? {
@@ -86,13 +156,20 @@ fn selection(query: Option<&str>) -> Result<Selection, ApiError> {
             ));
         }
     };
-    Ok(Selection {
+    if as_of.is_some() && include_raw {
+        return Err(ApiError::new(
+            ErrorCode::InvalidInclude,
+            "`include=raw` cannot be given with `as_of`: raw payloads are not kept over time",
+        ));
+    }
+    let selection = Selection {
         accounts: accounts.collect::<Result<_, _>>()?,
         providers: params.parsed("provider", ErrorCode::UnknownProvider, |p| p.parse::<Provider>().ok())?,
         currencies: params.parsed("currency", ErrorCode::InvalidCurrency, |c| c.parse::<Currency>().ok())?,
         max_age: params.max_age()?,
         include_raw,
-    })
+    };
+    Ok((selection, as_of))
 }
 
 /// Recent `/balances` bodies by selection (see [`super::body_cache`]).

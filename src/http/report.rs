@@ -14,6 +14,7 @@ use crate::domain::monitor::{Condition, Field, Monitor, MonitorEntry};
 use crate::domain::{AccountId, Currency, Provider, RawJson};
 use crate::providers::UpstreamError;
 use crate::service::FetchFailure;
+use crate::service::as_of::AsOfOutcome;
 use crate::service::balances::{BalancesOutcome, Origin, Status};
 use crate::service::totals::CurrencySums;
 
@@ -25,6 +26,10 @@ pub struct BalancesReport {
     /// When this report was assembled (always with milliseconds).
     #[serde(serialize_with = "millis")]
     pub generated_at: DateTime<Utc>,
+    /// The time asked with `as_of` (SPEC §10.1): the figures are those in force then, from the
+    /// store. Absent from live answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<DateTime<Utc>>,
     /// True when every selected account is `fresh`.
     pub complete: bool,
     pub balances: Vec<BalanceLine>,
@@ -32,7 +37,7 @@ pub struct BalancesReport {
     pub accounts: Vec<AccountLine>,
     /// The firing monitor entries (SPEC §8.2) of the selected accounts and currencies; `null`
     /// when tally could not read the monitor states from the store (since it started), so it
-    /// cannot say which fire.
+    /// cannot say which fire, and in `as_of` answers (monitor states are not kept over time).
     pub alerts: Option<Vec<AlertLine>>,
 }
 
@@ -137,6 +142,8 @@ pub enum Source {
     Live,
     /// Served from memory or the store.
     Cache,
+    /// Read from the stored history for an `as_of` answer.
+    Store,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -182,14 +189,18 @@ pub const ACCOUNT_ERROR_CODES: [&str; 8] = [
     crate::service::budget::RATE_BUDGET_EXHAUSTED,
 ];
 
+/// The code of an account with nothing stored by the time an `as_of` answer asks about.
+pub const NO_DATA: &str = "no_data";
+
 /// The schema of [`AccountError::code`]: a string, one of [`ACCOUNT_ERROR_CODES`].
 fn account_error_code() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(ACCOUNT_ERROR_CODES))
+        .enum_values(Some(ACCOUNT_ERROR_CODES.iter().copied().chain([NO_DATA])))
         .description(Some(
             "Why the figure or payout is not fresh. `rate_budget_exhausted`: no call was made, because the account's \
-             `max_calls_per_minute` is spent or the provider asked for a pause (429 with `Retry-After`).",
+             `max_calls_per_minute` is spent or the provider asked for a pause (429 with `Retry-After`). \
+             `no_data`: an `as_of` answer, and nothing was stored for the account by then.",
         ))
         .examples(["upstream_unavailable"])
         .build()
@@ -275,11 +286,61 @@ impl From<&BalancesOutcome> for BalancesReport {
             .collect();
         BalancesReport {
             generated_at: outcome.generated_at(),
+            as_of: None,
             complete: outcome.complete(),
             balances,
             totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
             accounts,
             alerts: outcome.alerts().map(|alerts| alerts.map(|(m, e)| AlertLine::new(m, e)).collect()),
+        }
+    }
+}
+
+impl From<&AsOfOutcome> for BalancesReport {
+    fn from(outcome: &AsOfOutcome) -> Self {
+        let balances = outcome
+            .entries()
+            .map(|(account, e)| BalanceLine {
+                account: account.account.clone(),
+                provider: account.provider,
+                wallet: e.entry.wallet.clone(),
+                currency: e.entry.currency.clone(),
+                available: e.entry.available,
+                pending: e.entry.pending,
+                reserved: e.entry.reserved,
+                total: e.entry.total,
+                blocked: e.entry.blocked,
+                fetched_at: e.fetched_at,
+                age_seconds: e.age_seconds,
+                stale: e.stale,
+            })
+            .collect();
+        let accounts = outcome
+            .accounts
+            .iter()
+            .map(|a| AccountLine {
+                account: a.account.clone(),
+                provider: a.provider,
+                status: a.status.into(),
+                source: Some(Source::Store),
+                fetched_at: a.fetched_at,
+                error: (a.status == Status::Failed).then(|| AccountError {
+                    code: NO_DATA.to_owned(),
+                    message: "nothing was stored for this account by `as_of`".to_owned(),
+                    upstream_status: None,
+                    at: outcome.as_of,
+                }),
+                raw: None,
+            })
+            .collect();
+        BalancesReport {
+            generated_at: outcome.generated_at,
+            as_of: Some(outcome.as_of),
+            complete: outcome.complete(),
+            balances,
+            totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
+            accounts,
+            alerts: None,
         }
     }
 }

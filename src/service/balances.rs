@@ -127,7 +127,7 @@ struct View {
 
 impl Service {
     /// The selected accounts with their positions in [`Service::accounts`], in config order.
-    fn select<'a>(
+    pub(super) fn select<'a>(
         &'a self,
         selection: &'a Selection,
     ) -> Result<impl Iterator<Item = (usize, &'a Arc<AccountState>)> + 'a, SelectionError> {

@@ -203,6 +203,15 @@ impl GuardedStore {
         self.health.run(within, self.store.balance_history(query)).await
     }
 
+    pub async fn balances_as_of(
+        &self,
+        accounts: &[AccountId],
+        as_of: DateTime<Utc>,
+        within: Within,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        self.health.run(within, self.store.balances_as_of(accounts, as_of)).await
+    }
+
     pub async fn find_payout(
         &self,
         account: &AccountId,

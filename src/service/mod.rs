@@ -23,6 +23,7 @@
 //!
 //! Every store call on a request's path is bounded by the request's deadline.
 
+pub mod as_of;
 mod background;
 pub mod balances;
 pub mod budget;

@@ -1,0 +1,213 @@
+//! Month-end reporting (SPEC §10, issue 20): `as_of` answers from the stored history.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+use wiremock::MockServer;
+
+use crate::both_stores;
+use crate::helpers::{TestApp, TestDb, leanx, ok};
+
+fn at(rfc3339: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
+}
+
+fn account(id: &str, server: &MockServer, extra: &str) -> String {
+    format!(
+        "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\nmax_retries = 0\n{extra}\n",
+        server.uri()
+    )
+}
+
+fn entry(wallet: &str, currency: &str, amount: &str) -> tally::domain::BalanceEntry {
+    let amount = tally::domain::parse_decimal(amount).unwrap();
+    tally::domain::BalanceEntry {
+        wallet: wallet.into(),
+        currency: currency.parse().unwrap(),
+        available: Some(amount),
+        pending: None,
+        reserved: None,
+        total: Some(amount),
+        blocked: false,
+    }
+}
+
+/// Records fetches of `account` straight into the store, as the service would have.
+async fn record(
+    store: &dyn tally::store::Store,
+    account: &str,
+    fetched_at: DateTime<Utc>,
+    entries: Vec<tally::domain::BalanceEntry>,
+) {
+    let snapshot = tally::store::AccountSnapshot {
+        account: account.parse().unwrap(),
+        provider: tally::domain::Provider::Leanx,
+        fetched_at,
+        entries,
+        raw: None,
+    };
+    store.record_balances(&snapshot, &[]).await.unwrap();
+}
+
+fn lines_of<'a>(body: &'a Value, account: &str) -> Vec<&'a Value> {
+    body["balances"].as_array().unwrap().iter().filter(|l| l["account"] == account).collect()
+}
+
+fn line<'a>(body: &'a Value, account: &str, wallet: &str) -> &'a Value {
+    lines_of(body, account).into_iter().find(|l| l["wallet"] == wallet).unwrap_or_else(|| panic!("{wallet}: {body}"))
+}
+
+fn account_line<'a>(body: &'a Value, account: &str) -> &'a Value {
+    body["accounts"].as_array().unwrap().iter().find(|a| a["account"] == account).unwrap()
+}
+
+/// The history of the as_of tests: `asof-a` (ttl 60 s) polled at 10:00:00, 10:00:30 (no
+/// change) and 10:01:00 (prefund changes, transaction confirmed), then nothing; `asof-b`
+/// never fetched.
+async fn seed_history(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let t = at("2026-11-20T10:00:00Z");
+    record(&*store, "asof-a", t, vec![entry("prefund", "MYR", "100.00"), entry("transaction", "MYR", "5.00")]).await;
+    record(
+        &*store,
+        "asof-a",
+        t + TimeDelta::seconds(30),
+        vec![entry("prefund", "MYR", "100.00"), entry("transaction", "MYR", "5.00")],
+    )
+    .await;
+    record(
+        &*store,
+        "asof-a",
+        t + TimeDelta::seconds(60),
+        vec![entry("prefund", "MYR", "150.50"), entry("transaction", "MYR", "5.00")],
+    )
+    .await;
+    store.close().await;
+}
+
+async fn as_of_app(db: &TestDb) -> (TestApp, MockServer) {
+    seed_history(db).await;
+    let server = leanx(ok("999.00", "999.00")).await;
+    let config =
+        format!("{}{}", account("asof-a", &server, "ttl = \"60s\""), account("asof-b", &server, "ttl = \"60s\""));
+    (TestApp::spawn(db.url(), &config).await, server)
+}
+
+async fn as_of_serves_the_change_point_in_force_from_the_store(db: &TestDb) {
+    let (app, server) = as_of_app(db).await;
+
+    // The first second of a change point: the new figure, confirmed at that very time.
+    let (status, body) = app.get_json("/balances?as_of=2026-11-20T10:01:00Z").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["as_of"], "2026-11-20T10:01:00Z");
+    let prefund = line(&body, "asof-a", "prefund");
+    assert_eq!(prefund["available"], "150.50");
+    assert_eq!(prefund["fetched_at"], "2026-11-20T10:01:00Z");
+    assert_eq!((prefund["age_seconds"].as_u64(), prefund["stale"].as_bool()), (Some(0), Some(false)));
+    let a = account_line(&body, "asof-a");
+    assert_eq!((a["status"].as_str(), a["source"].as_str()), (Some("fresh"), Some("store")), "{body}");
+    assert_eq!(a["error"], Value::Null);
+    let b = account_line(&body, "asof-b");
+    assert_eq!((b["status"].as_str(), b["source"].as_str()), (Some("failed"), Some("store")), "{body}");
+    assert_eq!(b["error"]["code"], "no_data");
+    assert_eq!(body["complete"], false, "asof-b has nothing");
+    assert_eq!(body["totals"][0]["total"], "155.50", "{body}");
+    assert_eq!(body["totals"][0]["entries"], 2);
+
+    // One second before: the previous point, last confirmed 29 s earlier.
+    let (_, body) = app.get_json("/balances?as_of=2026-11-20T10:00:59Z").await;
+    let prefund = line(&body, "asof-a", "prefund");
+    assert_eq!(prefund["available"], "100.00");
+    assert_eq!(prefund["fetched_at"], "2026-11-20T10:00:30Z");
+    assert_eq!((prefund["age_seconds"].as_u64(), prefund["stale"].as_bool()), (Some(29), Some(false)));
+    // The unchanged transaction figure was confirmed after that time: fetched_at is as_of.
+    assert_eq!(line(&body, "asof-a", "transaction")["fetched_at"], "2026-11-20T10:00:59Z");
+
+    // Inside a confirmed range, written in another offset (the same instant as 10:00:15Z).
+    let (_, body) = app.get_json("/balances?as_of=2026-11-20T18:00:15%2B08:00").await;
+    assert_eq!(body["as_of"], "2026-11-20T10:00:15Z");
+    let prefund = line(&body, "asof-a", "prefund");
+    assert_eq!(
+        (prefund["available"].as_str(), prefund["fetched_at"].as_str()),
+        (Some("100.00"), Some("2026-11-20T10:00:15Z"))
+    );
+    assert_eq!(prefund["age_seconds"], 0);
+
+    // In the gap after the last confirmation: the last figure, stale past the ttl.
+    let (_, body) = app.get_json("/balances?as_of=2026-11-20T10:05:00Z&account=asof-a").await;
+    let prefund = line(&body, "asof-a", "prefund");
+    assert_eq!(prefund["available"], "150.50");
+    assert_eq!(prefund["fetched_at"], "2026-11-20T10:01:00Z");
+    assert_eq!((prefund["age_seconds"].as_u64(), prefund["stale"].as_bool()), (Some(240), Some(true)));
+    assert_eq!(account_line(&body, "asof-a")["status"], "stale");
+    assert_eq!(body["totals"][0]["stale_entries"], 2);
+    assert_eq!(body["accounts"].as_array().unwrap().len(), 1, "the account filter holds");
+
+    // Before any figure: no_data, still a 200.
+    let (status, body) = app.get_json("/balances?as_of=2026-11-20T09:00:00Z").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["balances"], serde_json::json!([]));
+    assert_eq!(body["totals"], serde_json::json!([]));
+    assert!(
+        body["accounts"].as_array().unwrap().iter().all(|a| a["error"]["code"] == "no_data" && a["status"] == "failed")
+    );
+
+    // A currency filter keeps the accounts and drops other currencies' entries.
+    let (_, body) = app.get_json("/balances?as_of=2026-11-20T10:01:00Z&currency=USD").await;
+    assert_eq!(body["balances"], serde_json::json!([]));
+    assert_eq!(account_line(&body, "asof-a")["status"], "fresh");
+
+    assert!(server.received_requests().await.unwrap().is_empty(), "as_of never calls upstream");
+}
+
+async fn as_of_refuses_bad_times_and_max_age(db: &TestDb) {
+    let (app, _server) = as_of_app(db).await;
+    for (query, code) in [
+        ("as_of=2026-11-22T08:00:01Z", "invalid_as_of"),
+        ("as_of=yesterday", "invalid_as_of"),
+        ("as_of=2026-11-20", "invalid_as_of"),
+        ("as_of=2026-11-20T10:00:00Z&max_age=10", "invalid_query"),
+        ("as_of=2026-11-20T10:00:00Z&include=raw", "invalid_include"),
+        ("as_of=2026-11-20T10:00:00Z&as_of=2026-11-20T10:00:01Z", "invalid_query"),
+    ] {
+        let (status, body) = app.get_json(&format!("/balances?{query}")).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{query}: {body}");
+    }
+    // Now itself is not the future.
+    let (status, _) = app.get_json("/balances?as_of=2026-11-22T08:00:00Z").await;
+    assert_eq!(status, 200);
+}
+
+async fn as_of_answers_tag_and_304_without_touching_the_live_cache(db: &TestDb) {
+    let (app, server) = as_of_app(db).await;
+    let path = "/balances?as_of=2026-11-20T10:05:00Z&account=asof-a";
+    let first = app.get(path).await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    app.advance(std::time::Duration::from_secs(5));
+    let again = app.get(path).await;
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag, "generated_at is not content");
+    let not_modified = app.http.get(format!("{}{path}", app.base)).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(not_modified.status(), 304);
+    let other = app.get("/balances?as_of=2026-11-20T10:01:00Z&account=asof-a").await;
+    assert_ne!(other.headers()["etag"].to_str().unwrap(), etag, "another time, other figures");
+
+    // The live answer of the same selection is live, with its own tag.
+    let (status, live) = app.get_json("/balances?account=asof-a").await;
+    assert_eq!(status, 200);
+    assert!(live.get("as_of").is_none(), "{live}");
+    assert_eq!(line(&live, "asof-a", "prefund")["available"], "999.00");
+    assert_eq!(account_line(&live, "asof-a")["source"], "live");
+    assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    let live_again = app.get("/balances?account=asof-a").await;
+    assert_ne!(live_again.headers()["etag"].to_str().unwrap(), etag);
+    // And as_of still answers from the store after the live fetch.
+    let (_, body) = app.get_json(path).await;
+    assert_eq!(line(&body, "asof-a", "prefund")["available"], "150.50");
+}
+
+both_stores!(
+    as_of_serves_the_change_point_in_force_from_the_store,
+    as_of_refuses_bad_times_and_max_age,
+    as_of_answers_tag_and_304_without_touching_the_live_cache,
+);
