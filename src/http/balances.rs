@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+use super::csv::{self, Cell, Format, Sheet};
 use super::error::{ApiError, ErrorCode, Problem, ProblemAccount};
 use super::query::Params;
 use super::report::{AccountError, BalancesReport};
@@ -26,14 +27,18 @@ use crate::store::{HistoryPoint, HistoryQuery, StoreError};
         ("max_age" = Option<u32>, Query, description = "Accept a cached figure at most this many seconds old; 0 forces a live fetch.", minimum = 0),
         ("include" = Option<String>, Query, description = "`raw` adds each account's last raw provider payload (not with `as_of`: `invalid_include`)."),
         ("as_of" = Option<String>, Query, description = "RFC 3339 time, not in the future: the figures in force then, from the store alone (no upstream call; `source: store`; an account with nothing stored by then is `failed` with `no_data`). Not with `max_age` (`invalid_query`). A bad or future time is `invalid_as_of`.", format = DateTime),
+        ("format" = Option<Format>, Query, description = "`csv` answers CSV (SPEC §10.3: RFC 4180, a header row, CRLF, no BOM, an empty cell for null, text cells starting with `=`, `+`, `-`, `@`, tab or CR prefixed with `'`); `json` (the default) JSON. Without it, `Accept: text/csv` asks for CSV. Anything else: `invalid_format`."),
+        ("Accept" = Option<String>, Header, description = "`text/csv` (preferred over JSON) asks for CSV when `format` is not given."),
         ("If-None-Match" = Option<String>, Header, description = "The `ETag` of a previous answer: 304 when nothing changed."),
     ),
     responses(
-        (status = 200, description = "At least one account has figures to serve (with `as_of`: always); failing accounts are reported in `accounts`.", body = BalancesReport,
-            headers(("ETag" = String, description = "Tag over the content (not `generated_at` or ages)."),
-                    ("Cache-Control" = String, description = "`private, max-age=N`: seconds until the first figure leaves its freshness bound."))),
+        (status = 200, description = "At least one account has figures to serve (with `as_of`: always); failing accounts are reported in `accounts`. As CSV (`format=csv` or `Accept: text/csv`): one row per balance entry, columns `account,provider,wallet,currency,available,pending,reserved,total,blocked,fetched_at,age_seconds,stale`.",
+            content((BalancesReport = "application/json"), (String = "text/csv", example = json!("account,provider,wallet,currency,available,pending,reserved,total,blocked,fetched_at,age_seconds,stale\r\nleanx-main,leanx,prefund,MYR,393.63,,,393.63,false,2026-11-22T07:59:58Z,2,false\r\n"))),
+            headers(("ETag" = String, description = "Tag over the content (not `generated_at` or ages); the CSV answer has its own tag."),
+                    ("Cache-Control" = String, description = "`private, max-age=N`: seconds until the first figure leaves its freshness bound (`private, no-cache` with `as_of`)."),
+                    ("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"tally-balances-<UTC date>.csv\"`."))),
         (status = 304, description = "Not modified since the `If-None-Match` tag."),
-        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (an empty `account`, `provider` or `currency` among them), `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`, `invalid_as_of`.", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (an empty `account`, `provider` or `currency` among them, or `max_age` with `as_of`), `unknown_account`, `unknown_provider`, `invalid_max_age`, `invalid_currency`, `invalid_include`, `invalid_as_of`, `invalid_format`.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Nothing can be served (`nothing_to_serve`), tally is overloaded (`overloaded`), or, with `as_of`, the store is unreachable (`not_ready`); see `Retry-After`.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again."))),
@@ -42,9 +47,14 @@ use crate::store::{HistoryPoint, HistoryQuery, StoreError};
 )]
 pub async fn get_balances(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     // The request itself rather than extractors that copy its query and headers.
-    let (selection, as_of) = selection(request.uri().query())?;
+    let params = Params::parse(
+        request.uri().query(),
+        &["account", "provider", "currency", "max_age", "include", "as_of", "format"],
+    )?;
+    let format = Format::of(&params, request.headers())?;
+    let (selection, as_of) = selection(&params)?;
     if let Some(as_of) = as_of {
-        return balances_as_of(&state, &selection, as_of, request.headers()).await;
+        return balances_as_of(&state, &selection, as_of, format, request.headers()).await;
     }
     let outcome = state.service.balances(&selection).await?;
     if !outcome.servable {
@@ -60,6 +70,15 @@ pub async fn get_balances(State(state): State<AppState>, request: Request) -> Re
                     })
                     .collect(),
             ));
+    }
+    if format == Format::Csv {
+        // Built from the outcome (the body cache holds JSON); a 304 builds nothing.
+        let etag = csv::etag(&outcome.etag());
+        let cache_control = format!("private, max-age={}", outcome.fresh_for.as_secs());
+        let now = outcome.generated_at();
+        return Ok(csv::answer(request.headers(), "balances", now, &etag, &cache_control, || {
+            balances_csv(&BalancesReport::from(&outcome))
+        }));
     }
     let (etag, body) = state.balances_body.answer(&outcome).await;
     let cache_control = bytes::Bytes::from(format!("private, max-age={}", outcome.fresh_for.as_secs()));
@@ -83,6 +102,7 @@ async fn balances_as_of(
     state: &AppState,
     selection: &Selection,
     as_of: chrono::DateTime<chrono::Utc>,
+    format: Format,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if as_of > state.service.now() {
@@ -99,16 +119,19 @@ async fn balances_as_of(
         }
     })?;
     let report = BalancesReport::from(&outcome);
+    let etag = content_etag(&BalancesReport { generated_at: as_of, ..report.clone() });
+    if format == Format::Csv {
+        let etag = csv::etag(&etag);
+        let now = outcome.generated_at;
+        return Ok(csv::answer(headers, "balances", now, &etag, "private, no-cache", || balances_csv(&report)));
+    }
     let body = serde_json::to_vec(&report).expect("a report serializes");
-    let etag = content_etag(&BalancesReport { generated_at: as_of, ..report });
     Ok(tagged(headers, etag, "private, no-cache", "application/json", body))
 }
 
 /// A quoted digest of `content`'s JSON, for an `ETag`.
 fn content_etag(content: &impl serde::Serialize) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(content).expect("a report serializes");
-    format!("\"{}\"", hex::encode(&Sha256::digest(&json)[..16]))
+    bytes_etag(&serde_json::to_vec(content).expect("a report serializes"))
 }
 
 /// `body` with its `ETag` and `Cache-Control`, or `304` when `If-None-Match` holds the tag.
@@ -130,8 +153,81 @@ fn tagged(
     response
 }
 
-fn selection(query: Option<&str>) -> Result<(Selection, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
-    let params = Params::parse(query, &["account", "provider", "currency", "max_age", "include", "as_of"])?;
+/// The CSV of a `/balances` report (SPEC §10.3).
+fn balances_csv(report: &BalancesReport) -> Vec<u8> {
+    let mut sheet = Sheet::new(&[
+        "account",
+        "provider",
+        "wallet",
+        "currency",
+        "available",
+        "pending",
+        "reserved",
+        "total",
+        "blocked",
+        "fetched_at",
+        "age_seconds",
+        "stale",
+    ]);
+    for l in &report.balances {
+        sheet.row(&[
+            Cell::Text(l.account.as_str()),
+            Cell::Text(l.provider.as_str()),
+            Cell::Text(&l.wallet),
+            Cell::Text(l.currency.as_str()),
+            Cell::Amount(l.available),
+            Cell::Amount(l.pending),
+            Cell::Amount(l.reserved),
+            Cell::Amount(l.total),
+            Cell::Bool(l.blocked),
+            Cell::Time(Some(l.fetched_at)),
+            Cell::Number(l.age_seconds),
+            Cell::Bool(l.stale),
+        ]);
+    }
+    sheet.finish()
+}
+
+/// The CSV of `/balances/history` points (SPEC §10.3).
+fn history_csv(points: &[HistoryLine]) -> Vec<u8> {
+    let mut sheet = Sheet::new(&[
+        "account",
+        "provider",
+        "wallet",
+        "currency",
+        "available",
+        "pending",
+        "reserved",
+        "total",
+        "blocked",
+        "first_seen_at",
+        "last_confirmed_at",
+    ]);
+    for p in points {
+        sheet.row(&[
+            Cell::Text(p.account.as_str()),
+            Cell::Text(p.provider.as_str()),
+            Cell::Text(&p.wallet),
+            Cell::Text(p.currency.as_str()),
+            Cell::Amount(p.available),
+            Cell::Amount(p.pending),
+            Cell::Amount(p.reserved),
+            Cell::Amount(p.total),
+            Cell::Bool(p.blocked),
+            Cell::Time(Some(p.first_seen_at)),
+            Cell::Time(Some(p.last_confirmed_at)),
+        ]);
+    }
+    sheet.finish()
+}
+
+/// A quoted digest of `bytes`, for an `ETag`.
+fn bytes_etag(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("\"{}\"", hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
+fn selection(params: &Params) -> Result<(Selection, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
     let as_of = match params.single("as_of")? {
         None => None,
         Some(v) => Some(chrono::DateTime::parse_from_rfc3339(v).map(|t| t.to_utc()).map_err(|_| {
@@ -191,7 +287,7 @@ impl BodyCache {
     }
 }
 
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub(super) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers.get_all(header::IF_NONE_MATCH).iter().filter_map(|v| v.to_str().ok()).any(|v| {
         v.split(',').map(str::trim).any(|tag| tag == "*" || tag == etag || tag.strip_prefix("W/") == Some(etag))
     })
@@ -209,10 +305,17 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         ("from" = Option<String>, Query, description = "RFC 3339 start: points still confirmed at or after this time.", format = DateTime),
         ("to" = Option<String>, Query, description = "RFC 3339 end: points first seen at or before this time.", format = DateTime),
         ("limit" = Option<u32>, Query, description = "At most this many points (1-10000, default 1000).", minimum = 1, maximum = 10000),
+        ("format" = Option<Format>, Query, description = "`csv` answers CSV (SPEC §10.3: RFC 4180, a header row, CRLF, no BOM, an empty cell for null, text cells starting with `=`, `+`, `-`, `@`, tab or CR prefixed with `'`); `json` (the default) JSON. Without it, `Accept: text/csv` asks for CSV. Anything else: `invalid_format`."),
+        ("Accept" = Option<String>, Header, description = "`text/csv` (preferred over JSON) asks for CSV when `format` is not given."),
+        ("If-None-Match" = Option<String>, Header, description = "CSV only: the `ETag` of a previous CSV answer: 304 when nothing changed."),
     ),
     responses(
-        (status = 200, description = "Change points: a figure set valid from `first_seen_at`, confirmed unchanged until `last_confirmed_at`.", body = HistoryResponse),
-        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (a parameter given twice, a value holding a control character, or one the store cannot compare), `unknown_account`, `invalid_currency`, `invalid_time`, `invalid_limit`.", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Change points: a figure set valid from `first_seen_at`, confirmed unchanged until `last_confirmed_at`. As CSV: one row per point, columns `account,provider,wallet,currency,available,pending,reserved,total,blocked,first_seen_at,last_confirmed_at`.",
+            content((HistoryResponse = "application/json"), (String = "text/csv", example = json!("account,provider,wallet,currency,available,pending,reserved,total,blocked,first_seen_at,last_confirmed_at\r\nleanx-main,leanx,prefund,MYR,393.63,,,393.63,false,2026-11-22T07:59:58Z,2026-11-22T08:00:00Z\r\n"))),
+            headers(("ETag" = String, description = "CSV only: a digest of the CSV."),
+                    ("Content-Disposition" = String, description = "CSV only: `attachment; filename=\"tally-balances-history-<UTC date>.csv\"`."))),
+        (status = 304, description = "CSV only: not modified since the `If-None-Match` tag."),
+        (status = 400, description = "Bad query: `unknown_parameter`, `invalid_query` (a parameter given twice, a value holding a control character, or one the store cannot compare), `unknown_account`, `invalid_currency`, `invalid_time`, `invalid_limit`, `invalid_format`.", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key: `unauthorized`.", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store is unreachable: `not_ready`.", body = Problem, content_type = "application/problem+json"),
     ),
@@ -221,8 +324,10 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 pub async fn get_history(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> Result<axum::Json<HistoryResponse>, ApiError> {
-    let params = Params::parse(query.as_deref(), &["account", "wallet", "currency", "from", "to", "limit"])?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(query.as_deref(), &["account", "wallet", "currency", "from", "to", "limit", "format"])?;
+    let format = Format::of(&params, &headers)?;
     let account = match params.single("account")? {
         None => None,
         Some(a) => {
@@ -258,7 +363,14 @@ pub async fn get_history(
             ApiError::new(ErrorCode::NotReady, "the store is unreachable").retry_after(5)
         }
     })?;
-    Ok(axum::Json(HistoryResponse { points: points.into_iter().map(HistoryLine::from).collect() }))
+    let points: Vec<HistoryLine> = points.into_iter().map(HistoryLine::from).collect();
+    if format == Format::Csv {
+        let body = history_csv(&points);
+        let etag = bytes_etag(&body);
+        let now = state.service.now();
+        return Ok(csv::answer(&headers, "balances-history", now, &etag, "private, no-cache", || body));
+    }
+    Ok(axum::Json(HistoryResponse { points }).into_response())
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]

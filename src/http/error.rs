@@ -57,6 +57,7 @@ error_codes! {
     InvalidTime             => BAD_REQUEST,           "invalid_time";
     InvalidLimit            => BAD_REQUEST,           "invalid_limit";
     InvalidAsOf             => BAD_REQUEST,           "invalid_as_of";
+    InvalidFormat           => BAD_REQUEST,           "invalid_format";
     InvalidPayoutId         => BAD_REQUEST,           "invalid_payout_id";
     UnknownEventType        => BAD_REQUEST,           "unknown_event_type";
     PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";

@@ -8,6 +8,7 @@
 mod auth;
 pub mod balances;
 mod body_cache;
+pub mod csv;
 pub mod error;
 pub mod events;
 mod layers;

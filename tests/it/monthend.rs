@@ -206,7 +206,156 @@ async fn as_of_answers_tag_and_304_without_touching_the_live_cache(db: &TestDb) 
     assert_eq!(line(&body, "asof-a", "prefund")["available"], "150.50");
 }
 
+const EVIL: &str = "=HYPERLINK(\"http://evil.example\",\"x\")";
+
+/// A CSV answer parsed back by the csv crate: header and rows, after checking the framing.
+async fn csv_of(response: reqwest::Response, route: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    assert_eq!(response.status(), 200);
+    let h = response.headers().clone();
+    assert_eq!(h["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        h["content-disposition"].to_str().unwrap(),
+        format!("attachment; filename=\"tally-{route}-2026-11-22.csv\""),
+        "named after the route and the UTC date"
+    );
+    let body = response.bytes().await.unwrap();
+    assert!(!body.starts_with(b"\xEF\xBB\xBF"), "no BOM");
+    let text = std::str::from_utf8(&body).unwrap();
+    assert!(text.ends_with("\r\n"), "CRLF line ends");
+    assert_eq!(text.matches('\n').count(), text.matches("\r\n").count(), "every line ends in CRLF: {text:?}");
+    let mut reader = csv::Reader::from_reader(&body[..]);
+    let header = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    let rows = reader.records().map(|r| r.unwrap().iter().map(str::to_owned).collect()).collect();
+    (header, rows)
+}
+
+fn column(header: &[String], name: &str) -> usize {
+    header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"))
+}
+
+/// The JSON text of a figure, `""` for null, as the CSV should hold it.
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn csv_answers_match_the_json_and_never_run_formulas(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let t = at("2026-11-21T10:00:00Z");
+    let mut odd = entry(EVIL, "MYR", "-5.00");
+    odd.pending = Some(tally::domain::parse_decimal("0.12345678").unwrap());
+    record(&*store, "csv-a", t, vec![entry("prefund", "MYR", "393.63"), odd, entry("+cmd", "USD", "17.4781")]).await;
+    store.close().await;
+    let server = leanx(ok("393.63", "26.05")).await;
+    let config = format!("{}{}", account("csv-a", &server, "ttl = \"60s\""), account("csv-live", &server, ""));
+    let app = TestApp::spawn(db.url(), &config).await;
+
+    // as_of: every JSON figure is the CSV's cell, text cells guarded, amounts untouched.
+    let path = "/balances?as_of=2026-11-21T10:00:30Z&account=csv-a";
+    let (_, json) = app.get_json(path).await;
+    let (header, rows) = csv_of(app.get(&format!("{path}&format=csv")).await, "balances").await;
+    assert_eq!(
+        header.join(","),
+        "account,provider,wallet,currency,available,pending,reserved,total,blocked,fetched_at,age_seconds,stale"
+    );
+    let lines = json["balances"].as_array().unwrap();
+    assert_eq!(rows.len(), lines.len());
+    for (row, line) in rows.iter().zip(lines) {
+        for name in [
+            "account",
+            "provider",
+            "currency",
+            "available",
+            "pending",
+            "reserved",
+            "total",
+            "blocked",
+            "fetched_at",
+            "age_seconds",
+            "stale",
+        ] {
+            assert_eq!(row[column(&header, name)], cell(&line[name]), "{name} of {line}");
+        }
+        let wallet = line["wallet"].as_str().unwrap();
+        let expected = if wallet.starts_with(['=', '+', '-', '@']) { format!("'{wallet}") } else { wallet.to_owned() };
+        assert_eq!(row[column(&header, "wallet")], expected);
+    }
+    let evil = rows.iter().find(|r| r[column(&header, "wallet")].contains("HYPERLINK")).unwrap();
+    assert_eq!(evil[column(&header, "wallet")], format!("'{EVIL}"), "the formula is neutralized");
+    assert_eq!(evil[column(&header, "available")], "-5.00", "a negative amount stays a number");
+    assert_eq!(evil[column(&header, "pending")], "0.12345678");
+    assert_eq!(evil[column(&header, "reserved")], "", "null is an empty cell");
+    assert!(rows.iter().any(|r| r[column(&header, "wallet")] == "'+cmd"));
+
+    // Accept: text/csv asks for the same; its tag is not the JSON's, and it answers 304.
+    let by_accept = app.http.get(format!("{}{path}", app.base)).header("accept", "text/csv").send().await.unwrap();
+    let csv_tag = by_accept.headers()["etag"].to_str().unwrap().to_owned();
+    let (_, again) = csv_of(by_accept, "balances").await;
+    assert_eq!(again, rows);
+    let json_tag = app.get(path).await.headers()["etag"].to_str().unwrap().to_owned();
+    assert_ne!(csv_tag, json_tag);
+    let not_modified =
+        app.http.get(format!("{}{path}&format=csv", app.base)).header("if-none-match", &csv_tag).send().await.unwrap();
+    assert_eq!(not_modified.status(), 304);
+
+    // History: the stored points, the same guard.
+    let (_, history) = app.get_json("/balances/history?account=csv-a").await;
+    let r = app.get("/balances/history?account=csv-a&format=csv").await;
+    let history_tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let (header, rows) = csv_of(r, "balances-history").await;
+    assert_eq!(
+        header.join(","),
+        "account,provider,wallet,currency,available,pending,reserved,total,blocked,first_seen_at,last_confirmed_at"
+    );
+    let points = history["points"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, point) in rows.iter().zip(points) {
+        for name in ["available", "pending", "reserved", "total", "blocked", "first_seen_at", "last_confirmed_at"] {
+            assert_eq!(row[column(&header, name)], cell(&point[name]), "{name} of {point}");
+        }
+    }
+    assert!(rows.iter().any(|r| r[column(&header, "wallet")] == format!("'{EVIL}")));
+    let not_modified = app
+        .http
+        .get(format!("{}/balances/history?account=csv-a&format=csv", app.base))
+        .header("if-none-match", &history_tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+
+    // Live: the JSON and the CSV of one fetch agree; the CSV answers 304 to its own tag.
+    let (_, live) = app.get_json("/balances?account=csv-live").await;
+    let r = app.get("/balances?account=csv-live&format=csv").await;
+    let live_tag = r.headers()["etag"].to_str().unwrap().to_owned();
+    let (header, rows) = csv_of(r, "balances").await;
+    for (row, line) in rows.iter().zip(live["balances"].as_array().unwrap()) {
+        for name in ["wallet", "available", "pending", "total", "fetched_at", "stale"] {
+            assert_eq!(row[column(&header, name)], cell(&line[name]), "{name} of {line}");
+        }
+    }
+    let not_modified = app
+        .http
+        .get(format!("{}/balances?account=csv-live&format=csv", app.base))
+        .header("if-none-match", &live_tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "one live fetch served both");
+
+    let (status, body) = app.get_json("/balances?format=xml").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_format")));
+    let (status, body) = app.get_json("/balances/history?format=").await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_format")));
+}
+
 both_stores!(
+    csv_answers_match_the_json_and_never_run_formulas,
     as_of_serves_the_change_point_in_force_from_the_store,
     as_of_refuses_bad_times_and_max_age,
     as_of_answers_tag_and_304_without_touching_the_live_cache,
