@@ -16,6 +16,7 @@ use crate::providers::UpstreamError;
 use crate::service::FetchFailure;
 use crate::service::as_of::AsOfOutcome;
 use crate::service::balances::{BalancesOutcome, Origin, Status};
+use crate::service::reporting::Reporting;
 use crate::service::totals::CurrencySums;
 
 /// A decimal amount as a JSON string, keeping the provider's scale.
@@ -35,6 +36,10 @@ pub struct BalancesReport {
     pub balances: Vec<BalanceLine>,
     pub totals: Vec<CurrencyTotal>,
     pub accounts: Vec<AccountLine>,
+    /// With `[reporting]` set (SPEC §10.4): the totals in the reporting currency. Absent
+    /// without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub converted: Option<ConvertedReport>,
     /// The firing monitor entries (SPEC §8.2) of the selected accounts and currencies; `null`
     /// when tally could not read the monitor states from the store (since it started), so it
     /// cannot say which fire, and in `as_of` answers (monitor states are not kept over time).
@@ -122,6 +127,88 @@ pub struct CurrencyTotal {
     pub entries: u32,
     /// How many of them are stale.
     pub stale_entries: u32,
+    /// With `[reporting]` set: `available` and `total` times the rate in force, rounded half to
+    /// even to `scale` decimals; `null` without a rate. Absent without `[reporting]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TotalConverted>)]
+    pub converted: Option<Option<TotalConverted>>,
+}
+
+/// One total in the reporting currency.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct TotalConverted {
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub available: Amount,
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub total: Amount,
+}
+
+/// Every total in the reporting currency (SPEC §10.4): the rounded conversions summed.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct ConvertedReport {
+    /// The reporting currency.
+    #[schema(value_type = String, example = "USD")]
+    pub currency: Currency,
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub available: Amount,
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub total: Amount,
+    /// The rates used: for each converted currency, the one with the latest `as_of` on or
+    /// before the day asked (today, or the `as_of` day, UTC). The reporting currency's own
+    /// rate, 1, is not listed.
+    pub rates: Vec<RateLine>,
+    /// Currencies of the totals with no rate by then: not in the sums.
+    #[schema(value_type = Vec<String>, example = json!(["BRL"]))]
+    pub unconverted: Vec<Currency>,
+    /// True when every total was converted.
+    pub complete: bool,
+}
+
+/// A rate used: units of the reporting currency per one unit of `currency`.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct RateLine {
+    #[schema(value_type = String, example = "MYR")]
+    pub currency: Currency,
+    #[schema(value_type = String, example = "0.2241", pattern = r"^\d+(\.\d+)?$")]
+    pub rate: Decimal,
+    /// The date the rate holds from.
+    pub as_of: chrono::NaiveDate,
+    /// Older than `max_rate_age` on the day asked (still used).
+    pub stale: bool,
+}
+
+/// The per-currency totals and, with `[reporting]`, their conversion at the rates of `day`.
+fn totals_and_conversion(
+    sums: Vec<CurrencySums>,
+    reporting: Option<&Reporting>,
+    day: chrono::NaiveDate,
+) -> (Vec<CurrencyTotal>, Option<ConvertedReport>) {
+    let Some(reporting) = reporting else {
+        return (sums.into_iter().map(CurrencyTotal::from).collect(), None);
+    };
+    let c = reporting.conversion(&sums, day);
+    let totals = sums
+        .into_iter()
+        .zip(&c.per_total)
+        .map(|(s, f)| CurrencyTotal {
+            converted: Some(f.map(|f| TotalConverted { available: f.available, total: f.total })),
+            ..CurrencyTotal::from(s)
+        })
+        .collect();
+    let rates = c
+        .rates
+        .into_iter()
+        .map(|r| RateLine { currency: r.currency, rate: r.rate, as_of: r.as_of, stale: r.stale })
+        .collect();
+    let converted = ConvertedReport {
+        currency: c.currency,
+        available: c.available,
+        total: c.total,
+        rates,
+        unconverted: c.unconverted,
+        complete: c.complete,
+    };
+    (totals, Some(converted))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -249,6 +336,7 @@ impl From<CurrencySums> for CurrencyTotal {
             total: s.total,
             entries: s.entries,
             stale_entries: s.stale_entries,
+            converted: None,
         }
     }
 }
@@ -284,13 +372,16 @@ impl From<&BalancesOutcome> for BalancesReport {
                 raw: if outcome.include_raw() { answer.snapshot.and_then(|s| s.raw.clone()) } else { None },
             })
             .collect();
+        let (totals, converted) =
+            totals_and_conversion(outcome.totals(), outcome.reporting(), outcome.generated_at().date_naive());
         BalancesReport {
             generated_at: outcome.generated_at(),
             as_of: None,
             complete: outcome.complete(),
             balances,
-            totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
+            totals,
             accounts,
+            converted,
             alerts: outcome.alerts().map(|alerts| alerts.map(|(m, e)| AlertLine::new(m, e)).collect()),
         }
     }
@@ -333,13 +424,16 @@ impl From<&AsOfOutcome> for BalancesReport {
                 raw: None,
             })
             .collect();
+        let (totals, converted) =
+            totals_and_conversion(outcome.totals(), outcome.reporting.as_deref(), outcome.as_of.date_naive());
         BalancesReport {
             generated_at: outcome.generated_at,
             as_of: Some(outcome.as_of),
             complete: outcome.complete(),
             balances,
-            totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
+            totals,
             accounts,
+            converted,
             alerts: None,
         }
     }

@@ -21,6 +21,8 @@ pub struct AsOfOutcome {
     pub accounts: Vec<AsOfAccount>,
     /// The currencies the request selected (empty: all).
     selection: Selection,
+    /// `[reporting]`, when set: the totals are converted at the rates of the `as_of` day (UTC).
+    pub reporting: Option<std::sync::Arc<super::reporting::Reporting>>,
 }
 
 /// One account as of the time asked.
@@ -97,7 +99,13 @@ impl Service {
                 }
             })
             .collect();
-        Ok(AsOfOutcome { as_of, generated_at: self.clock.now(), accounts, selection: selection.clone() })
+        Ok(AsOfOutcome {
+            as_of,
+            generated_at: self.clock.now(),
+            accounts,
+            selection: selection.clone(),
+            reporting: self.reporting.clone(),
+        })
     }
 }
 

@@ -35,6 +35,7 @@ pub mod guarded_store;
 pub mod lease;
 pub mod monitors;
 pub mod payouts;
+pub mod reporting;
 pub mod totals;
 pub mod webhooks;
 
@@ -205,6 +206,8 @@ pub struct Service {
     payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
     /// `[[monitors]]` and their entries' states in memory.
     monitors: Arc<monitors::Book>,
+    /// `[reporting]` (SPEC §10.4), when set.
+    reporting: Option<Arc<reporting::Reporting>>,
     /// The configured webhooks and their dispatcher's state.
     webhooks: webhooks::Webhooks,
 }
@@ -255,7 +258,13 @@ impl Service {
             payout_lookups: Default::default(),
             monitors: Arc::new(monitors::Book::new(settings.monitors.clone())),
             webhooks: webhooks::Webhooks::new(settings.webhooks.clone()),
+            reporting: settings.reporting.clone().map(Arc::new),
         })
+    }
+
+    /// `[reporting]`, when set.
+    pub fn reporting(&self) -> Option<&Arc<reporting::Reporting>> {
+        self.reporting.as_ref()
     }
 
     pub fn accounts(&self) -> &[Arc<AccountState>] {

@@ -354,7 +354,85 @@ async fn csv_answers_match_the_json_and_never_run_formulas(db: &TestDb) {
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_format")));
 }
 
+const REPORTING: &str = r#"
+[reporting]
+currency = "USD"
+scale = 2
+max_rate_age = "7d"
+rates = [
+  { currency = "MYR", rate = "0.2", as_of = "2026-11-10" },
+  { currency = "MYR", rate = "0.1", as_of = "2026-11-21" },
+]
+"#;
+
+fn total<'a>(body: &'a Value, currency: &str) -> &'a Value {
+    body["totals"].as_array().unwrap().iter().find(|t| t["currency"] == currency).unwrap_or_else(|| panic!("{body}"))
+}
+
+async fn totals_convert_exactly_at_the_rate_of_the_day(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let t = at("2026-11-01T00:00:00Z");
+    record(&*store, "conv-myr", t, vec![entry("prefund", "MYR", "10.05"), entry("transaction", "MYR", "0.00")]).await;
+    store.close().await;
+    let myr = leanx(ok("10.05", "0.00")).await;
+    let usd = leanx(ok("3", "0.5")).await;
+    let brl = leanx(ok("7.00", "1.00")).await;
+    let config = format!(
+        "{}{}{}{REPORTING}",
+        account("conv-myr", &myr, ""),
+        account("conv-usd", &usd, "currency = \"USD\""),
+        account("conv-brl", &brl, "currency = \"BRL\"")
+    );
+    let app = TestApp::spawn(db.url(), &config).await;
+
+    // Live, on 2026-11-22: MYR at 0.1 (from the 21st). 10.05 × 0.1 is exactly 1.005, half to
+    // even 1.00; the f64 product 1.0050000000000001 would give 1.01.
+    let (status, live) = app.get_json("/balances").await;
+    assert_eq!(status, 200, "{live}");
+    assert_eq!(total(&live, "MYR")["converted"], serde_json::json!({"available": "1.00", "total": "1.00"}), "{live}");
+    assert_eq!(
+        total(&live, "USD")["converted"],
+        serde_json::json!({"available": "3.50", "total": "3.50"}),
+        "rate 1, scale 2"
+    );
+    assert_eq!(total(&live, "BRL")["converted"], Value::Null, "no BRL rate");
+    assert_eq!(
+        live["converted"],
+        serde_json::json!({
+            "currency": "USD", "available": "4.50", "total": "4.50",
+            "rates": [{"currency": "MYR", "rate": "0.1", "as_of": "2026-11-21", "stale": false}],
+            "unconverted": ["BRL"], "complete": false,
+        })
+    );
+
+    // As of the 20th: the rate of the 10th, ten days old (stale past 7d).
+    let (_, then) = app.get_json("/balances?as_of=2026-11-20T12:00:00Z").await;
+    assert_eq!(total(&then, "MYR")["converted"]["total"], "2.01", "10.05 × 0.2");
+    assert_eq!(
+        then["converted"],
+        serde_json::json!({
+            "currency": "USD", "available": "2.01", "total": "2.01",
+            "rates": [{"currency": "MYR", "rate": "0.2", "as_of": "2026-11-10", "stale": true}],
+            "unconverted": [], "complete": true,
+        })
+    );
+
+    // As of the 1st: no MYR rate yet.
+    let (_, first) = app.get_json("/balances?as_of=2026-11-01T12:00:00Z").await;
+    assert_eq!(total(&first, "MYR")["converted"], Value::Null);
+    assert_eq!(first["converted"]["total"], Value::Null);
+    assert_eq!(first["converted"]["unconverted"], serde_json::json!(["MYR"]));
+    assert_eq!(first["converted"]["complete"], false);
+
+    // Without [reporting] nothing is added.
+    let plain = TestApp::spawn(db.url(), &account("conv-myr", &myr, "")).await;
+    let (_, body) = plain.get_json("/balances").await;
+    assert!(body.get("converted").is_none() && total(&body, "MYR").get("converted").is_none(), "{body}");
+}
+
 both_stores!(
+    totals_convert_exactly_at_the_rate_of_the_day,
     csv_answers_match_the_json_and_never_run_formulas,
     as_of_serves_the_change_point_in_force_from_the_store,
     as_of_refuses_bad_times_and_max_age,
