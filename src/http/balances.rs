@@ -135,7 +135,7 @@ fn content_etag(content: &impl serde::Serialize) -> String {
 }
 
 /// `body` with its `ETag` and `Cache-Control`, or `304` when `If-None-Match` holds the tag.
-fn tagged(
+pub(super) fn tagged(
     headers: &HeaderMap,
     etag: String,
     cache_control: &'static str,
@@ -222,7 +222,7 @@ fn history_csv(points: &[HistoryLine]) -> Vec<u8> {
 }
 
 /// A quoted digest of `bytes`, for an `ETag`.
-fn bytes_etag(bytes: &[u8]) -> String {
+pub(super) fn bytes_etag(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     format!("\"{}\"", hex::encode(&Sha256::digest(bytes)[..16]))
 }

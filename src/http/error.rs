@@ -58,6 +58,8 @@ error_codes! {
     InvalidLimit            => BAD_REQUEST,           "invalid_limit";
     InvalidAsOf             => BAD_REQUEST,           "invalid_as_of";
     InvalidFormat           => BAD_REQUEST,           "invalid_format";
+    InvalidDate             => BAD_REQUEST,           "invalid_date";
+    InvalidTz               => BAD_REQUEST,           "invalid_tz";
     InvalidPayoutId         => BAD_REQUEST,           "invalid_payout_id";
     UnknownEventType        => BAD_REQUEST,           "unknown_event_type";
     PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";

@@ -9,6 +9,7 @@ mod auth;
 pub mod balances;
 mod body_cache;
 pub mod csv;
+pub mod daily;
 pub mod error;
 pub mod events;
 mod layers;
@@ -134,6 +135,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(balances::get_balances))
         .routes(routes!(balances::get_history))
+        .routes(routes!(daily::get_daily))
         .routes(routes!(payouts::get_payout))
         .routes(routes!(events::get_events))
         .routes(routes!(events::get_event))

@@ -29,6 +29,7 @@ pub mod balances;
 pub mod budget;
 pub mod circuit;
 pub mod cluster;
+pub mod daily;
 pub mod events;
 mod fetch;
 pub mod guarded_store;

@@ -280,6 +280,16 @@ pub trait Store: Send + Sync {
         as_of: DateTime<Utc>,
     ) -> Result<Vec<HistoryPoint>, StoreError>;
 
+    /// The change points of `accounts` first seen after `after` and at or before `until`,
+    /// ordered by account, wallet, currency and time; at most `limit` (`/balances/daily`).
+    async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HistoryPoint>, StoreError>;
+
     /// Upserts the payout's current state and appends a transition when its status changed
     /// (or on first sight).
     async fn save_payout(&self, payout: &StoredPayout, source: &str) -> Result<(), StoreError>;

@@ -578,6 +578,40 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new(
+            "SELECT account, provider, wallet, currency, available::text AS available, pending::text AS pending, \
+             reserved::text AS reserved, total::text AS total, blocked, first_seen_at, last_confirmed_at \
+             FROM balance_points WHERE account = ANY(",
+        );
+        sql.push_bind(ids);
+        sql.push(") AND first_seen_at > ").push_bind(after);
+        sql.push(" AND first_seen_at <= ").push_bind(until);
+        sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: row.try_get("first_seen_at")?,
+                    last_confirmed_at: row.try_get("last_confirmed_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let po = &p.payout;

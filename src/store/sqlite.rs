@@ -555,6 +555,41 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT account, provider, wallet, currency, available, pending, reserved, total, blocked, \
+             first_seen_at, last_confirmed_at FROM balance_points WHERE account IN (",
+        );
+        let mut list = sql.separated(", ");
+        for a in accounts {
+            list.push_bind(a.as_str());
+        }
+        sql.push(") AND first_seen_at > ").push_bind(micros(after));
+        sql.push(" AND first_seen_at <= ").push_bind(micros(until));
+        sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: time(row.try_get("first_seen_at")?)?,
+                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         let previous: Option<(String, String)> =

@@ -431,7 +431,192 @@ async fn totals_convert_exactly_at_the_rate_of_the_day(db: &TestDb) {
     assert!(body.get("converted").is_none() && total(&body, "MYR").get("converted").is_none(), "{body}");
 }
 
+fn one(amount: &str) -> Vec<tally::domain::BalanceEntry> {
+    vec![entry("prefund", "MYR", amount)]
+}
+
+/// `dst-a` around London's change of 2026-10-25 (a 25-hour day); `kl-a` around midnight in
+/// +08:00 on 2026-11-19/20.
+async fn daily_app(db: &TestDb) -> (TestApp, MockServer) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    record(&*store, "dst-a", at("2026-10-23T23:30:00Z"), one("100.00")).await; // the 24th, 00:30 BST
+    record(&*store, "dst-a", at("2026-10-24T23:00:00Z"), one("90.00")).await; // the 25th, 00:00 BST
+    record(&*store, "dst-a", at("2026-10-25T23:30:00Z"), one("120.00")).await; // the 25th, 23:30 GMT
+    record(&*store, "dst-a", at("2026-10-26T00:30:00Z"), one("120.00")).await; // confirmed
+    record(&*store, "kl-a", at("2026-11-19T15:30:00Z"), one("50.00")).await; // the 19th, 23:30 +08
+    record(&*store, "kl-a", at("2026-11-19T16:30:00Z"), one("70.00")).await; // the 20th, 00:30 +08
+    record(&*store, "kl-a", at("2026-11-20T15:00:00Z"), one("70.00")).await; // the 20th, 23:00 +08
+    store.close().await;
+    let server = leanx(ok("1.00", "1.00")).await;
+    let config = format!("{}{}", account("dst-a", &server, "ttl = \"2h\""), account("kl-a", &server, "ttl = \"2h\""));
+    (TestApp::spawn(db.url(), &config).await, server)
+}
+
+/// The rows of a daily answer as (date, opening total, closing total, low total, high total,
+/// changes, stale).
+fn daily_rows(body: &Value) -> Vec<(String, String, String, String, String, u64, bool)> {
+    body["days"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|d| {
+            (
+                d["date"].as_str().unwrap().to_owned(),
+                cell(&d["opening"]["total"]),
+                cell(&d["closing"]["total"]),
+                cell(&d["low"]["total"]),
+                cell(&d["high"]["total"]),
+                d["changes"].as_u64().unwrap(),
+                d["stale"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn row(
+    date: &str,
+    opening: &str,
+    closing: &str,
+    low: &str,
+    high: &str,
+    changes: u64,
+    stale: bool,
+) -> (String, String, String, String, String, u64, bool) {
+    (date.into(), opening.into(), closing.into(), low.into(), high.into(), changes, stale)
+}
+
+async fn daily_days_follow_the_time_zone(db: &TestDb) {
+    let (app, server) = daily_app(db).await;
+
+    // London: the 25th lasts 25 hours (23:00Z to 00:00Z), so 23:30Z is still the 25th.
+    let (status, body) =
+        app.get_json("/balances/daily?from=2026-10-24&to=2026-10-26&tz=Europe/London&account=dst-a").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["from"].as_str(), body["to"].as_str(), body["tz"].as_str()),
+        (Some("2026-10-24"), Some("2026-10-26"), Some("Europe/London"))
+    );
+    assert_eq!(
+        daily_rows(&body),
+        vec![
+            row("2026-10-24", "", "100.00", "100.00", "100.00", 1, true),
+            row("2026-10-25", "90.00", "120.00", "90.00", "120.00", 2, false),
+            row("2026-10-26", "120.00", "120.00", "120.00", "120.00", 0, true),
+        ],
+        "{body}"
+    );
+    let first = &body["days"][0];
+    assert_eq!(
+        (first["account"].as_str(), first["provider"].as_str(), first["wallet"].as_str(), first["currency"].as_str()),
+        (Some("dst-a"), Some("leanx"), Some("prefund"), Some("MYR"))
+    );
+    assert_eq!(first["opening"], Value::Null, "no figure before the day");
+    assert_eq!(
+        first["closing"],
+        serde_json::json!({"available": "100.00", "pending": null, "reserved": null, "total": "100.00"})
+    );
+
+    // +08:00 across midnight: 16:30Z on the 19th is the 20th there; in UTC both are the 19th.
+    let (_, kl) = app.get_json("/balances/daily?from=2026-11-19&to=2026-11-21&tz=%2B08:00&account=kl-a").await;
+    assert_eq!(kl["tz"], "+08:00");
+    assert_eq!(
+        daily_rows(&kl),
+        vec![
+            row("2026-11-19", "", "50.00", "50.00", "50.00", 1, false),
+            row("2026-11-20", "50.00", "70.00", "50.00", "70.00", 1, false),
+            row("2026-11-21", "70.00", "70.00", "70.00", "70.00", 0, true),
+        ],
+        "{kl}"
+    );
+    let (_, bare_plus) = app.get_json("/balances/daily?from=2026-11-19&to=2026-11-21&tz=+08:00&account=kl-a").await;
+    assert_eq!(daily_rows(&bare_plus), daily_rows(&kl), "an unencoded + reads as a space, taken as +");
+    let (_, utc) = app.get_json("/balances/daily?from=2026-11-19&to=2026-11-19&account=kl-a").await;
+    assert_eq!(utc["tz"], "UTC");
+    assert_eq!(daily_rows(&utc), vec![row("2026-11-19", "", "70.00", "50.00", "70.00", 2, false)]);
+
+    // Today closes now; days not begun have no row (now is 2026-11-22T08:00Z, the 22nd's
+    // 16:00 in +08:00, the 23rd not yet begun there).
+    let (_, today) =
+        app.get_json("/balances/daily?from=2026-11-22&to=2026-11-30&tz=Asia/Kuala_Lumpur&account=kl-a").await;
+    assert_eq!(daily_rows(&today), vec![row("2026-11-22", "70.00", "70.00", "70.00", "70.00", 0, true)]);
+
+    // Both accounts, ordered by date then account.
+    let (_, both) = app.get_json("/balances/daily?from=2026-10-26&to=2026-11-19").await;
+    let keys: Vec<(String, String)> = both["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["date"].as_str().unwrap().to_owned(), d["account"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(keys.len(), 25 + 1, "dst-a every day from the 26th to the 19th, kl-a on the 19th");
+    assert_eq!(keys.last().unwrap(), &("2026-11-19".to_owned(), "kl-a".to_owned()));
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "{keys:?}");
+
+    // CSV: the same figures, parsed back; a null opening is empty cells.
+    let r = app.get("/balances/daily?from=2026-10-24&to=2026-10-26&tz=Europe/London&account=dst-a&format=csv").await;
+    let (header, rows) = csv_of(r, "balances-daily").await;
+    assert_eq!(
+        header.join(","),
+        "date,account,provider,wallet,currency,opening_available,opening_total,closing_available,closing_pending,closing_reserved,closing_total,low_available,high_available,low_total,high_total,changes,stale"
+    );
+    assert_eq!(rows.len(), 3);
+    for (row, day) in rows.iter().zip(body["days"].as_array().unwrap()) {
+        let expect = [
+            cell(&day["date"]),
+            cell(&day["account"]),
+            cell(&day["provider"]),
+            cell(&day["wallet"]),
+            cell(&day["currency"]),
+            cell(&day["opening"]["available"]),
+            cell(&day["opening"]["total"]),
+            cell(&day["closing"]["available"]),
+            cell(&day["closing"]["pending"]),
+            cell(&day["closing"]["reserved"]),
+            cell(&day["closing"]["total"]),
+            cell(&day["low"]["available"]),
+            cell(&day["high"]["available"]),
+            cell(&day["low"]["total"]),
+            cell(&day["high"]["total"]),
+            cell(&day["changes"]),
+            cell(&day["stale"]),
+        ];
+        assert_eq!(row, &expect.to_vec());
+    }
+    assert_eq!((rows[0][5].as_str(), rows[0][6].as_str()), ("", ""));
+
+    // ETag and 304.
+    let path = "/balances/daily?from=2026-10-24&to=2026-10-26&tz=Europe/London";
+    let etag = app.get(path).await.headers()["etag"].to_str().unwrap().to_owned();
+    let again = app.http.get(format!("{}{path}", app.base)).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    assert!(server.received_requests().await.unwrap().is_empty(), "daily never calls upstream");
+}
+
+async fn daily_refuses_bad_ranges_and_zones(db: &TestDb) {
+    let (app, _server) = daily_app(db).await;
+    for (query, code) in [
+        ("to=2026-11-01", "invalid_date"),
+        ("from=2026-11-01", "invalid_date"),
+        ("from=2026-11-31&to=2026-12-01", "invalid_date"),
+        ("from=2026-11-02&to=2026-11-01", "invalid_date"),
+        ("from=2025-01-01&to=2026-01-02", "invalid_date"),
+        ("from=2026-11-01&to=2026-11-02&tz=Mars/Olympus", "invalid_tz"),
+        ("from=2026-11-01&to=2026-11-02&tz=%2B8", "invalid_tz"),
+        ("from=2026-11-01&to=2026-11-02&format=xls", "invalid_format"),
+        ("from=2026-11-01&to=2026-11-02&account=nobody", "unknown_account"),
+        ("from=2026-11-01&to=2026-11-02&max_age=1", "unknown_parameter"),
+    ] {
+        let (status, body) = app.get_json(&format!("/balances/daily?{query}")).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some(code)), "{query}: {body}");
+    }
+    let (status, body) = app.get_json("/balances/daily?from=2025-01-02&to=2026-01-02").await;
+    assert_eq!(status, 200, "366 days: {body}");
+}
+
 both_stores!(
+    daily_days_follow_the_time_zone,
+    daily_refuses_bad_ranges_and_zones,
     totals_convert_exactly_at_the_rate_of_the_day,
     csv_answers_match_the_json_and_never_run_formulas,
     as_of_serves_the_change_point_in_force_from_the_store,
