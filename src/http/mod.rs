@@ -109,6 +109,7 @@ impl AppState {
         (name = "operations", description = "Health, readiness, accounts and metrics."),
     ),
     modifiers(&SecurityScheme),
+    components(schemas(csv::Format)),
 )]
 struct ApiDoc;
 
@@ -256,7 +257,13 @@ fn constrain_parameters(value: &mut serde_json::Value, instance: &Instance) {
         }
     };
     let payout_account = account(&instance.payout_account_ids);
-    let constraints: [(&str, Value); 9] = [
+    // A time zone of /balances/daily: an IANA name tally knows, or an offset.
+    let tz = json!({"anyOf": [
+        {"type": "string", "enum": chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect::<Vec<_>>()},
+        {"type": "string", "pattern": "^[+-]([01][0-9]|2[0-3]):[0-5][0-9]$"},
+    ]});
+    let constraints: [(&str, Value); 10] = [
+        ("tz", tz),
         ("account", account(&instance.account_ids)),
         ("type", json!({"type": "string", "enum": crate::domain::event::EVENT_TYPES})),
         // Event ids as tally writes them, at most 18 significant digits (within i64).
