@@ -54,6 +54,8 @@ pub struct Settings {
     /// `[[monitors]]` (SPEC §8.2), in config order.
     pub monitors: Vec<crate::domain::monitor::Monitor>,
     pub webhooks: Vec<WebhookConfig>,
+    /// `[reporting]` (SPEC §10.4), when set.
+    pub reporting: Option<crate::service::reporting::Reporting>,
 }
 
 /// One `[[webhooks]]` entry (SPEC §8.3): where and how events are delivered.

@@ -26,6 +26,30 @@ pub struct RawConfig {
     pub monitors: Vec<RawMonitor>,
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    pub reporting: Option<RawReporting>,
+}
+
+/// `[reporting]` (SPEC §10.4). Rates are taken only as strings: a TOML number would already
+/// have passed through a float.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReporting {
+    pub currency: Option<String>,
+    pub scale: Option<u32>,
+    pub max_rate_age: Option<String>,
+    #[serde(default)]
+    pub rates: Vec<RawRate>,
+    pub rates_file: Option<String>,
+}
+
+/// One `[reporting] rates` item.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "exact_amount")]
+    pub rate: Option<String>,
+    pub as_of: Option<String>,
 }
 
 /// One `[[monitors]]` entry (SPEC §8.2). Amounts are taken only as strings: a TOML number

@@ -107,7 +107,7 @@ fn no_file_means_loopback_sqlite_and_no_accounts() {
 }
 
 fn error_of(toml: &str) -> ConfigError {
-    from_toml(toml).expect_err("the config should be rejected")
+    from_toml(toml).map(|_| ()).expect_err(&format!("the config should be rejected: {toml}"))
 }
 
 #[test]
@@ -523,4 +523,69 @@ fn webhook_secrets_and_url_credentials_never_reach_debug_output_or_errors() {
     .unwrap();
     let shown = s.webhooks[0].shown_url();
     assert!(!shown.contains("hunter2") && !shown.contains("hunter3") && shown.contains("x.example/h"), "{shown}");
+}
+
+#[test]
+fn reporting_loads_rates_from_the_config_and_the_rates_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rates.csv");
+    std::fs::write(&file, "date,currency,rate\r\n2026-11-29,MYR,0.2250\n2026-11-28,BRL,0.1730\n").unwrap();
+    let s = from_toml(&format!(
+        "[reporting]\ncurrency = \"usd\"\nscale = 4\nrates = [{{ currency = \"MYR\", rate = \"0.2241\", as_of = \"2026-11-28\" }}]\nrates_file = \"{}\"\n",
+        file.display()
+    ))
+    .unwrap();
+    let r = s.reporting.expect("[reporting] is set");
+    assert_eq!((r.currency.as_str(), r.scale, r.max_rate_age), ("USD", 4, Duration::from_secs(7 * 86_400)));
+    let myr = "MYR".parse().unwrap();
+    assert_eq!(r.rate_on(&myr, "2026-11-28".parse().unwrap()).unwrap().rate.to_string(), "0.2241");
+    assert_eq!(r.rate_on(&myr, "2026-11-30".parse().unwrap()).unwrap().rate.to_string(), "0.2250", "from the file");
+    assert!(r.rate_on(&"BRL".parse().unwrap(), "2026-11-28".parse().unwrap()).is_some());
+    assert!(from_toml("").unwrap().reporting.is_none());
+}
+
+#[test]
+fn each_bad_reporting_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let rate = |item: &str| format!("[reporting]\ncurrency = \"USD\"\nrates = [{{ {item} }}]\n");
+    let with_file = |path: String| format!("[reporting]\ncurrency = \"USD\"\nrates_file = \"{path}\"\n");
+    let myr = "currency = \"MYR\", as_of = \"2026-11-28\"";
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("[reporting]\nscale = 2".into(), "reporting.currency", "is required"),
+        ("[reporting]\ncurrency = \"U S D\"".into(), "reporting.currency", "not a currency code"),
+        ("[reporting]\ncurrency = \"USD\"\nscale = 13".into(), "reporting.scale", "from 0 to 12"),
+        ("[reporting]\ncurrency = \"USD\"\nmax_rate_age = \"soon\"".into(), "reporting.max_rate_age", "not a duration"),
+        ("[reporting]\ncurrency = \"USD\"\nrate = []".into(), "reporting.rate", "unknown field `rate`"),
+        (rate("currency = \"M-R\", rate = \"1\", as_of = \"2026-11-28\""), "reporting.rates[0].currency", "not a currency code"),
+        (rate("rate = \"1\", as_of = \"2026-11-28\""), "reporting.rates[0].currency", "is required"),
+        (rate(&format!("{myr}, rate = \"0\"")), "reporting.rates[0].rate", "above zero"),
+        (rate(&format!("{myr}, rate = \"-0.2241\"")), "reporting.rates[0].rate", "above zero"),
+        (rate(&format!("{myr}, rate = \"abc\"")), "reporting.rates[0].rate", "not an exact decimal"),
+        (rate(&format!("{myr}, rate = 0.2241")), "reporting.rates[0].rate", "written as a string"),
+        (rate(myr), "reporting.rates[0].rate", "is required"),
+        (rate("currency = \"MYR\", rate = \"0.2\", as_of = \"28.11.2026\""), "reporting.rates[0].as_of", "not a date"),
+        (rate("currency = \"usd\", rate = \"1\", as_of = \"2026-11-28\""), "reporting.rates[0].currency", "reporting currency itself"),
+        (
+            "[reporting]\ncurrency = \"USD\"\nrates = [{ currency = \"MYR\", rate = \"0.2\", as_of = \"2026-11-28\" }, { currency = \"MYR\", rate = \"0.3\", as_of = \"2026-11-28\" }]".into(),
+            "reporting.rates[1].as_of",
+            "two rates for 2026-11-28",
+        ),
+        (with_file(dir.path().join("missing.csv").display().to_string()), "reporting.rates_file", "cannot read"),
+        (with_file(file("a.csv", "2026-11-28,MYR,0.2\n2026-11-28,MYR,0.3\n")), "reporting.rates_file", "line 2, as_of: `MYR` has two rates"),
+        (with_file(file("b.csv", "2026-11-28,XX X,0.2\n")), "reporting.rates_file", "line 1, currency"),
+        (with_file(file("c.csv", "2026-11-28,MYR,0\n")), "reporting.rates_file", "line 1, rate"),
+        (with_file(file("d.csv", "2026-11-28,MYR\n")), "reporting.rates_file", "line 1"),
+        (with_file(file("e.csv", "2026-11-28,USD,1\n")), "reporting.rates_file", "reporting currency itself"),
+    ];
+    for (toml, key, problem) in &cases {
+        let e = error_of(toml);
+        let text = e.to_string();
+        assert_eq!(e.key, *key, "for {toml:?}: {text}");
+        assert!(text.contains(problem), "for {toml:?}: {text:?} should mention {problem:?}");
+    }
 }

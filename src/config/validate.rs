@@ -46,6 +46,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
     let payouts = payouts(&raw)?;
     let monitors = monitors(&raw, &accounts)?;
     let webhooks = webhooks(&raw, &accounts)?;
+    let reporting = raw.reporting.as_ref().map(reporting).transpose()?;
     Ok(Settings {
         server,
         store,
@@ -56,7 +57,62 @@ pub(super) fn validate(raw: RawConfig) -> Result<Settings, ConfigError> {
         accounts,
         monitors,
         webhooks,
+        reporting,
     })
+}
+
+/// `[reporting]`: a currency code, a scale of at most 12, `max_rate_age`, and rates (from the
+/// config and the optional `rates_file`, lines `date,currency,rate`) that are positive exact
+/// decimals, for known currency codes other than the reporting currency, one per currency and
+/// date.
+fn reporting(r: &super::raw::RawReporting) -> Result<crate::service::reporting::Reporting, ConfigError> {
+    use crate::service::reporting::Reporting;
+    let code = r.currency.as_deref().ok_or_else(|| ConfigError::new("reporting.currency", "is required"))?;
+    let currency: crate::domain::Currency = code
+        .parse()
+        .map_err(|e: crate::domain::InvalidCurrency| ConfigError::new("reporting.currency", e.to_string()))?;
+    let scale = match r.scale {
+        None => 2,
+        Some(s) if s <= 12 => s,
+        Some(_) => return Err(ConfigError::new("reporting.scale", "must be from 0 to 12")),
+    };
+    let max_rate_age = duration("reporting.max_rate_age", r.max_rate_age.as_deref(), "7d", true)?;
+    let mut reporting = Reporting::new(currency, scale, max_rate_age);
+    for (i, rate) in r.rates.iter().enumerate() {
+        let key = |field: &str| format!("reporting.rates[{i}].{field}");
+        let item = |field: &str| -> Result<&str, ConfigError> {
+            let value = match field {
+                "currency" => rate.currency.as_deref(),
+                "rate" => rate.rate.as_deref(),
+                _ => rate.as_of.as_deref(),
+            };
+            value.ok_or_else(|| ConfigError::new(key(field), "is required"))
+        };
+        reporting
+            .add_rate(item("currency")?, item("rate")?, item("as_of")?)
+            .map_err(|(field, problem)| ConfigError::new(key(field), problem))?;
+    }
+    if let Some(path) = &r.rates_file {
+        let key = "reporting.rates_file";
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::new(key, format!("cannot read `{path}`: {e}")))?;
+        let mut lines = csv::ReaderBuilder::new().has_headers(false).trim(csv::Trim::All).from_reader(text.as_bytes());
+        for (n, record) in lines.records().enumerate() {
+            let record = record.map_err(|e| ConfigError::new(key, format!("line {}: {e}", n + 1)))?;
+            let line = record.position().map_or(n as u64 + 1, csv::Position::line);
+            if record.len() != 3 {
+                return Err(ConfigError::new(key, format!("line {line}: expected `date,currency,rate`")));
+            }
+            // A header line is allowed.
+            if line == 1 && &record[0] == "date" {
+                continue;
+            }
+            reporting
+                .add_rate(&record[1], &record[2], &record[0])
+                .map_err(|(field, problem)| ConfigError::new(key, format!("line {line}, {field}: {problem}")))?;
+        }
+    }
+    Ok(reporting)
 }
 
 /// `[[monitors]]`: ids unique; filters naming a configured account and a known provider;

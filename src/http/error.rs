@@ -56,6 +56,10 @@ error_codes! {
     InvalidInclude          => BAD_REQUEST,           "invalid_include";
     InvalidTime             => BAD_REQUEST,           "invalid_time";
     InvalidLimit            => BAD_REQUEST,           "invalid_limit";
+    InvalidAsOf             => BAD_REQUEST,           "invalid_as_of";
+    InvalidFormat           => BAD_REQUEST,           "invalid_format";
+    InvalidDate             => BAD_REQUEST,           "invalid_date";
+    InvalidTz               => BAD_REQUEST,           "invalid_tz";
     InvalidPayoutId         => BAD_REQUEST,           "invalid_payout_id";
     UnknownEventType        => BAD_REQUEST,           "unknown_event_type";
     PayoutLookupUnsupported => BAD_REQUEST,           "payout_lookup_unsupported";

@@ -9,6 +9,8 @@ mod auth;
 pub mod balances;
 mod body_cache;
 pub mod callbacks;
+pub mod csv;
+pub mod daily;
 pub mod error;
 pub mod events;
 mod layers;
@@ -108,6 +110,7 @@ impl AppState {
         (name = "operations", description = "Health, readiness, accounts and metrics."),
     ),
     modifiers(&SecurityScheme),
+    components(schemas(csv::Format)),
 )]
 struct ApiDoc;
 
@@ -134,6 +137,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(balances::get_balances))
         .routes(routes!(balances::get_history))
+        .routes(routes!(daily::get_daily))
         .routes(routes!(payouts::get_payout))
         .routes(routes!(payouts::list_payouts))
         .routes(routes!(payouts::watch_payout))
@@ -258,7 +262,13 @@ fn constrain_parameters(value: &mut serde_json::Value, instance: &Instance) {
         }
     };
     let payout_account = account(&instance.payout_account_ids);
-    let constraints: [(&str, Value); 9] = [
+    // A time zone of /balances/daily: an IANA name tally knows, or an offset.
+    let tz = json!({"anyOf": [
+        {"type": "string", "enum": chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect::<Vec<_>>()},
+        {"type": "string", "pattern": "^[+-]([01][0-9]|2[0-3]):[0-5][0-9]$"},
+    ]});
+    let constraints: [(&str, Value); 10] = [
+        ("tz", tz),
         ("account", account(&instance.account_ids)),
         ("type", json!({"type": "string", "enum": crate::domain::event::EVENT_TYPES})),
         // Event ids as tally writes them, at most 18 significant digits (within i64).

@@ -14,7 +14,9 @@ use crate::domain::monitor::{Condition, Field, Monitor, MonitorEntry};
 use crate::domain::{AccountId, Currency, Provider, RawJson};
 use crate::providers::UpstreamError;
 use crate::service::FetchFailure;
+use crate::service::as_of::AsOfOutcome;
 use crate::service::balances::{BalancesOutcome, Origin, Status};
+use crate::service::reporting::Reporting;
 use crate::service::totals::CurrencySums;
 
 /// A decimal amount as a JSON string, keeping the provider's scale.
@@ -25,14 +27,22 @@ pub struct BalancesReport {
     /// When this report was assembled (always with milliseconds).
     #[serde(serialize_with = "millis")]
     pub generated_at: DateTime<Utc>,
+    /// The time asked with `as_of` (SPEC §10.1): the figures are those in force then, from the
+    /// store. Absent from live answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<DateTime<Utc>>,
     /// True when every selected account is `fresh`.
     pub complete: bool,
     pub balances: Vec<BalanceLine>,
     pub totals: Vec<CurrencyTotal>,
     pub accounts: Vec<AccountLine>,
+    /// With `[reporting]` set (SPEC §10.4): the totals in the reporting currency. Absent
+    /// without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub converted: Option<ConvertedReport>,
     /// The firing monitor entries (SPEC §8.2) of the selected accounts and currencies; `null`
     /// when tally could not read the monitor states from the store (since it started), so it
-    /// cannot say which fire.
+    /// cannot say which fire, and in `as_of` answers (monitor states are not kept over time).
     pub alerts: Option<Vec<AlertLine>>,
 }
 
@@ -117,6 +127,88 @@ pub struct CurrencyTotal {
     pub entries: u32,
     /// How many of them are stale.
     pub stale_entries: u32,
+    /// With `[reporting]` set: `available` and `total` times the rate in force, rounded half to
+    /// even to `scale` decimals; `null` without a rate. Absent without `[reporting]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<TotalConverted>)]
+    pub converted: Option<Option<TotalConverted>>,
+}
+
+/// One total in the reporting currency.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct TotalConverted {
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub available: Amount,
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub total: Amount,
+}
+
+/// Every total in the reporting currency (SPEC §10.4): the rounded conversions summed.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct ConvertedReport {
+    /// The reporting currency.
+    #[schema(value_type = String, example = "USD")]
+    pub currency: Currency,
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub available: Amount,
+    #[schema(value_type = Option<String>, example = "94.05", pattern = r"^-?\d+(\.\d+)?$")]
+    pub total: Amount,
+    /// The rates used: for each converted currency, the one with the latest `as_of` on or
+    /// before the day asked (today, or the `as_of` day, UTC). The reporting currency's own
+    /// rate, 1, is not listed.
+    pub rates: Vec<RateLine>,
+    /// Currencies of the totals with no rate by then: not in the sums.
+    #[schema(value_type = Vec<String>, example = json!(["BRL"]))]
+    pub unconverted: Vec<Currency>,
+    /// True when every total was converted.
+    pub complete: bool,
+}
+
+/// A rate used: units of the reporting currency per one unit of `currency`.
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct RateLine {
+    #[schema(value_type = String, example = "MYR")]
+    pub currency: Currency,
+    #[schema(value_type = String, example = "0.2241", pattern = r"^\d+(\.\d+)?$")]
+    pub rate: Decimal,
+    /// The date the rate holds from.
+    pub as_of: chrono::NaiveDate,
+    /// Older than `max_rate_age` on the day asked (still used).
+    pub stale: bool,
+}
+
+/// The per-currency totals and, with `[reporting]`, their conversion at the rates of `day`.
+fn totals_and_conversion(
+    sums: Vec<CurrencySums>,
+    reporting: Option<&Reporting>,
+    day: chrono::NaiveDate,
+) -> (Vec<CurrencyTotal>, Option<ConvertedReport>) {
+    let Some(reporting) = reporting else {
+        return (sums.into_iter().map(CurrencyTotal::from).collect(), None);
+    };
+    let c = reporting.conversion(&sums, day);
+    let totals = sums
+        .into_iter()
+        .zip(&c.per_total)
+        .map(|(s, f)| CurrencyTotal {
+            converted: Some(f.map(|f| TotalConverted { available: f.available, total: f.total })),
+            ..CurrencyTotal::from(s)
+        })
+        .collect();
+    let rates = c
+        .rates
+        .into_iter()
+        .map(|r| RateLine { currency: r.currency, rate: r.rate, as_of: r.as_of, stale: r.stale })
+        .collect();
+    let converted = ConvertedReport {
+        currency: c.currency,
+        available: c.available,
+        total: c.total,
+        rates,
+        unconverted: c.unconverted,
+        complete: c.complete,
+    };
+    (totals, Some(converted))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -137,6 +229,8 @@ pub enum Source {
     Live,
     /// Served from memory or the store.
     Cache,
+    /// Read from the stored history for an `as_of` answer.
+    Store,
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -182,14 +276,18 @@ pub const ACCOUNT_ERROR_CODES: [&str; 8] = [
     crate::service::budget::RATE_BUDGET_EXHAUSTED,
 ];
 
+/// The code of an account with nothing stored by the time an `as_of` answer asks about.
+pub const NO_DATA: &str = "no_data";
+
 /// The schema of [`AccountError::code`]: a string, one of [`ACCOUNT_ERROR_CODES`].
 fn account_error_code() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(ACCOUNT_ERROR_CODES))
+        .enum_values(Some(ACCOUNT_ERROR_CODES.iter().copied().chain([NO_DATA])))
         .description(Some(
             "Why the figure or payout is not fresh. `rate_budget_exhausted`: no call was made, because the account's \
-             `max_calls_per_minute` is spent or the provider asked for a pause (429 with `Retry-After`).",
+             `max_calls_per_minute` is spent or the provider asked for a pause (429 with `Retry-After`). \
+             `no_data`: an `as_of` answer, and nothing was stored for the account by then.",
         ))
         .examples(["upstream_unavailable"])
         .build()
@@ -238,6 +336,7 @@ impl From<CurrencySums> for CurrencyTotal {
             total: s.total,
             entries: s.entries,
             stale_entries: s.stale_entries,
+            converted: None,
         }
     }
 }
@@ -273,13 +372,69 @@ impl From<&BalancesOutcome> for BalancesReport {
                 raw: if outcome.include_raw() { answer.snapshot.and_then(|s| s.raw.clone()) } else { None },
             })
             .collect();
+        let (totals, converted) =
+            totals_and_conversion(outcome.totals(), outcome.reporting(), outcome.generated_at().date_naive());
         BalancesReport {
             generated_at: outcome.generated_at(),
+            as_of: None,
             complete: outcome.complete(),
             balances,
-            totals: outcome.totals().into_iter().map(CurrencyTotal::from).collect(),
+            totals,
             accounts,
+            converted,
             alerts: outcome.alerts().map(|alerts| alerts.map(|(m, e)| AlertLine::new(m, e)).collect()),
+        }
+    }
+}
+
+impl From<&AsOfOutcome> for BalancesReport {
+    fn from(outcome: &AsOfOutcome) -> Self {
+        let balances = outcome
+            .entries()
+            .map(|(account, e)| BalanceLine {
+                account: account.account.clone(),
+                provider: account.provider,
+                wallet: e.entry.wallet.clone(),
+                currency: e.entry.currency.clone(),
+                available: e.entry.available,
+                pending: e.entry.pending,
+                reserved: e.entry.reserved,
+                total: e.entry.total,
+                blocked: e.entry.blocked,
+                fetched_at: e.fetched_at,
+                age_seconds: e.age_seconds,
+                stale: e.stale,
+            })
+            .collect();
+        let accounts = outcome
+            .accounts
+            .iter()
+            .map(|a| AccountLine {
+                account: a.account.clone(),
+                provider: a.provider,
+                status: a.status.into(),
+                source: Some(Source::Store),
+                fetched_at: a.fetched_at,
+                error: (a.status == Status::Failed).then(|| AccountError {
+                    code: NO_DATA.to_owned(),
+                    message: "nothing was stored for this account by `as_of`".to_owned(),
+                    upstream_status: None,
+                    at: outcome.as_of,
+                }),
+                raw: None,
+            })
+            .collect();
+        let (totals, converted) =
+            totals_and_conversion(outcome.totals(), outcome.reporting.as_deref(), outcome.as_of.date_naive());
+        BalancesReport {
+            generated_at: outcome.generated_at,
+            as_of: Some(outcome.as_of),
+            complete: outcome.complete(),
+            balances,
+            totals,
+            accounts,
+            converted,
+            alerts: None,
         }
     }
 }

@@ -127,7 +127,7 @@ struct View {
 
 impl Service {
     /// The selected accounts with their positions in [`Service::accounts`], in config order.
-    fn select<'a>(
+    pub(super) fn select<'a>(
         &'a self,
         selection: &'a Selection,
     ) -> Result<impl Iterator<Item = (usize, &'a Arc<AccountState>)> + 'a, SelectionError> {
@@ -292,7 +292,9 @@ impl Service {
                 .max(Duration::from_secs(1))
         };
         let firing = self.monitors.firing();
-        let tag = content_tag(&self.accounts, &views, selection, firing.as_deref());
+        // Converted totals use the rates of the day: a new day may show other amounts.
+        let day = self.reporting.is_some().then(|| now.date_naive());
+        let tag = content_tag(&self.accounts, &views, selection, firing.as_deref(), day);
         let (selected, shown) = {
             use std::hash::{Hash, Hasher};
             let (mut selected, mut shown) = (std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
@@ -383,6 +385,12 @@ impl BalancesOutcome {
         )
     }
 
+    /// `[reporting]`, when set: the totals are converted at the rates of the
+    /// [`generated_at`](Self::generated_at) day (UTC).
+    pub fn reporting(&self) -> Option<&super::reporting::Reporting> {
+        self.service.reporting().map(|r| &**r)
+    }
+
     /// Whether the request asked for each account's raw provider payload (`include=raw`).
     pub fn include_raw(&self) -> bool {
         self.selection.include_raw
@@ -406,9 +414,14 @@ fn content_tag(
     views: &[View],
     selection: &Selection,
     firing: Option<&[Alert]>,
+    day: Option<chrono::NaiveDate>,
 ) -> [u8; 16] {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
+    if let Some(day) = day {
+        h.update(day.to_string());
+        h.update([0xfb]);
+    }
     // The alerts shown: which entries fire (and since when, at what figure), or unknown.
     match firing {
         None => h.update([0xfd]),

@@ -206,6 +206,26 @@ impl GuardedStore {
         self.health.run(within, self.store.balance_history(query)).await
     }
 
+    pub async fn balances_as_of(
+        &self,
+        accounts: &[AccountId],
+        as_of: DateTime<Utc>,
+        within: Within,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        self.health.run(within, self.store.balances_as_of(accounts, as_of)).await
+    }
+
+    pub async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+        within: Within,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        self.health.run(within, self.store.balance_points_between(accounts, after, until, limit)).await
+    }
+
     pub async fn find_payout(
         &self,
         account: &AccountId,

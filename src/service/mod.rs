@@ -26,12 +26,14 @@
 //!
 //! Every store call on a request's path is bounded by the request's deadline.
 
+pub mod as_of;
 mod background;
 pub mod balances;
 pub mod budget;
 pub mod callbacks;
 pub mod circuit;
 pub mod cluster;
+pub mod daily;
 pub mod events;
 mod fetch;
 pub mod guarded_store;
@@ -39,6 +41,7 @@ pub mod lease;
 pub mod monitors;
 pub mod payout_watch;
 pub mod payouts;
+pub mod reporting;
 pub mod totals;
 pub mod webhooks;
 
@@ -209,6 +212,8 @@ pub struct Service {
     payout_lookups: coalesce::Coalescer<payouts::LookupKey, payouts::LookupOutcome>,
     /// `[[monitors]]` and their entries' states in memory.
     monitors: Arc<monitors::Book>,
+    /// `[reporting]` (SPEC §10.4), when set.
+    reporting: Option<Arc<reporting::Reporting>>,
     /// The configured webhooks and their dispatcher's state.
     webhooks: webhooks::Webhooks,
     /// `[payouts]` and the payout watcher's state.
@@ -267,7 +272,13 @@ impl Service {
             monitors: Arc::new(monitors::Book::new(settings.monitors.clone())),
             webhooks: webhooks::Webhooks::new(settings.webhooks.clone()),
             watcher: payout_watch::Watcher::new(settings.payouts.clone()),
+            reporting: settings.reporting.clone().map(Arc::new),
         })
+    }
+
+    /// `[reporting]`, when set.
+    pub fn reporting(&self) -> Option<&Arc<reporting::Reporting>> {
+        self.reporting.as_ref()
     }
 
     pub fn accounts(&self) -> &[Arc<AccountState>] {

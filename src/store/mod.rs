@@ -337,6 +337,25 @@ pub trait Store: Send + Sync {
     /// Stored change points, oldest first.
     async fn balance_history(&self, query: &HistoryQuery) -> Result<Vec<HistoryPoint>, StoreError>;
 
+    /// The change point in force at `as_of` (the latest first seen at or before it) of every
+    /// `(account, wallet, currency)` of `accounts`, in one indexed query (SPEC §10.1), ordered
+    /// by account, wallet and currency.
+    async fn balances_as_of(
+        &self,
+        accounts: &[AccountId],
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<HistoryPoint>, StoreError>;
+
+    /// The change points of `accounts` first seen after `after` and at or before `until`,
+    /// ordered by account, wallet, currency and time; at most `limit` (`/balances/daily`).
+    async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HistoryPoint>, StoreError>;
+
     /// Upserts the payout's current state and appends a transition when its status changed
     /// (or on first sight).
     async fn save_payout(&self, payout: &StoredPayout, source: &str) -> Result<(), StoreError>;

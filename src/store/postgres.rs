@@ -553,6 +553,89 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn balances_as_of(
+        &self,
+        accounts: &[AccountId],
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A loose index scan over `balance_points_series` (account, wallet, currency,
+        // first_seen_at): the recursive part jumps from each series of an account to the next,
+        // and for each series one backward seek finds the point in force at `as_of`. A plain
+        // DISTINCT ON would sort every point of the accounts.
+        let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
+        let rows = sqlx::query(
+            "WITH RECURSIVE series AS ( \
+                SELECT n.account, n.wallet, n.currency FROM unnest($1::text[]) a(account) CROSS JOIN LATERAL ( \
+                    SELECT b.account, b.wallet, b.currency FROM balance_points b WHERE b.account = a.account \
+                    ORDER BY b.wallet, b.currency LIMIT 1) n \
+                UNION ALL \
+                SELECT n.account, n.wallet, n.currency FROM series s CROSS JOIN LATERAL ( \
+                    SELECT b.account, b.wallet, b.currency FROM balance_points b \
+                    WHERE b.account = s.account AND (b.wallet, b.currency) > (s.wallet, s.currency) \
+                    ORDER BY b.wallet, b.currency LIMIT 1) n) \
+             SELECT p.account, p.provider, p.wallet, p.currency, p.available::text AS available, \
+                p.pending::text AS pending, p.reserved::text AS reserved, p.total::text AS total, p.blocked, \
+                p.first_seen_at, p.last_confirmed_at \
+             FROM series s CROSS JOIN LATERAL ( \
+                SELECT * FROM balance_points p WHERE p.account = s.account AND p.wallet = s.wallet \
+                AND p.currency = s.currency AND p.first_seen_at <= $2 \
+                ORDER BY p.first_seen_at DESC, p.id DESC LIMIT 1) p \
+             ORDER BY p.account, p.wallet, p.currency",
+        )
+        .bind(&ids)
+        .bind(as_of)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: row.try_get("first_seen_at")?,
+                    last_confirmed_at: row.try_get("last_confirmed_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
+        let mut sql = sqlx::QueryBuilder::<Postgres>::new(
+            "SELECT account, provider, wallet, currency, available::text AS available, pending::text AS pending, \
+             reserved::text AS reserved, total::text AS total, blocked, first_seen_at, last_confirmed_at \
+             FROM balance_points WHERE account = ANY(",
+        );
+        sql.push_bind(ids);
+        sql.push(") AND first_seen_at > ").push_bind(after);
+        sql.push(" AND first_seen_at <= ").push_bind(until);
+        sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: row.try_get("first_seen_at")?,
+                    last_confirmed_at: row.try_get("last_confirmed_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let po = &p.payout;

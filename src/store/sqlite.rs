@@ -538,6 +538,82 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn balances_as_of(
+        &self,
+        accounts: &[AccountId],
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The series of the accounts, then for each the latest point first seen by `as_of`:
+        // both steps walk the `balance_points_series` index (account, wallet, currency,
+        // first_seen_at), the second as one descending seek per series.
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+            "WITH series AS (SELECT DISTINCT account, wallet, currency FROM balance_points WHERE account IN (",
+        );
+        let mut list = sql.separated(", ");
+        for a in accounts {
+            list.push_bind(a.as_str());
+        }
+        sql.push(") AND first_seen_at <= ").push_bind(micros(as_of));
+        sql.push(
+            ") SELECT p.account, p.provider, p.wallet, p.currency, p.available, p.pending, p.reserved, p.total, \
+             p.blocked, p.first_seen_at, p.last_confirmed_at FROM series s JOIN balance_points p ON p.id = \
+             (SELECT q.id FROM balance_points q WHERE q.account = s.account AND q.wallet = s.wallet \
+             AND q.currency = s.currency AND q.first_seen_at <= ",
+        );
+        sql.push_bind(micros(as_of));
+        sql.push(" ORDER BY q.first_seen_at DESC, q.id DESC LIMIT 1) ORDER BY p.account, p.wallet, p.currency");
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: time(row.try_get("first_seen_at")?)?,
+                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn balance_points_between(
+        &self,
+        accounts: &[AccountId],
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<HistoryPoint>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT account, provider, wallet, currency, available, pending, reserved, total, blocked, \
+             first_seen_at, last_confirmed_at FROM balance_points WHERE account IN (",
+        );
+        let mut list = sql.separated(", ");
+        for a in accounts {
+            list.push_bind(a.as_str());
+        }
+        sql.push(") AND first_seen_at > ").push_bind(micros(after));
+        sql.push(" AND first_seen_at <= ").push_bind(micros(until));
+        sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
+        let rows = sql.build().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryPoint {
+                    account: parse_account(row.try_get("account")?)?,
+                    provider: parse_provider(row.try_get("provider")?)?,
+                    entry: entry(row)?,
+                    first_seen_at: time(row.try_get("first_seen_at")?)?,
+                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
+                })
+            })
+            .collect()
+    }
+
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
         let mut tx = self.write().await?;
         let previous: Option<(String, String)> =

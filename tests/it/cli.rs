@@ -143,3 +143,38 @@ fn config_is_refused_by_the_commands_that_would_ignore_it() {
         assert!(err.contains(&format!("--config is not used by {named}")), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn check_config_reads_the_rates_file_and_names_each_bad_reporting_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tally.toml");
+    let rates = dir.path().join("rates.csv");
+    std::fs::write(&rates, "date,currency,rate\n2026-11-28,HKD,0.1285\n").unwrap();
+    let valid = format!(
+        "[reporting]\ncurrency = \"USD\"\nrates = [{{ currency = \"MYR\", rate = \"0.2241\", as_of = \"2026-11-28\" }}]\nrates_file = \"{}\"\n",
+        rates.display()
+    );
+    std::fs::write(&path, &valid).unwrap();
+    let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (from, to, key) in [
+        ("\"MYR\"", "\"USD\"", "reporting.rates[0].currency"),
+        ("\"0.2241\"", "\"-1\"", "reporting.rates[0].rate"),
+        ("\"0.2241\"", "0.2241", "reporting.rates[0].rate"),
+        ("rates.csv", "missing.csv", "reporting.rates_file"),
+    ] {
+        std::fs::write(&path, valid.replace(from, to)).unwrap();
+        let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+        assert!(!out.status.success(), "{key}");
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("config key `{key}`")), "{key}: {err}");
+    }
+    std::fs::write(&rates, "2026-11-28,HKD,0.1285\n2026-11-28,HKD,0.1290\n").unwrap();
+    std::fs::write(&path, &valid).unwrap();
+    let out = tally(&["check-config", "--config", path.to_str().unwrap()], &[], None);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("config key `reporting.rates_file`: line 2, as_of: `HKD` has two rates for 2026-11-28"),
+        "{err}"
+    );
+}

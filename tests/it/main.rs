@@ -14,6 +14,7 @@ mod deploy;
 mod events;
 mod hostile;
 mod monitors;
+mod monthend;
 mod openapi;
 mod ops;
 mod payouts;
