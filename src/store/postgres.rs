@@ -82,6 +82,17 @@ pub async fn insert_events(
     Ok(seqs)
 }
 
+/// One change point as the history, `as_of` and daily reads select it.
+fn history_point(row: &PgRow) -> Result<HistoryPoint, StoreError> {
+    Ok(HistoryPoint {
+        account: parse_account(row.try_get("account")?)?,
+        provider: parse_provider(row.try_get("provider")?)?,
+        entry: entry(row)?,
+        first_seen_at: row.try_get("first_seen_at")?,
+        last_confirmed_at: row.try_get("last_confirmed_at")?,
+    })
+}
+
 fn event_row(row: &PgRow) -> Result<Event, StoreError> {
     let data: String = row.try_get("data")?;
     parse_event(row.try_get("seq")?, row.try_get("type")?, row.try_get("timestamp")?, &data)
@@ -540,17 +551,7 @@ impl Store for PostgresStore {
         }
         sql.push(" ORDER BY first_seen_at, id LIMIT ").push_bind(i64::from(q.limit));
         let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: row.try_get("first_seen_at")?,
-                    last_confirmed_at: row.try_get("last_confirmed_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point).collect()
     }
 
     async fn balances_as_of(
@@ -589,17 +590,7 @@ impl Store for PostgresStore {
         .bind(as_of)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: row.try_get("first_seen_at")?,
-                    last_confirmed_at: row.try_get("last_confirmed_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point).collect()
     }
 
     async fn balance_points_between(
@@ -623,17 +614,7 @@ impl Store for PostgresStore {
         sql.push(" AND first_seen_at <= ").push_bind(until);
         sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
         let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: row.try_get("first_seen_at")?,
-                    last_confirmed_at: row.try_get("last_confirmed_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point).collect()
     }
 
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {

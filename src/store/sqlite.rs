@@ -247,6 +247,17 @@ fn attempt_row(row: &SqliteRow) -> Result<AttemptRecord, StoreError> {
     })
 }
 
+/// One change point as the history, `as_of` and daily reads select it.
+fn history_point(row: &SqliteRow) -> Result<HistoryPoint, StoreError> {
+    Ok(HistoryPoint {
+        account: parse_account(row.try_get("account")?)?,
+        provider: parse_provider(row.try_get("provider")?)?,
+        entry: entry(row)?,
+        first_seen_at: time(row.try_get("first_seen_at")?)?,
+        last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
+    })
+}
+
 fn event_row(row: &SqliteRow) -> Result<Event, StoreError> {
     let data: String = row.try_get("data")?;
     parse_event(row.try_get("seq")?, row.try_get("type")?, time(row.try_get("timestamp")?)?, &data)
@@ -525,17 +536,7 @@ impl Store for SqliteStore {
         }
         sql.push(" ORDER BY first_seen_at, id LIMIT ").push_bind(i64::from(q.limit));
         let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: time(row.try_get("first_seen_at")?)?,
-                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point).collect()
     }
 
     async fn balances_as_of(
@@ -566,17 +567,7 @@ impl Store for SqliteStore {
         sql.push_bind(micros(as_of));
         sql.push(" ORDER BY q.first_seen_at DESC, q.id DESC LIMIT 1) ORDER BY p.account, p.wallet, p.currency");
         let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: time(row.try_get("first_seen_at")?)?,
-                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point).collect()
     }
 
     async fn balance_points_between(
@@ -601,17 +592,7 @@ impl Store for SqliteStore {
         sql.push(" AND first_seen_at <= ").push_bind(micros(until));
         sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
         let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: time(row.try_get("first_seen_at")?)?,
-                    last_confirmed_at: time(row.try_get("last_confirmed_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(history_point).collect()
     }
 
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {

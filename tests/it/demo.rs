@@ -326,7 +326,7 @@ async fn a_pending_demo_payout_is_finalized_by_leanx_s_callback_and_its_events_r
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(settled["callback"]["status"], 200, "tally took the callback: {settled}");
+    assert_eq!(settled["callback"]["status"], 200, "tally accepted the callback: {settled}");
     let finalized = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         inbox.wait_for(|r| r.kind == "payout.finalized" && r.data["payout"]["id"] == "PAYOUT-B7E1:091512-LEANX"),
