@@ -361,3 +361,51 @@ async fn metrics_show_each_balance_as_a_gauge_with_its_observed_time_and_whether
         "a field the provider does not report (LeanX: pending) is not exported"
     );
 }
+
+#[tokio::test]
+async fn an_entry_the_provider_stops_listing_reads_nan_not_its_last_figure() {
+    let luxtak = MockServer::start().await;
+    let answer = |data: &str| {
+        ResponseTemplate::new(200)
+            .set_body_raw(format!(r#"{{"code":200,"msg":"success","data":{data}}}"#), "application/json")
+    };
+    Mock::given(method("POST"))
+        .and(path("/api/balance"))
+        .respond_with(answer(r#"[{"currency":"MXN","amount":"150.25"},{"currency":"USD","amount":"80.00"}]"#))
+        .up_to_n_times(1)
+        .mount(&luxtak)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/balance"))
+        .respond_with(answer(r#"[{"currency":"MXN","amount":"151.00"}]"#))
+        .mount(&luxtak)
+        .await;
+    let db = TestDb::sqlite();
+    let config = format!(
+        "[[accounts]]\nid = \"gauges-gone\"\nprovider = \"luxtak\"\nbase_url = \"{}\"\napp_id = \"A\"\napp_key = \"K\"\nmax_retries = 0\n",
+        luxtak.uri()
+    );
+    let app = TestApp::spawn(db.url(), &config).await;
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    let first = app.get("/metrics").await.text().await.unwrap();
+    let usd =
+        r#"tally_balance{account="gauges-gone",provider="luxtak",wallet="main",currency="USD",field="available"}"#;
+    assert!(first.contains(&format!("{usd} 80")), "missing {usd} in:\n{first}");
+
+    app.advance(Duration::from_secs(60));
+    let (status, body) = app.get_json("/balances?max_age=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["totals"].as_array().unwrap().len(), 1, "only MXN is listed now: {body}");
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        format!("{usd} NaN"),
+        r#"tally_balance_observed_timestamp_seconds{account="gauges-gone",wallet="main",currency="USD"} NaN"#
+            .to_owned(),
+        r#"tally_balance{account="gauges-gone",provider="luxtak",wallet="main",currency="MXN",field="available"} 151"#
+            .to_owned(),
+        r#"tally_balance_observed_timestamp_seconds{account="gauges-gone",wallet="main",currency="MXN"} 1795334460"#
+            .to_owned(),
+    ] {
+        assert!(text.contains(&series), "missing {series} in:\n{text}");
+    }
+}
