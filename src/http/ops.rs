@@ -15,6 +15,7 @@ use super::report::AccountError;
 use crate::domain::{AccountId, Provider};
 use crate::providers::Capabilities;
 use crate::service::CircuitState;
+use crate::sync::MutexExt;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -161,15 +162,7 @@ fn publish_balance_gauges(service: &crate::service::Service) {
     let mut published = std::collections::BTreeSet::new();
     for a in service.accounts() {
         let account = a.id().to_string();
-        let health = a.health();
-        // 1 when the last fetch succeeded, 0 when it failed, NaN before any fetch is known.
-        let up = match (health.last_success_at, health.last_error.as_ref().map(|(_, at)| *at)) {
-            (None, None) => f64::NAN,
-            (Some(_), None) => 1.0,
-            (None, Some(_)) => 0.0,
-            (Some(ok), Some(failed)) => f64::from(u8::from(ok >= failed)),
-        };
-        metrics::gauge!("tally_account_up", "account" => account.clone()).set(up);
+        metrics::gauge!("tally_account_up", "account" => account.clone()).set(account_up(&a.health()));
         let Some(latest) = a.latest() else { continue };
         let provider = latest.provider.as_str();
         let observed = latest.fetched_at.timestamp_millis() as f64 / 1000.0;
@@ -193,7 +186,7 @@ fn publish_balance_gauges(service: &crate::service::Service) {
             }
         }
     }
-    let mut earlier = PUBLISHED_BALANCES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut earlier = PUBLISHED_BALANCES.locked();
     for (account, provider, wallet, currency, field) in earlier.difference(&published) {
         metrics::gauge!("tally_balance", "account" => account.clone(), "provider" => *provider,
             "wallet" => wallet.clone(), "currency" => currency.clone(), "field" => *field)
@@ -206,6 +199,17 @@ fn publish_balance_gauges(service: &crate::service::Service) {
         }
     }
     earlier.extend(published);
+}
+
+/// 1 when the account's last fetch succeeded, 0 when it failed, NaN before any fetch is known
+/// (unknown is not down: an alert on `== 0` stays quiet).
+fn account_up(health: &crate::service::Health) -> f64 {
+    match (health.last_success_at, health.last_error.as_ref().map(|(_, at)| *at)) {
+        (None, None) => f64::NAN,
+        (Some(_), None) => 1.0,
+        (None, Some(_)) => 0.0,
+        (Some(succeeded), Some(failed)) => f64::from(u8::from(succeeded >= failed)),
+    }
 }
 
 /// Registers, at 0, every series of the metrics table whose labels are known at start (each
