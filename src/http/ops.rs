@@ -15,6 +15,7 @@ use super::report::AccountError;
 use crate::domain::{AccountId, Provider};
 use crate::providers::Capabilities;
 use crate::service::CircuitState;
+use crate::sync::MutexExt;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -131,6 +132,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             a.latest().map_or(f64::NAN, |latest| (now - latest.fetched_at).to_std().unwrap_or_default().as_secs_f64());
         metrics::gauge!("tally_figure_age_seconds", "account" => account).set(age);
     }
+    publish_balance_gauges(&state.service);
     state.service.publish_webhook_gauges();
     let body = state.metrics.render();
     let mut response = body.into_response();
@@ -138,6 +140,76 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     response
+}
+
+/// The labels of one `tally_balance` series: account, provider, wallet, currency, field.
+type BalanceLabels = (String, &'static str, String, String, &'static str);
+
+/// The `tally_balance` series published by an earlier scrape: one whose entry is gone from the
+/// account's latest figure (a wallet the provider no longer lists) is set to NaN, with its
+/// observed timestamp, rather than left at its last value.
+static PUBLISHED_BALANCES: std::sync::Mutex<std::collections::BTreeSet<BalanceLabels>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The balance gauges, from each account's latest figure as held in memory (the one `/balances`
+/// serves from cache; nothing is read from the store or the upstream here), and whether each
+/// account's last fetch succeeded.
+///
+/// `tally_balance` is a float for charts and alerts: the one place a `Decimal` becomes an
+/// `f64`. The JSON API stays exact.
+fn publish_balance_gauges(service: &crate::service::Service) {
+    use rust_decimal::prelude::ToPrimitive;
+    let mut published = std::collections::BTreeSet::new();
+    for a in service.accounts() {
+        let account = a.id().to_string();
+        metrics::gauge!("tally_account_up", "account" => account.clone()).set(account_up(&a.health()));
+        let Some(latest) = a.latest() else { continue };
+        let provider = latest.provider.as_str();
+        let observed = latest.fetched_at.timestamp_millis() as f64 / 1000.0;
+        for entry in &latest.entries {
+            let currency = entry.currency.to_string();
+            metrics::gauge!("tally_balance_observed_timestamp_seconds", "account" => account.clone(),
+                "wallet" => entry.wallet.clone(), "currency" => currency.clone())
+            .set(observed);
+            let fields = [
+                ("available", entry.available),
+                ("pending", entry.pending),
+                ("reserved", entry.reserved),
+                ("total", entry.total),
+            ];
+            for (field, amount) in fields {
+                let Some(amount) = amount.and_then(|d| d.to_f64()) else { continue };
+                metrics::gauge!("tally_balance", "account" => account.clone(), "provider" => provider,
+                    "wallet" => entry.wallet.clone(), "currency" => currency.clone(), "field" => field)
+                .set(amount);
+                published.insert((account.clone(), provider, entry.wallet.clone(), currency.clone(), field));
+            }
+        }
+    }
+    let mut earlier = PUBLISHED_BALANCES.locked();
+    for (account, provider, wallet, currency, field) in earlier.difference(&published) {
+        metrics::gauge!("tally_balance", "account" => account.clone(), "provider" => *provider,
+            "wallet" => wallet.clone(), "currency" => currency.clone(), "field" => *field)
+        .set(f64::NAN);
+        let listed = published.iter().any(|(a, _, w, c, _)| (a, w, c) == (account, wallet, currency));
+        if !listed {
+            metrics::gauge!("tally_balance_observed_timestamp_seconds", "account" => account.clone(),
+                "wallet" => wallet.clone(), "currency" => currency.clone())
+            .set(f64::NAN);
+        }
+    }
+    earlier.extend(published);
+}
+
+/// 1 when the account's last fetch succeeded, 0 when it failed, NaN before any fetch is known
+/// (unknown is not down: an alert on `== 0` stays quiet).
+fn account_up(health: &crate::service::Health) -> f64 {
+    match (health.last_success_at, health.last_error.as_ref().map(|(_, at)| *at)) {
+        (None, None) => f64::NAN,
+        (Some(_), None) => 1.0,
+        (None, Some(_)) => 0.0,
+        (Some(succeeded), Some(failed)) => f64::from(u8::from(succeeded >= failed)),
+    }
 }
 
 /// Registers, at 0, every series of the metrics table whose labels are known at start (each

@@ -9,6 +9,7 @@ mod budgets;
 mod callbacks;
 mod cli;
 mod connections;
+mod dashboards;
 mod demo;
 mod deploy;
 mod events;

@@ -228,18 +228,25 @@ async fn metrics_count_cache_hits_coalesced_waiters_and_figure_ages() {
     }
 }
 
-/// The series of the README's metrics table, each with whether it is labelled by account.
+/// What the README's metrics table says of a series whose labels (wallet, currency) cannot be
+/// known before the account's first figure.
+const FROM_FIRST_FIGURE: &str = "from the account's first figure";
+
+/// The series of the README's metrics table, each with whether it is labelled by account, less
+/// those documented as there [from the first figure](FROM_FIRST_FIGURE) (checked by
+/// `metrics_show_each_balance_as_a_gauge_with_its_observed_time_and_whether_the_account_is_up`).
 fn documented_series() -> Vec<(String, bool)> {
     let readme = include_str!("../../README.md");
     let table = readme.split("### Metrics").nth(1).expect("a Metrics section");
     let rows = table.lines().skip_while(|l| !l.starts_with("| series")).skip(2).take_while(|l| l.starts_with('|'));
-    rows.flat_map(|row| {
-        let cells: Vec<&str> = row.split('|').collect();
-        let by_account = cells[2].contains("account");
-        let names: Vec<String> = cells[1].split('`').skip(1).step_by(2).map(str::to_owned).collect();
-        names.into_iter().map(move |name| (name, by_account))
-    })
-    .collect()
+    rows.filter(|row| !row.contains(FROM_FIRST_FIGURE))
+        .flat_map(|row| {
+            let cells: Vec<&str> = row.split('|').collect();
+            let by_account = cells[2].contains("account");
+            let names: Vec<String> = cells[1].split('`').skip(1).step_by(2).map(str::to_owned).collect();
+            names.into_iter().map(move |name| (name, by_account))
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -317,4 +324,88 @@ async fn every_action_in_the_document_refuses_a_read_key() {
         "the actions of SPEC §8.4; a new one belongs here once it refuses read keys"
     );
     app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_show_each_balance_as_a_gauge_with_its_observed_time_and_whether_the_account_is_up() {
+    let ok = helpers::leanx(helpers::ok("1234567.89", "0.10")).await;
+    let down = helpers::leanx(ResponseTemplate::new(503)).await;
+    let db = TestDb::sqlite();
+    let app = TestApp::spawn(db.url(), &format!("{}{}", leanx("gauges-ok", &ok), leanx("gauges-down", &down))).await;
+    let before = app.get("/metrics").await.text().await.unwrap();
+    for series in [r#"tally_account_up{account="gauges-ok"} NaN"#, r#"tally_account_up{account="gauges-down"} NaN"#] {
+        assert!(before.contains(series), "before any fetch, up is unknown: missing {series} in:\n{before}");
+    }
+    assert!(!before.contains(r#"tally_balance{account="gauges-ok""#), "no figure yet, no gauge");
+
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    app.advance(Duration::from_secs(30));
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        r#"tally_balance{account="gauges-ok",provider="leanx",wallet="prefund",currency="MYR",field="available"} 1234567.89"#,
+        r#"tally_balance{account="gauges-ok",provider="leanx",wallet="prefund",currency="MYR",field="total"} 1234567.89"#,
+        r#"tally_balance{account="gauges-ok",provider="leanx",wallet="transaction",currency="MYR",field="available"} 0.1"#,
+        // The time the figure was fetched (the test clock's start), not the time of the scrape.
+        r#"tally_balance_observed_timestamp_seconds{account="gauges-ok",wallet="prefund",currency="MYR"} 1795334400"#,
+        r#"tally_balance_observed_timestamp_seconds{account="gauges-ok",wallet="transaction",currency="MYR"} 1795334400"#,
+        r#"tally_account_up{account="gauges-ok"} 1"#,
+        r#"tally_account_up{account="gauges-down"} 0"#,
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+    assert!(!text.contains(r#"tally_balance{account="gauges-down""#), "a failed account has no figure to chart");
+    assert!(
+        !text.contains(
+            r#"tally_balance{account="gauges-ok",provider="leanx",wallet="prefund",currency="MYR",field="pending"}"#
+        ),
+        "a field the provider does not report (LeanX: pending) is not exported"
+    );
+}
+
+#[tokio::test]
+async fn an_entry_the_provider_stops_listing_reads_nan_not_its_last_figure() {
+    let luxtak = MockServer::start().await;
+    let answer = |data: &str| {
+        ResponseTemplate::new(200)
+            .set_body_raw(format!(r#"{{"code":200,"msg":"success","data":{data}}}"#), "application/json")
+    };
+    Mock::given(method("POST"))
+        .and(path("/api/balance"))
+        .respond_with(answer(r#"[{"currency":"MXN","amount":"150.25"},{"currency":"USD","amount":"80.00"}]"#))
+        .up_to_n_times(1)
+        .mount(&luxtak)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/balance"))
+        .respond_with(answer(r#"[{"currency":"MXN","amount":"151.00"}]"#))
+        .mount(&luxtak)
+        .await;
+    let db = TestDb::sqlite();
+    let config = format!(
+        "[[accounts]]\nid = \"gauges-gone\"\nprovider = \"luxtak\"\nbase_url = \"{}\"\napp_id = \"A\"\napp_key = \"K\"\nmax_retries = 0\n",
+        luxtak.uri()
+    );
+    let app = TestApp::spawn(db.url(), &config).await;
+    assert_eq!(app.get("/balances?max_age=0").await.status(), 200);
+    let first = app.get("/metrics").await.text().await.unwrap();
+    let usd =
+        r#"tally_balance{account="gauges-gone",provider="luxtak",wallet="main",currency="USD",field="available"}"#;
+    assert!(first.contains(&format!("{usd} 80")), "missing {usd} in:\n{first}");
+
+    app.advance(Duration::from_secs(60));
+    let (status, body) = app.get_json("/balances?max_age=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["totals"].as_array().unwrap().len(), 1, "only MXN is listed now: {body}");
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for series in [
+        format!("{usd} NaN"),
+        r#"tally_balance_observed_timestamp_seconds{account="gauges-gone",wallet="main",currency="USD"} NaN"#
+            .to_owned(),
+        r#"tally_balance{account="gauges-gone",provider="luxtak",wallet="main",currency="MXN",field="available"} 151"#
+            .to_owned(),
+        r#"tally_balance_observed_timestamp_seconds{account="gauges-gone",wallet="main",currency="MXN"} 1795334460"#
+            .to_owned(),
+    ] {
+        assert!(text.contains(&series), "missing {series} in:\n{text}");
+    }
 }
