@@ -9,6 +9,7 @@ mod budgets;
 mod callbacks;
 mod cli;
 mod connections;
+mod dashboard;
 mod demo;
 mod deploy;
 mod events;
