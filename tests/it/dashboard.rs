@@ -10,10 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use tally::demo::Demo;
 
-use crate::helpers::{TestApp, TestDb};
+use crate::helpers::{TestApp, TestDb, leanx, ok};
 
 /// How long one browser run may take (it takes about a second here).
 const BROWSER_BOUND: Duration = Duration::from_secs(90);
@@ -228,5 +229,109 @@ async fn with_keys_the_page_is_open_asks_for_a_key_and_the_data_is_not() {
         assert!(dom.contains("An API key is needed."), "{dom}");
         assert_eq!(net(&dom, "external"), "0");
     }
+    app.stop().await;
+}
+
+/// Records fetches of `account` straight into the store, as the service would have.
+async fn record(store: &dyn tally::store::Store, account: &str, fetched_at: DateTime<Utc>, figures: [(&str, &str); 2]) {
+    let entries = figures.map(|(wallet, amount)| {
+        let amount = tally::domain::parse_decimal(amount).unwrap();
+        tally::domain::BalanceEntry {
+            wallet: wallet.into(),
+            currency: "MYR".parse().unwrap(),
+            available: Some(amount),
+            pending: None,
+            reserved: None,
+            total: Some(amount),
+            blocked: false,
+        }
+    });
+    let snapshot = tally::store::AccountSnapshot {
+        account: account.parse().unwrap(),
+        provider: tally::domain::Provider::Leanx,
+        fetched_at,
+        entries: entries.to_vec(),
+        raw: None,
+    };
+    store.record_balances(&snapshot, &[]).await.unwrap();
+}
+
+/// Three days of stored figures of two MYR accounts and `[reporting]` in USD: the page draws
+/// the MYR line through each day's closing total summed exactly over the accounts (its text
+/// alternative names the first, last, lowest and highest sums `/balances/daily` implies), and
+/// shows the converted total `/balances` gives.
+#[tokio::test]
+async fn the_dashboard_in_chromium_charts_the_daily_sums_and_shows_the_converted_total() {
+    let Some(chromium) = chromium() else { return };
+    let db = TestDb::sqlite();
+    let store = db.store();
+    store.migrate().await.unwrap();
+    let now = Utc::now();
+    let day = |n: i64| now - TimeDelta::days(n);
+    record(&*store, "dash-a", day(3), [("prefund", "100.10"), ("transaction", "0.00")]).await;
+    record(&*store, "dash-a", day(2), [("prefund", "250.25"), ("transaction", "0.00")]).await;
+    record(&*store, "dash-b", day(3), [("prefund", "0.05"), ("transaction", "1.000")]).await;
+    record(&*store, "dash-b", day(1), [("prefund", "0.10"), ("transaction", "7.5")]).await;
+    store.close().await;
+    let server = leanx(ok("1.01", "2.02")).await;
+    let account = |id: &str| {
+        format!(
+            "[[accounts]]\nid = \"{id}\"\nprovider = \"leanx\"\nbase_url = \"{}\"\nauth_token = \"tok\"\n",
+            server.uri()
+        )
+    };
+    let rate_day = day(1).format("%Y-%m-%d");
+    let reporting = format!(
+        "[reporting]\ncurrency = \"USD\"\nscale = 2\nmax_rate_age = \"7d\"\nrates = [{{ currency = \"MYR\", rate = \"0.2241\", as_of = \"{rate_day}\" }}]\n"
+    );
+    let config = format!("{}{}{reporting}", account("dash-a"), account("dash-b"));
+    let settings = tally::config::from_toml(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[store]\nurl = \"{}\"\n\n{config}",
+        db.url()
+    ))
+    .unwrap();
+    let app = TestApp::spawn_at(settings, now).await;
+
+    let (status, balances) = app.get_json("/balances").await;
+    assert_eq!(status, 200, "{balances}");
+    let (from, to) = ((now - TimeDelta::days(29)).format("%Y-%m-%d"), now.format("%Y-%m-%d"));
+    let (status, daily) = app.get_json(&format!("/balances/daily?from={from}&to={to}")).await;
+    assert_eq!(status, 200, "{daily}");
+    // What the chart must say: per date, the closing totals summed exactly.
+    let mut sums = std::collections::BTreeMap::<String, rust_decimal::Decimal>::new();
+    for row in daily["days"].as_array().unwrap() {
+        let total = tally::domain::parse_decimal(row["closing"]["total"].as_str().unwrap()).unwrap();
+        *sums.entry(row["date"].as_str().unwrap().to_owned()).or_default() += total;
+    }
+    assert!(sums.len() >= 3, "{daily}");
+    let (first, last) = (sums.iter().next().unwrap(), sums.iter().next_back().unwrap());
+    let low = sums.values().min().unwrap();
+    let high = sums.values().max().unwrap();
+    let label = format!(
+        "MYR closing total per day from {from} to {to}: {} days with figures; first {} on {}, last {} on {}, lowest {low}, highest {high}.",
+        sums.len(),
+        first.1,
+        first.0,
+        last.1,
+        last.0
+    );
+
+    let dom = browse(&chromium, &format!("{}/dashboard", app.base), "1280,800", "--dump-dom").await;
+    assert!(dom.contains(&format!("aria-label=\"{label}\"")), "{label}\n{dom}");
+    let points = regex::Regex::new(r#"<polyline class="line" points="([^"]*)""#).unwrap();
+    let drawn = points.captures(&dom).unwrap_or_else(|| panic!("a line:\n{dom}"));
+    assert_eq!(drawn[1].split(' ').count(), sums.len(), "a point per day: {}", &drawn[1]);
+
+    let converted = &balances["converted"];
+    let shown = regex::Regex::new(r#"<p id="converted">([^<]*)</p>"#).unwrap();
+    let shown = shown.captures(&dom).unwrap_or_else(|| panic!("the converted total:\n{dom}"))[1].to_owned();
+    let expected = format!(
+        "In USD: total {}, available {}. Rates: MYR 0.2241 ({rate_day}).",
+        converted["total"].as_str().unwrap(),
+        converted["available"].as_str().unwrap()
+    );
+    assert_eq!(shown, expected, "{converted}");
+    assert_eq!(net(&dom, "external"), "0");
+    assert_eq!(net(&dom, "failed"), "0");
     app.stop().await;
 }
