@@ -118,7 +118,8 @@ impl Demo {
     pub fn banner(&self) -> String {
         let url = format!("http://{}", self.local_addr());
         format!(
-            "tally demo: the API on {url}, five demo accounts against provider emulators at http://{emu}\n\
+            "tally demo: the dashboard at {url}/dashboard (open it in a browser)\n\
+             the API on {url}, five demo accounts against provider emulators at http://{emu}\n\
              store: {store}\n\n\
              try:\n\
              \x20 curl -s {url}/balances\n\

@@ -51,12 +51,15 @@ impl FromRequestParts<AppState> for Operate {
 }
 
 /// Routes that hold no data: the probes, the API description and its page (which loads the
-/// description without a key), and the metrics unless `metrics.require_auth`.
+/// description without a key), the dashboard page and its assets (the page asks for a key and
+/// sends it to the data routes), and the metrics unless `metrics.require_auth`.
 pub(super) fn is_open(path: &str, metrics_require_auth: bool) -> bool {
     PROBES.contains(&path)
         || path == "/openapi.json"
         || path == "/docs"
         || path.starts_with("/docs/")
+        || path == "/dashboard"
+        || path.starts_with("/dashboard/")
         || (path == "/metrics" && !metrics_require_auth)
         // Providers cannot send a key: each one's own verification stands in for it (SPEC §5).
         || path.starts_with("/callbacks/")

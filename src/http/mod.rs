@@ -11,6 +11,7 @@ mod body_cache;
 pub mod callbacks;
 pub mod csv;
 pub mod daily;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 mod layers;
@@ -154,6 +155,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
+        .routes(routes!(dashboard::get_dashboard))
 }
 
 /// The OpenAPI document of the routes above, as `tally openapi` prints it: valid for any
@@ -340,6 +342,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     let mut routes = routes
         .route("/openapi.json", axum::routing::get(openapi_json))
         .merge(docs)
+        .merge(dashboard::assets())
         .fallback(|| async { ApiError::new(ErrorCode::RouteNotFound, "no such route") });
     // Without keys every caller is anonymous: no layer to pass through on every request.
     if !state.api_keys.is_empty() {

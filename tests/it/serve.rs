@@ -203,7 +203,9 @@ async fn the_demo_command_takes_faults_and_removes_its_scratch_store_on_sigterm(
         .unwrap();
     let mut banner = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
     let first = banner.next().expect("a banner");
-    let url = first.split("the API on ").nth(1).and_then(|s| s.split(',').next()).expect("the API URL").to_owned();
+    assert!(first.starts_with("tally demo: the dashboard at http://") && first.contains("/dashboard"), "{first}");
+    let api = banner.next().expect("the API line");
+    let url = api.split("the API on ").nth(1).and_then(|s| s.split(',').next()).expect("the API URL").to_owned();
     let store = banner.find_map(|l| l.strip_prefix("store: ").map(str::to_owned)).expect("the store path");
     assert!(store.starts_with(tmp.path().to_str().unwrap()), "a scratch store under TMPDIR: {store}");
 
