@@ -180,6 +180,58 @@ fn entry(row: &PgRow) -> Result<BalanceEntry, StoreError> {
     })
 }
 
+/// The columns [`PointDecoder`] reads, by position.
+const BETWEEN_COLUMNS: &str = "SELECT account, provider, wallet, currency, available::text, pending::text, \
+     reserved::text, total::text, blocked, first_seen_at, last_confirmed_at, id";
+
+/// Decodes the rows of [`BETWEEN_COLUMNS`] by position, the figures as borrowed text, and the
+/// account and currency of the previous row reused when they repeat: a month of 100 accounts
+/// is 72,000 rows (`/balances/daily`).
+struct PointDecoder<'a> {
+    accounts: std::collections::HashMap<&'a str, &'a AccountId>,
+    currency: Option<Currency>,
+}
+
+impl<'a> PointDecoder<'a> {
+    fn new(accounts: &'a [AccountId]) -> Self {
+        Self { accounts: accounts.iter().map(|a| (a.as_str(), a)).collect(), currency: None }
+    }
+
+    fn decode(&mut self, row: &PgRow) -> Result<(HistoryPoint, i64), StoreError> {
+        let account: &str = row.try_get(0)?;
+        let account = match self.accounts.get(account) {
+            Some(a) => (*a).clone(),
+            None => parse_account(account)?,
+        };
+        let currency: &str = row.try_get(3)?;
+        let currency = match &self.currency {
+            Some(c) if c.as_str() == currency => c.clone(),
+            _ => self.currency.insert(parse_currency(currency)?).clone(),
+        };
+        let figure = |i: usize| -> Result<Option<Decimal>, StoreError> {
+            row.try_get::<Option<&str>, _>(i)?
+                .map(|t| crate::domain::parse_decimal(t).map_err(|e| StoreError::Corrupt(format!("amount `{t}`: {e}"))))
+                .transpose()
+        };
+        let point = HistoryPoint {
+            account,
+            provider: parse_provider(row.try_get(1)?)?,
+            entry: BalanceEntry {
+                wallet: row.try_get(2)?,
+                currency,
+                available: figure(4)?,
+                pending: figure(5)?,
+                reserved: figure(6)?,
+                total: figure(7)?,
+                blocked: row.try_get(8)?,
+            },
+            first_seen_at: row.try_get(9)?,
+            last_confirmed_at: row.try_get(10)?,
+        };
+        Ok((point, row.try_get(11)?))
+    }
+}
+
 fn shared_failure(row: &PgRow) -> Result<SharedFailure, StoreError> {
     Ok(SharedFailure {
         failure: FailedFetch {
@@ -612,28 +664,41 @@ impl Store for PostgresStore {
         if accounts.is_empty() {
             return Ok(Vec::new());
         }
+        // PostgreSQL reads the points in no order: sorting a month of 100 accounts (72,000 rows)
+        // there spills to disk and cost most of the query (BENCHMARKS.md, issue 20). They are
+        // sorted here instead, by the same key, `id` breaking ties. When more than `limit` match,
+        // the unordered read cannot tell which `limit` come first, and the ordered query runs.
         let ids: Vec<&str> = accounts.iter().map(AccountId::as_str).collect();
-        let mut sql = sqlx::QueryBuilder::<Postgres>::new(
-            "SELECT account, provider, wallet, currency, available::text AS available, pending::text AS pending, \
-             reserved::text AS reserved, total::text AS total, blocked, first_seen_at, last_confirmed_at \
-             FROM balance_points WHERE account = ANY(",
-        );
-        sql.push_bind(ids);
-        sql.push(") AND first_seen_at > ").push_bind(after);
-        sql.push(" AND first_seen_at <= ").push_bind(until);
-        sql.push(" ORDER BY account, wallet, currency, first_seen_at, id LIMIT ").push_bind(i64::from(limit));
-        let rows = sql.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryPoint {
-                    account: parse_account(row.try_get("account")?)?,
-                    provider: parse_provider(row.try_get("provider")?)?,
-                    entry: entry(row)?,
-                    first_seen_at: row.try_get("first_seen_at")?,
-                    last_confirmed_at: row.try_get("last_confirmed_at")?,
-                })
-            })
-            .collect()
+        let read = |ordered: bool, limit: i64| {
+            let mut sql = sqlx::QueryBuilder::<Postgres>::new(BETWEEN_COLUMNS);
+            sql.push(" FROM balance_points WHERE account = ANY(").push_bind(ids.clone());
+            sql.push(") AND first_seen_at > ").push_bind(after);
+            sql.push(" AND first_seen_at <= ").push_bind(until);
+            if ordered {
+                sql.push(" ORDER BY account, wallet, currency, first_seen_at, id");
+            }
+            sql.push(" LIMIT ").push_bind(limit);
+            sql
+        };
+        let mut sql = read(false, i64::from(limit) + 1);
+        let mut rows = sql.build().fetch_all(&self.pool).await?;
+        if rows.len() > limit as usize {
+            let mut sql = read(true, i64::from(limit));
+            rows = sql.build().fetch_all(&self.pool).await?;
+        }
+        let mut decoder = PointDecoder::new(accounts);
+        let mut points = rows.iter().map(|row| decoder.decode(row)).collect::<Result<Vec<_>, StoreError>>()?;
+        drop(rows);
+        points.sort_unstable_by(|(a, a_id), (b, b_id)| {
+            (a.account.as_str(), a.entry.wallet.as_str(), a.entry.currency.as_str(), a.first_seen_at, a_id).cmp(&(
+                b.account.as_str(),
+                b.entry.wallet.as_str(),
+                b.entry.currency.as_str(),
+                b.first_seen_at,
+                b_id,
+            ))
+        });
+        Ok(points.into_iter().map(|(p, _)| p).collect())
     }
 
     async fn save_payout(&self, p: &StoredPayout, source: &str) -> Result<(), StoreError> {
