@@ -179,17 +179,16 @@ impl Service {
         let mut within = within.into_iter().peekable();
         while let Some(first) = within.next() {
             let points = series.entry(key(&first)).or_default();
-            let same = |p: &HistoryPoint| {
+            let same = |p: &HistoryPoint, first: &HistoryPoint| {
                 p.account == first.account
                     && p.entry.wallet == first.entry.wallet
                     && p.entry.currency == first.entry.currency
             };
-            let mut run = vec![];
-            while let Some(p) = within.next_if(|p| same(p)) {
-                run.push(p);
-            }
+            let run = points.len();
             points.push(first);
-            points.append(&mut run);
+            while let Some(p) = within.next_if(|p| same(p, &points[run])) {
+                points.push(p);
+            }
         }
         let currencies = &query.selection.currencies;
         let mut rows = Vec::new();
