@@ -685,9 +685,9 @@ impl Store for PostgresStore {
         // Each row decoded as it arrives, rather than all 72,000 kept and decoded after.
         let mut decoder = PointDecoder::new(accounts);
         let mut points = Vec::new();
-        for (ordered, limit) in [(false, i64::from(limit) + 1), (true, i64::from(limit))] {
+        for (ordered, read_limit) in [(false, i64::from(limit) + 1), (true, i64::from(limit))] {
             points.clear();
-            let mut sql = read(ordered, limit);
+            let mut sql = read(ordered, read_limit);
             let mut rows = sql.build().fetch(&self.pool);
             while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
                 points.push(decoder.decode(&row)?);
