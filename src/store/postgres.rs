@@ -186,9 +186,8 @@ const BETWEEN_COLUMNS: &str = "SELECT account, provider, wallet, currency, avail
 
 /// Decodes the rows of [`BETWEEN_COLUMNS`] by position, without sqlx's per-value type check
 /// (the query's casts and the table's schema fix each column's type), the figures as borrowed
-/// text, and the
-/// account and currency of the previous row reused when they repeat: a month of 100 accounts
-/// is 72,000 rows (`/balances/daily`).
+/// text, the account taken from the caller's list and the currency of the previous row reused
+/// when it repeats: a month of 100 accounts is 72,000 rows (`/balances/daily`).
 struct PointDecoder<'a> {
     accounts: std::collections::HashMap<&'a str, &'a AccountId>,
     currency: Option<Currency>,
