@@ -106,7 +106,9 @@ pub async fn get_daily(
         let etag = bytes_etag(&body);
         return Ok(csv::answer(&headers, "balances-daily", state.service.now(), &etag, "private, no-cache", || body));
     }
-    let body = serde_json::to_vec(&DailyResponse { from, to, tz: zone.name(), days }).expect("an answer serializes");
+    // About 540 bytes a line: reserved at once rather than grown by copying (1.6 MB for 3,000).
+    let mut body = Vec::with_capacity(256 + days.len() * 600);
+    serde_json::to_writer(&mut body, &DailyResponse { from, to, tz: zone.name(), days }).expect("an answer serializes");
     Ok(tagged(&headers, bytes_etag(&body), "private, no-cache", "application/json", body))
 }
 

@@ -171,9 +171,24 @@ impl Service {
             return Err(DailyError::TooManyPoints);
         }
         let mut series: BTreeMap<(AccountId, String, Currency), Vec<HistoryPoint>> = BTreeMap::new();
-        for p in opening.into_iter().chain(within) {
-            let key = (p.account.clone(), p.entry.wallet.clone(), p.entry.currency.clone());
-            series.entry(key).or_default().push(p);
+        let key = |p: &HistoryPoint| (p.account.clone(), p.entry.wallet.clone(), p.entry.currency.clone());
+        for p in opening {
+            series.entry(key(&p)).or_default().push(p);
+        }
+        // The store gives each series' points together, so the key is looked up once a run.
+        let mut within = within.into_iter().peekable();
+        while let Some(first) = within.next() {
+            let points = series.entry(key(&first)).or_default();
+            let same = |p: &HistoryPoint, first: &HistoryPoint| {
+                p.account == first.account
+                    && p.entry.wallet == first.entry.wallet
+                    && p.entry.currency == first.entry.currency
+            };
+            let run = points.len();
+            points.push(first);
+            while let Some(p) = within.next_if(|p| same(p, &points[run])) {
+                points.push(p);
+            }
         }
         let currencies = &query.selection.currencies;
         let mut rows = Vec::new();
@@ -196,7 +211,7 @@ impl Service {
                     low = low.merge(Figures::of(p), Decimal::min);
                     high = high.merge(Figures::of(p), Decimal::max);
                 }
-                let changes = points[..before_end].iter().filter(|p| p.first_seen_at >= start).count();
+                let changes = before_end - points.partition_point(|p| p.first_seen_at < start).min(before_end);
                 rows.push(DailyRow {
                     date,
                     account: account.clone(),

@@ -614,7 +614,48 @@ async fn daily_refuses_bad_ranges_and_zones(db: &TestDb) {
     assert_eq!(status, 200, "366 days: {body}");
 }
 
+/// `balance_points_between` (what `/balances/daily` reads): the points first seen in
+/// `(after, until]`, ordered by account, wallet, currency and time whatever order they were
+/// written in, and the first `limit` of that order when more match. PostgreSQL reads them
+/// unordered and sorts them itself, and reads them again, ordered, when more than `limit` match.
+async fn points_between_come_ordered_by_series_and_time_and_limited(db: &TestDb) {
+    let store = db.store();
+    store.migrate().await.unwrap();
+    // Written interleaved: each fetch changes every series.
+    for (i, minute) in [0, 10, 20, 30].into_iter().enumerate() {
+        let amount = |base: u32| format!("{}.{i}0", base + u32::try_from(i).unwrap());
+        let t = at("2026-11-20T10:00:00Z") + TimeDelta::minutes(minute);
+        for account in ["pb-b", "pb-a"] {
+            let entries = vec![entry("transaction", "MYR", &amount(10)), entry("prefund", "MYR", &amount(20))];
+            record(store.as_ref(), account, t, entries).await;
+        }
+    }
+    let accounts: Vec<tally::domain::AccountId> = ["pb-b", "pb-a"].iter().map(|a| a.parse().unwrap()).collect();
+    let key = |p: &tally::store::HistoryPoint| {
+        (p.account.to_string(), p.entry.wallet.clone(), p.first_seen_at, p.entry.total.unwrap().to_string())
+    };
+    let (after, until) = (at("2026-11-20T10:00:00Z"), at("2026-11-20T10:20:00Z"));
+    let all = store.balance_points_between(&accounts, after, until, 100).await.unwrap();
+    let series = |account: &'static str, wallet: &'static str, base: u32| {
+        (1..=2).map(move |i| {
+            let t = at("2026-11-20T10:00:00Z") + TimeDelta::minutes(10 * i64::from(i));
+            (account.to_owned(), wallet.to_owned(), t, format!("{}.{i}0", base + i))
+        })
+    };
+    let expected: Vec<_> = series("pb-a", "prefund", 20)
+        .chain(series("pb-a", "transaction", 10))
+        .chain(series("pb-b", "prefund", 20))
+        .chain(series("pb-b", "transaction", 10))
+        .collect();
+    assert_eq!(all.iter().map(key).collect::<Vec<_>>(), expected, "after excluded, until included, in order");
+    let limited = store.balance_points_between(&accounts, after, until, 3).await.unwrap();
+    assert_eq!(limited.iter().map(key).collect::<Vec<_>>(), expected[..3], "the first 3 of the order");
+    let exact = store.balance_points_between(&accounts, after, until, 8).await.unwrap();
+    assert_eq!(exact.iter().map(key).collect::<Vec<_>>(), expected, "exactly `limit` match");
+}
+
 both_stores!(
+    points_between_come_ordered_by_series_and_time_and_limited,
     daily_days_follow_the_time_zone,
     daily_refuses_bad_ranges_and_zones,
     totals_convert_exactly_at_the_rate_of_the_day,
