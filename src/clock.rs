@@ -55,6 +55,35 @@ impl Clock for ManualClock {
     }
 }
 
+/// What a background loop scheduled by a [`Clock`] waits on besides its timers: the clock
+/// moved by hand (a test's [`ManualClock`]); never, for a clock that moves by itself.
+pub struct Moved(Option<tokio::sync::watch::Receiver<u64>>);
+
+impl Moved {
+    pub fn of(clock: &dyn Clock) -> Self {
+        Self(clock.moved())
+    }
+
+    /// Marks the clock's current position as seen: only a later move wakes [`Moved::changed`].
+    pub fn seen(&mut self) {
+        if let Some(moved) = self.0.as_mut() {
+            moved.borrow_and_update();
+        }
+    }
+
+    /// Waits until the clock is moved (forever for a clock that moves by itself).
+    pub async fn changed(&mut self) {
+        match self.0.as_mut() {
+            Some(moved) => {
+                if moved.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 fn truncate_millis(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }

@@ -180,12 +180,10 @@ impl Service {
     }
 
     async fn run_watcher(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
-        let mut moved = self.clock.moved();
+        let mut moved = crate::clock::Moved::of(self.clock.as_ref());
         let mut in_flight = JoinSet::new();
         loop {
-            if let Some(moved) = moved.as_mut() {
-                moved.borrow_and_update();
-            }
+            moved.seen();
             let wait = match self.claim_and_check(&mut in_flight).await {
                 Ok(wait) => wait,
                 Err(e) => {
@@ -193,19 +191,11 @@ impl Service {
                     STORE_BACKOFF
                 }
             };
-            let clock_moved = async {
-                match moved.as_mut() {
-                    Some(m) => {
-                        let _ = m.changed().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = stopping.changed() => break,
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 () = self.watcher.wake.notified() => {}
-                () = clock_moved => {}
+                () = moved.changed() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }

@@ -152,13 +152,11 @@ impl Service {
 
     async fn dispatch(self: Arc<Self>, mut stopping: watch::Receiver<bool>) {
         let mut committed = self.store.event_signal();
-        let mut moved = self.clock.moved();
+        let mut moved = crate::clock::Moved::of(self.clock.as_ref());
         let mut in_flight = JoinSet::new();
         loop {
             committed.borrow_and_update();
-            if let Some(moved) = moved.as_mut() {
-                moved.borrow_and_update();
-            }
+            moved.seen();
             let wait = match self.claim_and_send(&mut in_flight).await {
                 Ok(wait) => wait,
                 Err(e) => {
@@ -166,20 +164,12 @@ impl Service {
                     STORE_BACKOFF
                 }
             };
-            let clock_moved = async {
-                match moved.as_mut() {
-                    Some(m) => {
-                        let _ = m.changed().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = stopping.changed() => break,
                 _ = committed.changed() => {}
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 () = self.webhooks.wake.notified() => {}
-                () = clock_moved => {}
+                () = moved.changed() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
