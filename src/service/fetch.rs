@@ -113,13 +113,13 @@ impl Service {
         let now = self.clock.now();
         match result {
             Ok(fetch) => {
-                let snapshot = Arc::new(AccountSnapshot {
-                    account: account.id().clone(),
-                    provider: account.provider(),
-                    fetched_at: now,
-                    entries: fetch.entries,
-                    raw: Some(fetch.raw),
-                });
+                let snapshot = Arc::new(AccountSnapshot::new(
+                    account.id().clone(),
+                    account.provider(),
+                    now,
+                    fetch.entries,
+                    Some(fetch.raw),
+                ));
                 self.persist(&snapshot, deadline).await;
                 account.offer(Arc::clone(&snapshot));
                 let was_open = account.circuit.locked().unhealthy_since();

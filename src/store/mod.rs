@@ -97,6 +97,23 @@ pub struct AccountSnapshot {
     pub raw: Option<RawJson>,
 }
 
+impl AccountSnapshot {
+    /// A snapshot with its entries in one canonical order (by wallet, then currency, byte-wise),
+    /// whether it comes from a provider's answer or from the store: the same fetch then answers
+    /// its lines in the same order however it was reached (a replica following another's fetch
+    /// reads it back from the store; PostgreSQL's `ORDER BY` follows its collation).
+    pub fn new(
+        account: AccountId,
+        provider: Provider,
+        fetched_at: DateTime<Utc>,
+        mut entries: Vec<BalanceEntry>,
+        raw: Option<RawJson>,
+    ) -> Self {
+        entries.sort_by(|a, b| (a.wallet.as_str(), a.currency.as_str()).cmp(&(b.wallet.as_str(), b.currency.as_str())));
+        Self { account, provider, fetched_at, entries, raw }
+    }
+}
+
 /// Filters of `GET /balances/history`.
 #[derive(Clone, Debug, Default)]
 pub struct HistoryQuery {

@@ -393,13 +393,13 @@ impl SqliteStore {
         .bind(fetched_at)
         .fetch_all(&self.pool)
         .await?;
-        Ok(AccountSnapshot {
-            provider: parse_provider(row.try_get("provider")?)?,
-            fetched_at: time(fetched_at)?,
-            entries: rows.iter().map(entry).collect::<Result<_, _>>()?,
-            raw: parse_raw(row.try_get("raw")?),
+        Ok(AccountSnapshot::new(
             account,
-        })
+            parse_provider(row.try_get("provider")?)?,
+            time(fetched_at)?,
+            rows.iter().map(entry).collect::<Result<_, _>>()?,
+            parse_raw(row.try_get("raw")?),
+        ))
     }
 }
 
