@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use super::totals::CurrencySums;
+use super::totals::{CurrencySums, add};
 use crate::domain::Currency;
 
 /// `[reporting]`, validated: the rates of each currency by the date they hold from.
@@ -137,17 +137,6 @@ impl Reporting {
             conversion.per_total.push(figures);
         }
         conversion
-    }
-}
-
-fn add(sum: &mut Option<Decimal>, figure: Option<Decimal>) {
-    if let Some(figure) = figure {
-        let base = sum.unwrap_or(Decimal::ZERO);
-        *sum = Some(base.checked_add(figure).unwrap_or(if figure.is_sign_negative() {
-            Decimal::MIN
-        } else {
-            Decimal::MAX
-        }));
     }
 }
 

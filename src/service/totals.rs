@@ -53,7 +53,7 @@ pub fn totals<'a>(entries: impl IntoIterator<Item = (&'a BalanceEntry, bool)>) -
 /// Adds a figure to its sum. Amounts from outside are below 10^20 (`domain::parse_decimal`),
 /// so no real number of entries reaches what a decimal holds (about 7.9e28); were it reached,
 /// the sum saturates rather than panic the answer.
-fn add(sum: &mut Option<Decimal>, figure: Option<Decimal>) {
+pub(super) fn add(sum: &mut Option<Decimal>, figure: Option<Decimal>) {
     if let Some(figure) = figure {
         let base = sum.unwrap_or(Decimal::ZERO);
         *sum = Some(base.checked_add(figure).unwrap_or(if figure.is_sign_negative() {
