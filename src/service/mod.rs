@@ -142,13 +142,6 @@ pub struct Health {
     pub last_error: Option<(UpstreamError, DateTime<Utc>)>,
 }
 
-/// Whether two fetches hold the same figures for the same (wallet, currency) series, in any
-/// order.
-fn same_entries(a: &[crate::domain::BalanceEntry], b: &[crate::domain::BalanceEntry]) -> bool {
-    a.len() == b.len()
-        && a.iter().all(|x| b.iter().any(|y| x.wallet == y.wallet && x.currency == y.currency && x.same_figures(y)))
-}
-
 impl AccountState {
     pub fn id(&self) -> &AccountId {
         &self.config.id
@@ -166,16 +159,10 @@ impl AccountState {
         self.latest.read_locked().clone()
     }
 
-    /// Keeps the newer of the held and the offered snapshot. The same fetch read back from the
-    /// store (same time, same figures, perhaps in the store's order) keeps the held one, so
-    /// that identical requests answer their lines in one order.
+    /// Keeps the newer of the held and the offered snapshot.
     fn offer(&self, snapshot: Arc<AccountSnapshot>) {
         let mut latest = self.latest.write_locked();
-        let replaces = latest.as_ref().is_none_or(|l| {
-            l.fetched_at < snapshot.fetched_at
-                || (l.fetched_at == snapshot.fetched_at && !same_entries(&l.entries, &snapshot.entries))
-        });
-        if replaces {
+        if latest.as_ref().is_none_or(|l| l.fetched_at <= snapshot.fetched_at) {
             *latest = Some(snapshot);
         }
     }
@@ -372,28 +359,6 @@ impl Service {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_same_fetch_read_back_in_another_order_is_the_same_entries() {
-        let entry = |wallet: &str, amount: &str| crate::domain::BalanceEntry {
-            wallet: wallet.into(),
-            currency: "MYR".parse().unwrap(),
-            available: Some(crate::domain::parse_decimal(amount).unwrap()),
-            pending: None,
-            reserved: None,
-            total: Some(crate::domain::parse_decimal(amount).unwrap()),
-            blocked: false,
-        };
-        let fetched = [entry("transaction", "26.05"), entry("prefund", "393.63")];
-        let stored = [entry("prefund", "393.63"), entry("transaction", "26.05")];
-        assert!(super::same_entries(&fetched, &stored), "the store's order is the same fetch");
-        assert!(!super::same_entries(&fetched, &[entry("prefund", "393.63"), entry("transaction", "26.06")]));
-        assert!(
-            !super::same_entries(&fetched, &[entry("prefund", "393.63"), entry("transaction", "26.050")]),
-            "scale counts"
-        );
-        assert!(!super::same_entries(&fetched, &stored[..1]));
-    }
-
     #[tokio::test]
     async fn a_task_that_panicked_panics_its_request_and_leaves_the_others_running() {
         let mut tasks = tokio::task::JoinSet::new();
